@@ -1,0 +1,67 @@
+"""mixpro: MixPro (MaskMix + Progressive Attention Labeling), TransMix, Mixup and CutMix.
+
+The core (masks, labels, mixers, attention probe, loss) never imports the apps.
+"""
+
+from .attention import ClsAttention, NoClsAttentionError
+from .labels import (
+    ALPHA_STRATEGIES,
+    ConstantAlpha,
+    CosineAlpha,
+    LearnableAlpha,
+    LinearAlpha,
+    ParabolicAlpha,
+    attention_lambda,
+    combine_lambda,
+    cosine_alpha,
+    mix_targets,
+    smooth_one_hot,
+)
+from .loss import lambda_weighted_cross_entropy, soft_target_cross_entropy
+from .masks import BlockMasks, BoxMasks, CellMask, GridMasks
+from .mixers import (
+    CutMix,
+    MaskMix,
+    MixedBatch,
+    Mixer,
+    MixPro,
+    Mixup,
+    NoMix,
+    RandomChoice,
+    TransMix,
+    paper_recipe,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ALPHA_STRATEGIES",
+    "BlockMasks",
+    "BoxMasks",
+    "CellMask",
+    "ClsAttention",
+    "ConstantAlpha",
+    "CosineAlpha",
+    "CutMix",
+    "GridMasks",
+    "LearnableAlpha",
+    "LinearAlpha",
+    "MaskMix",
+    "MixPro",
+    "MixedBatch",
+    "Mixer",
+    "Mixup",
+    "NoClsAttentionError",
+    "NoMix",
+    "ParabolicAlpha",
+    "RandomChoice",
+    "TransMix",
+    "attention_lambda",
+    "combine_lambda",
+    "cosine_alpha",
+    "lambda_weighted_cross_entropy",
+    "mix_targets",
+    "paper_recipe",
+    "smooth_one_hot",
+    "soft_target_cross_entropy",
+]

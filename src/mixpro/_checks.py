@@ -1,0 +1,121 @@
+"""Argument validation shared by the core: one clear error that names the argument."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+
+def pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
+    """``16 -> (16, 16)``; ``(14, 16)`` stays; anything else is a clear error."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an int or a pair of ints, got bool")
+    if isinstance(value, int):
+        out = (value, value)
+    elif isinstance(value, Sequence) and len(value) == 2 and all(
+        isinstance(v, int) and not isinstance(v, bool) for v in value
+    ):
+        out = (int(value[0]), int(value[1]))
+    else:
+        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+    if min(out) < 1:
+        raise ValueError(f"{name} must be >= 1, got {value!r}")
+    return out
+
+
+def positive(value: float, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def probability(value: float, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+    return float(value)
+
+
+def choice(value: str, name: str, options: Sequence[str]) -> str:
+    if value not in options:
+        raise ValueError(f"{name} must be one of {list(options)}, got {value!r}")
+    return value
+
+
+def num_classes(value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"num_classes must be an int, got {type(value).__name__}")
+    if value < 2:
+        raise ValueError(f"num_classes must be >= 2, got {value}")
+    return value
+
+
+def smoothing(value: float, name: str = "label_smoothing") -> float:
+    value = probability(value, name)
+    if value == 1.0:
+        raise ValueError(f"{name} must be < 1, got 1.0")
+    return value
+
+
+def images_and_labels(images: torch.Tensor, labels: torch.Tensor, n_classes: int) -> None:
+    """Check a batch ``images (B, C, H, W)`` and ``labels (B,)`` before mixing."""
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
+    if images.dim() != 4:
+        raise ValueError(f"images must have shape (B, C, H, W), got {tuple(images.shape)}")
+    if images.dtype == torch.bool or images.is_complex():
+        raise TypeError(f"images must be a real floating or integer tensor, got {images.dtype}")
+    b = images.shape[0]
+    if b < 2:
+        raise ValueError(f"images must hold a batch of at least 2 samples to mix, got B={b}")
+    if labels.dim() != 1 or labels.shape[0] != b:
+        raise ValueError(
+            f"labels must have shape (B,) = ({b},) matching images, got {tuple(labels.shape)}"
+        )
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.is_complex():
+        raise TypeError(f"labels must be an integer tensor of class indices, got {labels.dtype}")
+    if labels.device != images.device:
+        raise ValueError(f"labels are on {labels.device} but images are on {images.device}")
+    lo, hi = int(labels.min()), int(labels.max())
+    if lo < 0 or hi >= n_classes:
+        raise ValueError(f"labels must lie in [0, num_classes={n_classes}), got range [{lo}, {hi}]")
+
+
+def logits(value: torch.Tensor, batch: int, n_classes: int) -> None:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"logits must be a torch.Tensor, got {type(value).__name__}")
+    if not value.dtype.is_floating_point:
+        raise TypeError(f"logits must be a floating tensor, got {value.dtype}")
+    if tuple(value.shape) != (batch, n_classes):
+        raise ValueError(
+            f"logits must have shape (B, num_classes) = ({batch}, {n_classes}), "
+            f"got {tuple(value.shape)}"
+        )
+    if not bool(torch.isfinite(value).all()):
+        raise ValueError("logits contain NaN or Inf")
+
+
+def attention(value: torch.Tensor | None, batch: int) -> torch.Tensor:
+    if value is None:
+        raise ValueError(
+            "attention is required for this method: pass the probe's attention "
+            "(ClsAttention(model).attention) of the same forward pass"
+        )
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"attention must be a torch.Tensor, got {type(value).__name__}")
+    if not value.dtype.is_floating_point:
+        raise TypeError(f"attention must be a floating tensor, got {value.dtype}")
+    if value.dim() != 2 or value.shape[0] != batch:
+        raise ValueError(
+            f"attention must have shape (B, N_patches) with B={batch}, got {tuple(value.shape)}"
+        )
+    if not bool(torch.isfinite(value).all()) or bool((value < 0).any()):
+        raise ValueError("attention must be finite and non-negative")
+    return value

@@ -1,0 +1,199 @@
+"""What the target of a mixed sample is.
+
+Pure tensor functions (no images, no models):
+
+* :func:`smooth_one_hot` and :func:`mix_targets` — timm's label-smoothed one-hot mixing,
+  ``ỹ = λ·smooth(y_i) + (1-λ)·smooth(y_j)`` with per-sample ``λ (B,)``.
+* :func:`attention_lambda` — ``λ_attn = Σ(m·a) / Σ(a)`` over patch tokens (Eq. 5).
+* :func:`cosine_alpha` — the progressive factor ``α = cos(softmax(z), ỹ_area)`` (Eq. 8).
+* :func:`combine_lambda` — ``λ = α·λ_attn + (1-α)·λ_area`` (Eq. 9); TransMix is the same with
+  ``α = 1 - ratio``.
+* α strategies of Table 10 (:class:`CosineAlpha`, :class:`ConstantAlpha`, :class:`LinearAlpha`,
+  :class:`ParabolicAlpha`, :class:`LearnableAlpha`) and :func:`make_alpha`.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def smooth_one_hot(labels: torch.Tensor, num_classes: int, smoothing: float = 0.0) -> torch.Tensor:
+    """``(B,)`` int labels → ``(B, num_classes)`` float32 with ``on = 1-s+s/C``, ``off = s/C``."""
+    off = smoothing / num_classes
+    out = torch.full((labels.shape[0], num_classes), off, device=labels.device)
+    return out.scatter_(1, labels.long()[:, None], 1.0 - smoothing + off)
+
+
+def mix_targets(
+    labels: torch.Tensor,
+    partner: torch.Tensor,
+    lam: torch.Tensor,
+    num_classes: int,
+    smoothing: float = 0.0,
+) -> torch.Tensor:
+    """Soft targets ``λ·smooth(y_i) + (1-λ)·smooth(y_partner[i])``: ``(B, num_classes)``.
+
+    ``lam`` is ``(B,)`` (or broadcastable); gradients through ``lam`` are kept.
+    """
+    y = smooth_one_hot(labels, num_classes, smoothing)
+    lam = lam.to(y.dtype).reshape(-1, 1)
+    return torch.lerp(y.index_select(0, partner), y, lam)
+
+
+def attention_lambda(attention: torch.Tensor, fraction: torch.Tensor) -> torch.Tensor:
+    """``λ_attn = Σ_t m_t·a_t / Σ_t a_t`` per sample, float32 ``(B,)``.
+
+    Args:
+        attention: ``(B, N)`` non-negative cls→patch attention (head mean), any scale.
+        fraction: ``(B, N)`` or ``(1, N)``: share of each token's pixels from sample ``i``.
+    """
+    a = attention.float()
+    total = a.sum(1)
+    lam = (a * fraction.float()).sum(1) / total.clamp_min(torch.finfo(torch.float32).tiny)
+    # all-zero attention carries no information: fall back to the token-area share
+    return torch.where(total > 0, lam, fraction.float().mean(1).expand_as(lam))
+
+
+def cosine_alpha(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``α = cos(softmax(logits), targets)`` per sample (Eq. 8), in [0, 1]; keeps gradients."""
+    p = logits.float().softmax(dim=1)
+    return F.cosine_similarity(p, targets.float(), dim=1, eps=1e-12).clamp(0.0, 1.0)
+
+
+def combine_lambda(
+    alpha: torch.Tensor, lam_attn: torch.Tensor, lam_area: torch.Tensor
+) -> torch.Tensor:
+    """``λ = α·λ_attn + (1-α)·λ_area`` (Eq. 9)."""
+    return alpha * lam_attn + (1.0 - alpha) * lam_area
+
+
+@runtime_checkable
+class AlphaStrategy(Protocol):
+    """Computes the per-sample progressive factor α ``(B,)``.
+
+    ``needs_attention`` is False only for strategies that give α = 0 (area labels only).
+    """
+
+    name: str
+    needs_attention: bool
+
+    def __call__(
+        self, logits: torch.Tensor, area_targets: torch.Tensor, progress: float
+    ) -> torch.Tensor: ...
+
+
+class CosineAlpha:
+    """PAL's α = cos(softmax(z), ỹ_area) per sample (Table 10 "cosine distance", default).
+
+    ``detach=True`` (default) stops gradients through α; ``False`` keeps them (official code).
+    """
+
+    name = "cosine"
+    needs_attention = True
+
+    def __init__(self, detach: bool = True) -> None:
+        self.detach = bool(detach)
+
+    def __call__(
+        self, logits: torch.Tensor, area_targets: torch.Tensor, progress: float
+    ) -> torch.Tensor:
+        alpha = cosine_alpha(logits.detach() if self.detach else logits, area_targets)
+        return alpha.detach() if self.detach else alpha
+
+    def __repr__(self) -> str:
+        return f"CosineAlpha(detach={self.detach})"
+
+
+class ConstantAlpha:
+    """α = ``value`` for every sample: 0.5 is Table 10's "equal weight", 0 is area only."""
+
+    def __init__(self, value: float, name: str | None = None) -> None:
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {value}")
+        self.value = float(value)
+        self.name = name or f"constant({value:g})"
+        self.needs_attention = self.value > 0
+
+    def __call__(
+        self, logits: torch.Tensor, area_targets: torch.Tensor, progress: float
+    ) -> torch.Tensor:
+        return torch.full((logits.shape[0],), self.value, device=logits.device)
+
+    def __repr__(self) -> str:
+        return f"ConstantAlpha({self.value})"
+
+
+class _ProgressAlpha:
+    power: float = 1.0
+    needs_attention = True
+
+    def __call__(
+        self, logits: torch.Tensor, area_targets: torch.Tensor, progress: float
+    ) -> torch.Tensor:
+        if not 0.0 <= progress <= 1.0:
+            raise ValueError(f"progress must be in [0, 1] (t/T), got {progress}")
+        return torch.full((logits.shape[0],), progress**self.power, device=logits.device)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class LinearAlpha(_ProgressAlpha):
+    """α = t/T, the training progress set with ``mixer.set_progress`` (Table 10)."""
+
+    name = "linear"
+    power = 1.0
+
+
+class ParabolicAlpha(_ProgressAlpha):
+    """α = (t/T)² (Table 10 "parabolic increment")."""
+
+    name = "parabolic"
+    power = 2.0
+
+
+class LearnableAlpha(nn.Module):
+    """α = sigmoid(w), one scalar parameter ``w`` (init 0 → α = 0.5) trained by your optimizer.
+
+    Add ``mixer.parameters()`` to the optimizer; the gradient reaches ``w`` through the targets.
+    """
+
+    name = "learnable"
+    needs_attention = True
+
+    def __init__(self, init: float = 0.5) -> None:
+        super().__init__()
+        if not 0.0 < init < 1.0:
+            raise ValueError(f"init must be in (0, 1), got {init}")
+        self.logit = nn.Parameter(torch.logit(torch.tensor(float(init))))
+
+    def forward(
+        self, logits: torch.Tensor, area_targets: torch.Tensor, progress: float
+    ) -> torch.Tensor:
+        return self.logit.sigmoid().to(logits.device).expand(logits.shape[0])
+
+
+_ALPHAS = {
+    "cosine": CosineAlpha,
+    "equal": lambda: ConstantAlpha(0.5, "equal"),
+    "linear": LinearAlpha,
+    "parabolic": ParabolicAlpha,
+    "learnable": LearnableAlpha,
+    "none": lambda: ConstantAlpha(0.0, "none"),
+}
+ALPHA_STRATEGIES = tuple(_ALPHAS)
+
+
+def make_alpha(spec: str | AlphaStrategy, detach: bool = True) -> AlphaStrategy:
+    """An α strategy from its Table 10 name or an object following :class:`AlphaStrategy`."""
+    if isinstance(spec, str):
+        if spec not in _ALPHAS:
+            raise ValueError(f"alpha must be one of {list(_ALPHAS)}, got {spec!r}")
+        return CosineAlpha(detach) if spec == "cosine" else _ALPHAS[spec]()
+    if not callable(spec) or not hasattr(spec, "needs_attention"):
+        raise TypeError(f"alpha must be a strategy name or an AlphaStrategy, got {spec!r}")
+    return spec

@@ -1,0 +1,510 @@
+"""Where each pixel of a mixed image comes from.
+
+A *pixel source* says, for a batch and its partner index, how the mixed image is made:
+
+* :class:`CellMask` — a binary mask on a rectilinear grid of cells (MaskMix grids, CutMix boxes,
+  block-wise masks, …). ``True`` = the cell's pixels come from sample ``i``, ``False`` = from
+  its partner ``j``. No per-pixel mask is ever materialised to mix; a pixel mask is built only
+  on request (:meth:`CellMask.pixel_mask`, bool).
+* :class:`Blend` — a per-sample convex blend (Mixup).
+* :class:`Switch` — per-sample choice between a :class:`CellMask` and a :class:`Blend`
+  (timm's ``pair``/``elem`` modes with both Mixup and CutMix on).
+* :class:`Identity` — no mixing.
+
+A *mask generator* turns a target share of sample ``i`` per sample (``ratio``, τ of the paper)
+into a :class:`CellMask`: :class:`GridMasks` (random cells of any size and offset: MaskMix,
+random 1×, Table 8 B and C), :class:`BoxMasks` (CutMix boxes, optionally patch-aligned:
+Table 8 A) and :class:`BlockMasks` (BEiT-style block-wise masks). They share one protocol,
+:class:`MaskGenerator`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Literal, Protocol, runtime_checkable
+
+import torch
+
+from . import _checks
+
+TokenMode = Literal["area", "nearest"]
+
+# Above this many cells a mask is mixed with one `torch.where` over a pixel mask instead of
+# one strided copy per cell.
+_MAX_CELL_LOOP = 1024
+
+
+def sample_beta(
+    concentration: float,
+    n: int,
+    *,
+    device: torch.device | str = "cpu",
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Draw ``n`` samples of Beta(c, c) as float32 ``(n,)`` on ``device`` (no host sync)."""
+    conc = torch.full((2, n), float(concentration), device=device, dtype=torch.float32)
+    g = torch._standard_gamma(conc, generator=generator)
+    return g[0] / (g[0] + g[1]).clamp_min(torch.finfo(torch.float32).tiny)
+
+
+def rand(
+    *shape: int, device: torch.device | str, generator: torch.Generator | None
+) -> torch.Tensor:
+    """Uniform [0, 1) float32 on ``device`` drawn with ``generator`` (helper for all samplers)."""
+    return torch.rand(*shape, device=device, generator=generator)
+
+
+@runtime_checkable
+class PixelSource(Protocol):
+    """How the mixed image is made from a sample and its partner."""
+
+    def lam_area(self) -> torch.Tensor:
+        """Share of each mixed image's pixels taken from sample ``i``: ``(Bm,)`` float32."""
+
+    def apply(self, images: torch.Tensor, partner: torch.Tensor) -> torch.Tensor:
+        """Mixed images ``(B, C, H, W)``, a new tensor; ``images`` is not modified."""
+
+    def token_fraction(self, grid: tuple[int, int], mode: TokenMode = "area") -> torch.Tensor:
+        """Share of each token's pixels taken from sample ``i``: ``(Bm, Nh*Nw)`` float32."""
+
+    def pixel_mask(self) -> torch.Tensor | None:
+        """Bool ``(Bm, 1, H, W)`` (True = pixel from sample ``i``), or None for blends."""
+
+
+# ------------------------------------------------------------------------------------------
+# Binary masks on a rectilinear cell grid
+# ------------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=256)
+def _cell_index(edges: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """For each pixel along one axis, the index of the cell containing it: ``(size,)`` int64."""
+    sizes = torch.tensor([b - a for a, b in zip(edges[:-1], edges[1:])], dtype=torch.int64)
+    idx = torch.repeat_interleave(torch.arange(len(edges) - 1), sizes)
+    return idx.to(device)
+
+
+@lru_cache(maxsize=256)
+def _overlap(edges: tuple[int, ...], n_tokens: int, device: torch.device) -> torch.Tensor:
+    """Pixels shared by token ``t`` and cell ``g`` along one axis: ``(n_tokens, n_cells)``."""
+    size = edges[-1]
+    step = size // n_tokens
+    cell = torch.tensor(edges, dtype=torch.float64)
+    tok = torch.arange(n_tokens + 1, dtype=torch.float64) * step
+    lo = torch.maximum(tok[:-1, None], cell[None, :-1])
+    hi = torch.minimum(tok[1:, None], cell[None, 1:])
+    return (hi - lo).clamp_min(0).to(device=device, dtype=torch.float32)
+
+
+@lru_cache(maxsize=256)
+def _nearest_cells(edges: tuple[int, ...], n_tokens: int, device: torch.device) -> torch.Tensor:
+    """Cell holding each token's sampling pixel under nearest down-sampling ``(n_tokens,)``.
+
+    This is ``nn.Upsample(size=n_tokens, mode='nearest')``: token ``t`` reads pixel
+    ``floor(t * size / n_tokens)`` (the top-left pixel of its patch), as TransMix does.
+    """
+    size = edges[-1]
+    pix = (torch.arange(n_tokens, dtype=torch.float64) * (size / n_tokens)).floor().long()
+    return _cell_index(edges, torch.device("cpu"))[pix].to(device)
+
+
+@dataclass(frozen=True)
+class CellMask:
+    """A binary mask on a rectilinear grid of cells.
+
+    Attributes:
+        cells: bool ``(Bm, Gh, Gw)``, ``Bm`` is 1 (one mask for the batch) or ``B``;
+            True = the cell's pixels come from sample ``i``.
+        row_edges: ``Gh + 1`` non-decreasing pixel boundaries from 0 to ``H``.
+        col_edges: ``Gw + 1`` non-decreasing pixel boundaries from 0 to ``W``.
+    """
+
+    cells: torch.Tensor
+    row_edges: tuple[int, ...]
+    col_edges: tuple[int, ...]
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.cells.dtype != torch.bool or self.cells.dim() != 3:
+            raise TypeError("cells must be a bool tensor of shape (Bm, Gh, Gw)")
+        for name, edges, n in (
+            ("row_edges", self.row_edges, self.cells.shape[1]),
+            ("col_edges", self.col_edges, self.cells.shape[2]),
+        ):
+            if len(edges) != n + 1 or edges[0] != 0:
+                raise ValueError(f"{name} must have {n + 1} entries starting at 0, got {edges}")
+            if any(b < a for a, b in zip(edges[:-1], edges[1:])):
+                raise ValueError(f"{name} must be non-decreasing, got {edges}")
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return self.row_edges[-1], self.col_edges[-1]
+
+    def lam_area(self) -> torch.Tensor:
+        """Exact pixel mean of the mask, ``(Bm,)`` float32."""
+        if "lam" not in self._cache:
+            rows = _overlap(self.row_edges, 1, self.cells.device)[0]
+            cols = _overlap(self.col_edges, 1, self.cells.device)[0]
+            kept = torch.einsum("bhw,h,w->b", self.cells.float(), rows, cols)
+            self._cache["lam"] = kept / float(self.image_size[0] * self.image_size[1])
+        return self._cache["lam"]
+
+    def pixel_mask(self) -> torch.Tensor:
+        """Bool ``(Bm, 1, H, W)``, True = pixel from sample ``i`` (built on request only)."""
+        dev = self.cells.device
+        rows = _cell_index(self.row_edges, dev)
+        cols = _cell_index(self.col_edges, dev)
+        return self.cells[:, rows][:, :, cols].unsqueeze(1)
+
+    def token_fraction(self, grid: tuple[int, int], mode: TokenMode = "area") -> torch.Tensor:
+        """Share of each token's pixels from sample ``i``, ``(Bm, Nh*Nw)`` float32.
+
+        ``mode='area'`` is exact (area-weighted); ``'nearest'`` reads the top-left pixel of each
+        token as nearest down-sampling does (TransMix's reference).
+        """
+        nh, nw = grid
+        h, w = self.image_size
+        if h % nh or w % nw:
+            raise ValueError(f"token grid {grid} does not tile the image size {(h, w)}")
+        dev = self.cells.device
+        if mode == "area":
+            rows = _overlap(self.row_edges, nh, dev) / (h // nh)
+            cols = _overlap(self.col_edges, nw, dev) / (w // nw)
+            frac = torch.einsum("th,bhw,sw->bts", rows, self.cells.float(), cols)
+        elif mode == "nearest":
+            rows = _nearest_cells(self.row_edges, nh, dev)
+            cols = _nearest_cells(self.col_edges, nw, dev)
+            frac = self.cells[:, rows][:, :, cols].float()
+        else:
+            raise ValueError(f"token mode must be 'area' or 'nearest', got {mode!r}")
+        return frac.reshape(frac.shape[0], nh * nw)
+
+    def apply(self, images: torch.Tensor, partner: torch.Tensor) -> torch.Tensor:
+        """Mixed images: pixels of cells with True from ``images``, others from the partner.
+
+        Each pixel is read and written once (one strided gather per cell); no partner batch and
+        no pixel mask is materialised unless the grid has more than 1024 cells.
+        """
+        b = images.shape[0]
+        if self.image_size != tuple(images.shape[-2:]):
+            raise ValueError(
+                f"mask is for images of size {self.image_size}, got {tuple(images.shape[-2:])}"
+            )
+        gh, gw = self.cells.shape[1:]
+        own = torch.arange(b, device=images.device)
+        if gh * gw > _MAX_CELL_LOOP or images.requires_grad:
+            keep = self.pixel_mask()
+            return torch.where(keep, images, images.index_select(0, partner))
+        # source sample of every (sample, cell): (B, Gh, Gw)
+        src = torch.where(self.cells, own.view(b, 1, 1), partner.view(b, 1, 1))
+        out = torch.empty_like(images)
+        re, ce = self.row_edges, self.col_edges
+        for r in range(gh):
+            if re[r + 1] == re[r]:
+                continue
+            for c in range(gw):
+                if ce[c + 1] == ce[c]:
+                    continue
+                sl = (slice(None), slice(None), slice(re[r], re[r + 1]), slice(ce[c], ce[c + 1]))
+                torch.index_select(images[sl], 0, src[:, r, c], out=out[sl])
+        return out
+
+
+# ------------------------------------------------------------------------------------------
+# Blends, switches and no-ops
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Blend:
+    """Per-sample convex blend ``x̃ = w·x_i + (1-w)·x_j`` (Mixup); ``weight`` is ``(Bm,)``."""
+
+    weight: torch.Tensor
+
+    def lam_area(self) -> torch.Tensor:
+        return self.weight.float()
+
+    def apply(self, images: torch.Tensor, partner: torch.Tensor) -> torch.Tensor:
+        if not images.dtype.is_floating_point:
+            raise TypeError(f"Mixup blends need floating images, got {images.dtype}")
+        w = self.weight.to(images.dtype).view(-1, 1, 1, 1)
+        return torch.lerp(images.index_select(0, partner), images, w)
+
+    def token_fraction(self, grid: tuple[int, int], mode: TokenMode = "area") -> torch.Tensor:
+        return self.weight.float()[:, None].expand(-1, grid[0] * grid[1])
+
+    def pixel_mask(self) -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class Switch:
+    """Per-sample choice: sample ``b`` uses ``mask`` where ``use_mask[b]``, else ``blend``."""
+
+    use_mask: torch.Tensor  # bool (B,)
+    mask: CellMask
+    blend: Blend
+
+    def _pick(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        sel = self.use_mask.view(-1, *([1] * (a.dim() - 1)))
+        return torch.where(sel, a, b)
+
+    def lam_area(self) -> torch.Tensor:
+        return self._pick(self.mask.lam_area(), self.blend.lam_area())
+
+    def apply(self, images: torch.Tensor, partner: torch.Tensor) -> torch.Tensor:
+        return self._pick(self.mask.apply(images, partner), self.blend.apply(images, partner))
+
+    def token_fraction(self, grid: tuple[int, int], mode: TokenMode = "area") -> torch.Tensor:
+        return self._pick(
+            self.mask.token_fraction(grid, mode), self.blend.token_fraction(grid, mode)
+        )
+
+    def pixel_mask(self) -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class Identity:
+    """No mixing: every pixel from sample ``i``."""
+
+    batch: int
+    device: torch.device
+
+    def lam_area(self) -> torch.Tensor:
+        return torch.ones(self.batch, device=self.device)
+
+    def apply(self, images: torch.Tensor, partner: torch.Tensor) -> torch.Tensor:
+        return images
+
+    def token_fraction(self, grid: tuple[int, int], mode: TokenMode = "area") -> torch.Tensor:
+        return torch.ones(self.batch, grid[0] * grid[1], device=self.device)
+
+    def pixel_mask(self) -> None:
+        return None
+
+
+# ------------------------------------------------------------------------------------------
+# Mask generators
+# ------------------------------------------------------------------------------------------
+
+
+@runtime_checkable
+class MaskGenerator(Protocol):
+    """Turns a target share of sample ``i`` into a :class:`CellMask`.
+
+    ``ratio`` is ``(Bm,)`` float in [0, 1] (Bm = 1: one mask shared by the batch; Bm = B: one
+    mask per sample); random draws happen on ``ratio.device`` with ``generator``; the cells
+    are returned on ``device``.
+    """
+
+    def __call__(
+        self,
+        ratio: torch.Tensor,
+        image_size: tuple[int, int],
+        *,
+        device: torch.device,
+        generator: torch.Generator | None = None,
+    ) -> CellMask: ...
+
+
+def _random_cells(
+    count: torch.Tensor, n_cells: int, generator: torch.Generator | None
+) -> torch.Tensor:
+    """Bool ``(Bm, n_cells)`` with exactly ``count[b]`` True at random positions per row."""
+    keys = rand(count.shape[0], n_cells, device=count.device, generator=generator)
+    order = keys.argsort(dim=1)
+    first = torch.arange(n_cells, device=count.device)[None, :] < count[:, None]
+    return torch.zeros_like(first).scatter_(1, order, first)
+
+
+def _edges(size: int, cell: int, offset: int) -> tuple[int, ...]:
+    """Cell boundaries of a grid of ``cell`` pixels shifted by ``offset`` (clipped to 0..size)."""
+    inner = range(cell - offset if offset else cell, size, cell)
+    return (0, *inner, size)
+
+
+@dataclass(frozen=True)
+class GridMasks:
+    """Random cells of ``cell`` pixels: exactly ``round(S·ratio)`` of the S cells are True.
+
+    Args:
+        cell: cell size in pixels, int or ``(h, w)``; MaskMix uses ``mask_scale × patch_size``.
+        offset: shift of the grid in pixels, ``(dy, dx)``; non-zero offsets give cells that
+            straddle patch borders (Table 8 "B"), with partial cells at the image border.
+        rounding: ``'floor'`` (paper: ⌊S·τ⌋) or ``'ceil'`` (official code: ⌈S·τ⌉).
+    """
+
+    cell: int | tuple[int, int]
+    offset: int | tuple[int, int] = 0
+    rounding: Literal["floor", "ceil"] = "floor"
+
+    def __post_init__(self) -> None:
+        _checks.pair(self.cell, "cell")
+        off = (self.offset, self.offset) if isinstance(self.offset, int) else self.offset
+        if len(off) != 2 or min(off) < 0:
+            raise ValueError(f"offset must be >= 0, got {self.offset!r}")
+        _checks.choice(self.rounding, "rounding", ("floor", "ceil"))
+
+    def edges(self, image_size: tuple[int, int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        ch, cw = _checks.pair(self.cell, "cell")
+        oy, ox = (self.offset, self.offset) if isinstance(self.offset, int) else self.offset
+        return _edges(image_size[0], ch, oy % ch), _edges(image_size[1], cw, ox % cw)
+
+    def count(self, ratio: torch.Tensor, n_cells: int) -> torch.Tensor:
+        """Number of True cells, ``floor``/``ceil`` of ``S·ratio``, int64 ``(Bm,)``."""
+        # float64 so that S·τ is exact enough for floor/ceil at integer boundaries
+        scaled = ratio.double() * n_cells
+        k = scaled.floor() if self.rounding == "floor" else scaled.ceil()
+        return k.long().clamp_(0, n_cells)
+
+    def __call__(
+        self,
+        ratio: torch.Tensor,
+        image_size: tuple[int, int],
+        *,
+        device: torch.device,
+        generator: torch.Generator | None = None,
+    ) -> CellMask:
+        rows, cols = self.edges(image_size)
+        gh, gw = len(rows) - 1, len(cols) - 1
+        cells = _random_cells(self.count(ratio, gh * gw), gh * gw, generator)
+        return CellMask(cells.view(-1, gh, gw).to(device), rows, cols)
+
+
+@dataclass(frozen=True)
+class BoxMasks:
+    """CutMix boxes: a box of about ``1 - ratio`` of the image comes from the partner.
+
+    Follows timm's ``rand_bbox`` (box of side ``int(H·sqrt(1-λ))`` centred uniformly, clipped)
+    or ``rand_bbox_minmax`` when ``minmax=(lo, hi)`` is given. ``align`` snaps the box edges to
+    multiples of ``align`` pixels (a patch-aligned box, Table 8 "A").
+    """
+
+    minmax: tuple[float, float] | None = None
+    align: int | tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.minmax is not None:
+            lo, hi = self.minmax
+            if not 0.0 < lo < hi <= 1.0:
+                raise ValueError(f"cutmix_minmax must satisfy 0 < min < max <= 1, got {self.minmax}")
+        if self.align is not None:
+            _checks.pair(self.align, "align")
+
+    def boxes(
+        self,
+        ratio: torch.Tensor,
+        image_size: tuple[int, int],
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Boxes ``(Bm, 4)`` int64 as ``(y0, y1, x0, x1)``, half-open, on ``ratio.device``."""
+        h, w = image_size
+        n, dev = ratio.shape[0], ratio.device
+        u = rand(4, n, device=dev, generator=generator).double()
+        if self.minmax is None:
+            cut = (1.0 - ratio.double()).clamp(0, 1).sqrt()
+            ch, cw = (h * cut).long(), (w * cut).long()
+            cy, cx = (u[0] * h).long(), (u[1] * w).long()
+            y0, y1 = (cy - ch // 2).clamp(0, h), (cy + ch // 2).clamp(0, h)
+            x0, x1 = (cx - cw // 2).clamp(0, w), (cx + cw // 2).clamp(0, w)
+        else:
+            lo, hi = self.minmax
+            ch = (int(h * lo) + u[0] * (int(h * hi) - int(h * lo))).long()
+            cw = (int(w * lo) + u[1] * (int(w * hi) - int(w * lo))).long()
+            y0 = (u[2] * (h - ch)).long()
+            x0 = (u[3] * (w - cw)).long()
+            y1, x1 = y0 + ch, x0 + cw
+        box = torch.stack([y0, y1, x0, x1], dim=1)
+        if self.align is not None:
+            ah, aw = _checks.pair(self.align, "align")
+            step = torch.tensor([ah, ah, aw, aw], device=dev, dtype=torch.float64)
+            lim = torch.tensor([h, h, w, w], device=dev)
+            snapped = (box.double() / step).round() * step
+            box = torch.minimum(snapped.long(), lim - (lim % step.long()))
+        return box
+
+    def __call__(
+        self,
+        ratio: torch.Tensor,
+        image_size: tuple[int, int],
+        *,
+        device: torch.device,
+        generator: torch.Generator | None = None,
+    ) -> CellMask:
+        h, w = image_size
+        box = self.boxes(ratio, image_size, generator)
+        if box.shape[0] == 1:
+            y0, y1, x0, x1 = box[0].tolist()
+            cells = torch.ones(1, 3, 3, dtype=torch.bool)
+            cells[0, 1, 1] = False
+            return CellMask(cells.to(device), (0, y0, y1, h), (0, x0, x1, w))
+        box = box.to(device)
+        ys = torch.arange(h, device=device)[None, :, None]
+        xs = torch.arange(w, device=device)[None, None, :]
+        y0, y1, x0, x1 = (box[:, i, None, None] for i in range(4))
+        inside = (ys >= y0) & (ys < y1) & (xs >= x0) & (xs < x1)
+        return CellMask(~inside, tuple(range(h + 1)), tuple(range(w + 1)))
+
+
+@dataclass(frozen=True)
+class BlockMasks:
+    """BEiT-style block-wise masks on the token grid (cells of ``patch`` pixels).
+
+    Blocks of ``min_block`` to the remaining number of tokens, aspect ratio log-uniform in
+    ``[aspect, 1/aspect]``, are placed at random until ``floor(N·ratio)`` tokens are True or a
+    sample fails ``max_tries`` draws in a row (as BEiT, the count may end a little short; the
+    mixer's ``lam_area`` is always the exact mean of the mask). Vectorised over the batch; the
+    loop is over placement rounds.
+    """
+
+    patch: int | tuple[int, int]
+    min_block: int = 4
+    aspect: float = 0.3
+    max_tries: int = 10
+
+    def __call__(
+        self,
+        ratio: torch.Tensor,
+        image_size: tuple[int, int],
+        *,
+        device: torch.device,
+        generator: torch.Generator | None = None,
+    ) -> CellMask:
+        ph, pw = _checks.pair(self.patch, "patch")
+        h, w = image_size
+        if h % ph or w % pw:
+            raise ValueError(f"patch {(ph, pw)} does not tile the image size {(h, w)}")
+        nh, nw = h // ph, w // pw
+        n, dev = ratio.shape[0], ratio.device
+        target = (ratio.double() * nh * nw).floor().long()
+        mask = torch.zeros(n, nh, nw, dtype=torch.bool, device=dev)
+        fails = torch.zeros(n, dtype=torch.long, device=dev)
+        ys = torch.arange(nh, device=dev)[None, :, None]
+        xs = torch.arange(nw, device=dev)[None, None, :]
+        log_lo, log_hi = math.log(self.aspect), math.log(1.0 / self.aspect)
+        for _ in range(nh * nw * (self.max_tries + 1)):
+            count = mask.flatten(1).sum(1)
+            remaining = target - count
+            active = (remaining > 0) & (fails < self.max_tries)
+            if not bool(active.any()):
+                break
+            u = rand(5, n, device=dev, generator=generator).double()
+            lo = torch.minimum(remaining, torch.full_like(remaining, self.min_block)).double()
+            area = lo + u[0] * (remaining.double() - lo)
+            asp = torch.exp(log_lo + u[1] * (log_hi - log_lo))
+            bh = (area * asp).sqrt().round().long().clamp(1, nh)
+            bw = (area / asp).sqrt().round().long().clamp(1, nw)
+            top = (u[2] * (nh - bh + 1)).long()
+            left = (u[3] * (nw - bw + 1)).long()
+            block = (
+                (ys >= top[:, None, None]) & (ys < (top + bh)[:, None, None])
+                & (xs >= left[:, None, None]) & (xs < (left + bw)[:, None, None])
+            )
+            new = (block & ~mask).flatten(1).sum(1)
+            ok = active & (new > 0) & (new <= remaining)
+            mask |= block & ok[:, None, None]
+            fails = torch.where(ok, torch.zeros_like(fails), fails + active.long())
+        return CellMask(mask.to(device), _edges(h, ph, 0), _edges(w, pw, 0))

@@ -1,0 +1,681 @@
+"""The objects users hold: mixers that turn a batch into a :class:`MixedBatch`.
+
+Every mixer has one call contract, ``mixer(images (B,C,H,W), labels (B,)) -> MixedBatch``, and
+every :class:`MixedBatch` turns into soft targets with one call,
+``batch.targets(logits (B,K), attention (B,N) | None) -> (B, K)``.
+
+* :class:`MaskMix`, :class:`MixPro` — the paper's grid mask, with area labels or with PAL.
+* :class:`Mixup`, :class:`CutMix` — timm's ``Mixup`` semantics and keyword names.
+* :class:`TransMix` — CutMix + attention relabelling as released by its authors.
+* :class:`NoMix` — the unmixed baseline with the same return type.
+* :class:`RandomChoice` — one mixer per batch with given probabilities; :func:`paper_recipe`.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import nn
+
+from . import _checks
+from .labels import (
+    AlphaStrategy,
+    ConstantAlpha,
+    attention_lambda,
+    combine_lambda,
+    make_alpha,
+    mix_targets,
+)
+from .loss import soft_target_cross_entropy
+from .masks import (
+    Blend,
+    BoxMasks,
+    CellMask,
+    GridMasks,
+    Identity,
+    MaskGenerator,
+    PixelSource,
+    Switch,
+    TokenMode,
+    sample_beta,
+)
+
+Pairing = Literal["flip", "randperm"]
+
+
+@dataclass(frozen=True)
+class AttentionRelabel:
+    """How a batch is relabelled with attention: ``λ = α·λ_attn + (1-α)·λ_area``.
+
+    Attributes:
+        alpha: the α strategy (PAL: cosine; TransMix: constant ``1 - ratio``).
+        patch_size: ``(ph, pw)`` of the model, or None to infer a square token grid.
+        token_mode: ``'area'`` (exact token fraction) or ``'nearest'`` (TransMix reference).
+        smoothing: label smoothing of the relabelled target.
+        alpha_smoothing: label smoothing of the area target that cosine α is measured against.
+    """
+
+    alpha: AlphaStrategy
+    patch_size: tuple[int, int] | None
+    token_mode: TokenMode
+    smoothing: float
+    alpha_smoothing: float
+
+    def grid(self, image_size: tuple[int, int], n_tokens: int) -> tuple[int, int]:
+        h, w = image_size
+        if self.patch_size is not None:
+            ph, pw = self.patch_size
+            grid = (h // ph, w // pw)
+            if grid[0] * grid[1] != n_tokens:
+                raise ValueError(
+                    f"attention has {n_tokens} patch tokens but images {image_size} with "
+                    f"patch_size {self.patch_size} give {grid[0]}x{grid[1]} = "
+                    f"{grid[0] * grid[1]}"
+                )
+            return grid
+        side = math.isqrt(n_tokens)
+        if side * side != n_tokens or h % side or w % side:
+            raise ValueError(
+                f"cannot infer the token grid from {n_tokens} tokens for images {image_size}: "
+                "pass patch_size"
+            )
+        return side, side
+
+
+@dataclass(eq=False)
+class MixedBatch:
+    """A mixed batch; the same type for every method and every batch.
+
+    Attributes:
+        images: mixed images ``(B, C, H, W)`` (a new tensor unless ``method == 'none'``).
+        labels: the original labels ``(B,)``; sample ``i``'s partner is ``partner[i]``.
+        partner: ``(B,)`` int64 index of the sample mixed into each image.
+        lam_area: ``(B,)`` float32 share of each image's pixels from sample ``i``.
+        method: ``'none'``, ``'mixup'``, ``'cutmix'``, ``'transmix'``, ``'maskmix'``, ``'mixpro'``,
+            or the mixer's custom name.
+        source: the :class:`~mixpro.masks.PixelSource` that made the images.
+        alpha, lam_attn, lam: ``(B,)`` float32, set by :meth:`targets`. For area-labelled
+            batches ``alpha`` is 0, ``lam_attn`` is None and ``lam == lam_area``.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    partner: torch.Tensor
+    lam_area: torch.Tensor
+    method: str
+    source: PixelSource
+    num_classes: int
+    label_smoothing: float
+    relabel: AttentionRelabel | None = None
+    progress: float = 0.0
+    alpha: torch.Tensor | None = field(default=None, init=False)
+    lam_attn: torch.Tensor | None = field(default=None, init=False)
+    lam: torch.Tensor | None = field(default=None, init=False)
+
+    @property
+    def batch_size(self) -> int:
+        return self.labels.shape[0]
+
+    @property
+    def needs_attention(self) -> bool:
+        """True when :meth:`targets` uses the attention argument for this batch."""
+        return self.relabel is not None and self.relabel.alpha.needs_attention
+
+    @property
+    def mask(self) -> torch.Tensor | None:
+        """Bool ``(B|1, 1, H, W)``, True = pixel from sample ``i``; None for blends (Mixup)."""
+        return self.source.pixel_mask()
+
+    def token_fraction(self, grid: tuple[int, int], mode: TokenMode = "area") -> torch.Tensor:
+        """Share of each token's pixels from sample ``i``: ``(B, Nh*Nw)`` float32."""
+        frac = self.source.token_fraction(grid, mode)
+        return frac.expand(self.batch_size, -1)
+
+    def targets(
+        self, logits: torch.Tensor, attention: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Soft targets ``(B, num_classes)`` for ``logits`` of this batch's forward pass.
+
+        Args:
+            logits: ``(B, num_classes)`` model output on :attr:`images`.
+            attention: ``(B, N_patches)`` cls→patch attention of the same forward pass
+                (:class:`~mixpro.ClsAttention`); ignored by area-labelled batches.
+
+        Sets :attr:`alpha`, :attr:`lam_attn` and :attr:`lam`.
+        """
+        b, k = self.batch_size, self.num_classes
+        _checks.logits(logits, b, k)
+        if not self.needs_attention:
+            self.alpha = torch.zeros(b, device=logits.device)
+            self.lam_attn = None
+            self.lam = self.lam_area
+            return mix_targets(self.labels, self.partner, self.lam, k, self.label_smoothing)
+        rl = self.relabel
+        assert rl is not None
+        attention = _checks.attention(attention, b)
+        grid = rl.grid(tuple(self.images.shape[-2:]), attention.shape[1])
+        frac = self.token_fraction(grid, rl.token_mode)
+        self.lam_attn = attention_lambda(attention.detach(), frac)
+        area_targets = mix_targets(self.labels, self.partner, self.lam_area, k, rl.alpha_smoothing)
+        self.alpha = rl.alpha(logits, area_targets, self.progress)
+        self.lam = combine_lambda(self.alpha, self.lam_attn, self.lam_area)
+        return mix_targets(self.labels, self.partner, self.lam, k, rl.smoothing)
+
+    def loss(self, logits: torch.Tensor, attention: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean soft-target cross-entropy of ``logits`` against :meth:`targets`."""
+        return soft_target_cross_entropy(logits, self.targets(logits, attention))
+
+
+def make_partner(
+    batch: int, pairing: Pairing, device: torch.device, generator: torch.Generator | None
+) -> torch.Tensor:
+    """Partner index ``(B,)``: ``'flip'`` pairs ``i`` with ``B-1-i`` (odd B: the middle sample is
+    its own partner and stays unmixed); ``'randperm'`` is a random permutation (self-pairs
+    possible, as the official MixPro code)."""
+    if pairing == "flip":
+        return torch.arange(batch - 1, -1, -1, device=device)
+    gen_device = generator.device if generator is not None else device
+    return torch.randperm(batch, device=gen_device, generator=generator).to(device)
+
+
+class Mixer(ABC):
+    """Base of all mixers: validation, progress, the call contract."""
+
+    method: str = "mixer"
+
+    def __init__(
+        self,
+        num_classes: int,
+        label_smoothing: float,
+        generator: torch.Generator | None,
+    ) -> None:
+        self.num_classes = _checks.num_classes(num_classes)
+        self.label_smoothing = _checks.smoothing(label_smoothing)
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+        self.generator = generator
+        self.progress = 0.0
+
+    def set_progress(self, progress: float) -> None:
+        """Training progress t/T in [0, 1] (used by the ``linear``/``parabolic`` α strategies)."""
+        self.progress = _checks.probability(progress, "progress")
+
+    @property
+    def needs_attention(self) -> bool:
+        """Whether some batches of this mixer need the probe's attention in ``targets``."""
+        return False
+
+    def parameters(self) -> list[nn.Parameter]:
+        """Learnable parameters (only the ``learnable`` α strategy has one)."""
+        return []
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> MixedBatch:
+        """Mix ``images (B, C, H, W)`` with labels ``(B,)``; neither is modified."""
+        _checks.images_and_labels(images, labels, self.num_classes)
+        source, partner, method, lam_area, relabel = self._sample(images)
+        lam_area = lam_area.to(device=images.device, dtype=torch.float32)
+        return MixedBatch(
+            images=source.apply(images, partner),
+            labels=labels,
+            partner=partner,
+            lam_area=lam_area.expand(images.shape[0]),
+            method=method,
+            source=source,
+            num_classes=self.num_classes,
+            label_smoothing=self.label_smoothing,
+            relabel=relabel,
+            progress=self.progress,
+        )
+
+    @abstractmethod
+    def _sample(
+        self, images: torch.Tensor
+    ) -> tuple[PixelSource, torch.Tensor, str, torch.Tensor, AttentionRelabel | None]:
+        """Draw this batch: (source, partner, method, lam_area (B|1,), relabel or None)."""
+
+
+class NoMix(Mixer):
+    """No mixing; targets are the smoothed one-hot labels (the baseline, same return type)."""
+
+    method = "none"
+
+    def __init__(
+        self, *, num_classes: int, label_smoothing: float = 0.1, generator=None
+    ) -> None:
+        super().__init__(num_classes, label_smoothing, generator)
+
+    def _sample(self, images):
+        b = images.shape[0]
+        src = Identity(b, images.device)
+        own = torch.arange(b, device=images.device)
+        return src, own, self.method, src.lam_area(), None
+
+
+# ------------------------------------------------------------------------------------------
+# MaskMix and MixPro
+# ------------------------------------------------------------------------------------------
+
+
+class MaskMix(Mixer):
+    """MaskMix (paper §3.2): a random grid mask whose cell is ``mask_scale × patch_size`` px.
+
+    ``x̃ = M⊙x_i + (1-M)⊙x_j``: exactly ⌊S·τ⌋ of the S cells keep sample ``i`` (M = 1),
+    τ ~ Beta(β, β); ``lam_area = mean(M)`` exactly. Labels are area labels.
+
+    Args:
+        num_classes: number of classes ``K``.
+        patch_size: the ViT's patch size in pixels (int or ``(h, w)``).
+        mask_scale: cell side in patches (int or ``(h, w)``); the cell must tile the image.
+        beta: β of τ ~ Beta(β, β).
+        mode: ``'batch'`` one τ and one mask for the batch (paper pseudo-code, default);
+            ``'positions'`` one τ per batch, cell positions per sample (official code);
+            ``'elem'`` τ and positions per sample.
+        pairing: ``'flip'`` (partner ``B-1-i``, default) or ``'randperm'`` (official code).
+        rounding: ``'floor'`` (paper) or ``'ceil'`` (official code) for the cell count.
+        label_smoothing: timm-style smoothing of both one-hots.
+        strategy: another :class:`~mixpro.masks.MaskGenerator` for the ablations (box, block,
+            misaligned or sub-patch grids); overrides ``mask_scale`` and ``rounding``.
+        generator: ``torch.Generator`` for all draws (on its own device; results are moved
+            to the images' device). Default: the global RNG of the images' device.
+    """
+
+    method = "maskmix"
+
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        patch_size: int | tuple[int, int] = 16,
+        mask_scale: int | tuple[int, int] = 4,
+        beta: float = 1.0,
+        mode: Literal["batch", "positions", "elem"] = "batch",
+        pairing: Pairing = "flip",
+        rounding: Literal["floor", "ceil"] = "floor",
+        label_smoothing: float = 0.1,
+        strategy: MaskGenerator | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__(num_classes, label_smoothing, generator)
+        self.patch_size = _checks.pair(patch_size, "patch_size")
+        self.mask_scale = _checks.pair(mask_scale, "mask_scale")
+        self.beta = _checks.positive(beta, "beta")
+        self.mode = _checks.choice(mode, "mode", ("batch", "positions", "elem"))
+        self.pairing = _checks.choice(pairing, "pairing", ("flip", "randperm"))
+        self.rounding = _checks.choice(rounding, "rounding", ("floor", "ceil"))
+        if strategy is not None and not isinstance(strategy, MaskGenerator):
+            raise TypeError(f"strategy must be a MaskGenerator, got {type(strategy).__name__}")
+        cell = (self.mask_scale[0] * self.patch_size[0], self.mask_scale[1] * self.patch_size[1])
+        self.cell = cell
+        self.strategy: MaskGenerator = strategy or GridMasks(cell, rounding=self.rounding)
+        self._custom_strategy = strategy is not None
+
+    def _check_size(self, image_size: tuple[int, int]) -> None:
+        h, w = image_size
+        ph, pw = self.patch_size
+        if h % ph or w % pw:
+            raise ValueError(
+                f"patch_size {self.patch_size} does not tile the image size {image_size}"
+            )
+        if not self._custom_strategy and (h % self.cell[0] or w % self.cell[1]):
+            raise ValueError(
+                f"mask_scale {self.mask_scale} × patch_size {self.patch_size} = cells of "
+                f"{self.cell} px do not tile the image size {image_size}"
+            )
+
+    def _relabel(self) -> AttentionRelabel | None:
+        return None
+
+    def _sample(self, images):
+        b, dev = images.shape[0], images.device
+        size = (images.shape[-2], images.shape[-1])
+        self._check_size(size)
+        gen_dev = self.generator.device if self.generator is not None else dev
+        tau = sample_beta(self.beta, b if self.mode == "elem" else 1, device=gen_dev,
+                          generator=self.generator)
+        if self.mode == "positions":
+            tau = tau.expand(b)
+        mask = self.strategy(tau, size, device=dev, generator=self.generator)
+        partner = make_partner(b, self.pairing, dev, self.generator)
+        return mask, partner, self.method, mask.lam_area(), self._relabel()
+
+
+class MixPro(MaskMix):
+    """MixPro: MaskMix + Progressive Attention Labeling (the paper's method).
+
+    Targets use ``λ = α·λ_attn + (1-α)·λ_area`` (Eq. 9) with ``λ_attn = Σ(m·a)/Σ(a)`` over
+    patch tokens (``m``: share of each token from sample ``i``, ``a``: the probe's attention)
+    and α from ``alpha``.
+
+    Args (in addition to :class:`MaskMix`'s):
+        alpha: ``'cosine'`` (PAL, default), ``'equal'``, ``'linear'``, ``'parabolic'``,
+            ``'learnable'``, ``'none'`` (area only), or an :class:`~mixpro.labels.AlphaStrategy`.
+        alpha_detach: stop gradients through α (default True; the official code keeps them).
+        pal_label_smoothing: smoothing of the PAL target; None = ``label_smoothing``. The
+            official PAL loss is a hard-label CE, i.e. ``0.0``.
+        alpha_target_smoothing: smoothing of the area target α is measured against; None =
+            ``label_smoothing`` (as the official code).
+        token_mode: ``'area'`` (exact) or ``'nearest'`` token fractions; equal for aligned grids.
+    """
+
+    method = "mixpro"
+
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        patch_size: int | tuple[int, int] = 16,
+        mask_scale: int | tuple[int, int] = 4,
+        beta: float = 1.0,
+        mode: Literal["batch", "positions", "elem"] = "batch",
+        pairing: Pairing = "flip",
+        rounding: Literal["floor", "ceil"] = "floor",
+        label_smoothing: float = 0.1,
+        alpha: str | AlphaStrategy = "cosine",
+        alpha_detach: bool = True,
+        pal_label_smoothing: float | None = None,
+        alpha_target_smoothing: float | None = None,
+        token_mode: TokenMode = "area",
+        strategy: MaskGenerator | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__(
+            num_classes=num_classes, patch_size=patch_size, mask_scale=mask_scale, beta=beta,
+            mode=mode, pairing=pairing, rounding=rounding, label_smoothing=label_smoothing,
+            strategy=strategy, generator=generator,
+        )
+        self.alpha = make_alpha(alpha, detach=alpha_detach)
+        pal_s = label_smoothing if pal_label_smoothing is None else pal_label_smoothing
+        alpha_s = label_smoothing if alpha_target_smoothing is None else alpha_target_smoothing
+        self.relabel = AttentionRelabel(
+            alpha=self.alpha,
+            patch_size=self.patch_size,
+            token_mode=_checks.choice(token_mode, "token_mode", ("area", "nearest")),
+            smoothing=_checks.smoothing(pal_s, "pal_label_smoothing"),
+            alpha_smoothing=_checks.smoothing(alpha_s, "alpha_target_smoothing"),
+        )
+
+    @property
+    def needs_attention(self) -> bool:
+        return self.alpha.needs_attention
+
+    def parameters(self) -> list[nn.Parameter]:
+        return list(self.alpha.parameters()) if isinstance(self.alpha, nn.Module) else []
+
+    def _relabel(self) -> AttentionRelabel:
+        return self.relabel
+
+
+# ------------------------------------------------------------------------------------------
+# timm-compatible Mixup / CutMix, and TransMix
+# ------------------------------------------------------------------------------------------
+
+
+class Mixup(Mixer):
+    """Mixup/CutMix with ``timm.data.Mixup``'s keywords and semantics (a drop-in).
+
+    Differences from timm: returns a :class:`MixedBatch` (call ``.targets(logits)``) instead of
+    ``(x, target)``; never mixes in place; accepts odd batches (partner ``B-1-i``, the middle
+    sample pairs with itself and stays unmixed). Per-sample modes are vectorised.
+
+    Args:
+        mixup_alpha, cutmix_alpha, cutmix_minmax, prob, switch_prob, mode, correct_lam,
+            label_smoothing, num_classes: as timm (``mode`` is ``'batch'``, ``'pair'``,
+            ``'elem'``; ``cutmix_minmax`` forces ``cutmix_alpha = 1``).
+        box_align: snap CutMix boxes to multiples of this many pixels (Table 8 "A").
+        generator: a CPU ``torch.Generator`` for all draws (parameters are drawn on the host,
+            as timm does).
+    """
+
+    method = "mixup"
+
+    def __init__(
+        self,
+        mixup_alpha: float = 1.0,
+        cutmix_alpha: float = 0.0,
+        cutmix_minmax: tuple[float, float] | None = None,
+        prob: float = 1.0,
+        switch_prob: float = 0.5,
+        mode: Literal["batch", "pair", "elem"] = "batch",
+        correct_lam: bool = True,
+        label_smoothing: float = 0.1,
+        num_classes: int = 1000,
+        *,
+        box_align: int | tuple[int, int] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__(num_classes, label_smoothing, generator)
+        if generator is not None and generator.device.type != "cpu":
+            raise ValueError("generator must be a CPU torch.Generator for Mixup/CutMix/TransMix")
+        for name, val in (("mixup_alpha", mixup_alpha), ("cutmix_alpha", cutmix_alpha)):
+            if isinstance(val, bool) or not isinstance(val, (int, float)) or val < 0:
+                raise ValueError(f"{name} must be a number >= 0, got {val!r}")
+        self.mixup_alpha = float(mixup_alpha)
+        self.cutmix_alpha = float(cutmix_alpha)
+        self.cutmix_minmax = None if cutmix_minmax is None else tuple(cutmix_minmax)
+        if self.cutmix_minmax is not None:
+            if len(self.cutmix_minmax) != 2:
+                raise ValueError(f"cutmix_minmax must be (min, max), got {cutmix_minmax!r}")
+            self.cutmix_alpha = 1.0
+        self.mix_prob = _checks.probability(prob, "prob")
+        self.switch_prob = _checks.probability(switch_prob, "switch_prob")
+        self.mode = _checks.choice(mode, "mode", ("batch", "pair", "elem"))
+        self.correct_lam = bool(correct_lam)
+        self.boxes = BoxMasks(self.cutmix_minmax, box_align)
+        self.mixup_enabled = True
+        if self.mixup_alpha == 0 and self.cutmix_alpha == 0:
+            raise ValueError("mixup_alpha and cutmix_alpha are both 0: nothing to mix (use NoMix)")
+
+    def _params(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """λ ``(n,)`` and use-CutMix ``(n,)`` drawn on the host, as timm's ``_params_per_*``."""
+        g = self.generator
+        u = torch.rand(2, n, generator=g)
+        if self.mixup_alpha > 0 and self.cutmix_alpha > 0:
+            use_cut = u[0] < self.switch_prob
+            lam = torch.where(
+                use_cut,
+                sample_beta(self.cutmix_alpha, n, generator=g),
+                sample_beta(self.mixup_alpha, n, generator=g),
+            )
+        elif self.mixup_alpha > 0:
+            use_cut = torch.zeros(n, dtype=torch.bool)
+            lam = sample_beta(self.mixup_alpha, n, generator=g)
+        else:
+            use_cut = torch.ones(n, dtype=torch.bool)
+            lam = sample_beta(self.cutmix_alpha, n, generator=g)
+        active = (u[1] < self.mix_prob) & self.mixup_enabled
+        return torch.where(active, lam, torch.ones_like(lam)), use_cut & active
+
+    def _relabel(self, images: torch.Tensor) -> AttentionRelabel | None:
+        return None
+
+    def _sample(self, images):
+        b, dev = images.shape[0], images.device
+        size = (images.shape[-2], images.shape[-1])
+        partner = make_partner(b, "flip", dev, None)
+        n = 1 if self.mode == "batch" else b
+        lam, use_cut = self._params(n)
+        if self.mode == "pair":  # pair (i, B-1-i) shares its draws
+            mirror = torch.minimum(torch.arange(b), torch.arange(b - 1, -1, -1))
+            lam, use_cut = lam[mirror], use_cut[mirror]
+        if not bool((lam < 1).any()):
+            src = Identity(b, dev)
+            return src, partner, "none", src.lam_area(), None
+        if not bool(use_cut.any()):
+            return Blend(lam.to(dev)), partner, "mixup", lam, None
+        mask = self.boxes(lam, size, device=dev, generator=self.generator)
+        if self.mode == "pair":
+            mask = CellMask(mask.cells[mirror.to(dev)], mask.row_edges, mask.col_edges)
+        lam_cut = mask.lam_area() if self.correct_lam or self.cutmix_minmax else lam.to(dev)
+        relabel = self._relabel(images)
+        if bool(use_cut.all()):
+            return mask, partner, self._cut_method, lam_cut, relabel
+        sel = use_cut.to(dev)
+        src = Switch(sel, mask, Blend(lam.to(dev)))
+        lam_area = torch.where(sel, lam_cut.to(dev), lam.to(dev))
+        return src, partner, "mixup+" + self._cut_method, lam_area, relabel
+
+    _cut_method = "cutmix"
+
+
+class CutMix(Mixup):
+    """CutMix alone: :class:`Mixup` with ``mixup_alpha=0`` and timm's keywords."""
+
+    method = "cutmix"
+
+    def __init__(
+        self,
+        cutmix_alpha: float = 1.0,
+        cutmix_minmax: tuple[float, float] | None = None,
+        prob: float = 1.0,
+        mode: Literal["batch", "pair", "elem"] = "batch",
+        correct_lam: bool = True,
+        label_smoothing: float = 0.1,
+        num_classes: int = 1000,
+        *,
+        box_align: int | tuple[int, int] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__(
+            mixup_alpha=0.0, cutmix_alpha=cutmix_alpha, cutmix_minmax=cutmix_minmax, prob=prob,
+            switch_prob=0.0, mode=mode, correct_lam=correct_lam, label_smoothing=label_smoothing,
+            num_classes=num_classes, box_align=box_align, generator=generator,
+        )
+
+
+class TransMix(Mixup):
+    """TransMix: timm Mixup/CutMix, with CutMix batches relabelled by attention.
+
+    ``λ = ratio·λ_area + (1-ratio)·λ_attn`` with ``ratio = 0.5`` (the released code; the paper's
+    formula is ``ratio = 0``). Mixup batches keep area labels. The box is down-sampled to the
+    token grid with nearest sampling (``token_mode='nearest'``, reference) or exactly
+    (``'area'``). Defaults follow the released DeiT recipe (mixup 0.8, cutmix 1.0).
+
+    Args: as :class:`Mixup`, plus ``patch_size`` (None: infer a square token grid from the
+    attention's length), ``ratio`` and ``token_mode``.
+    """
+
+    method = "transmix"
+    _cut_method = "transmix"
+
+    def __init__(
+        self,
+        mixup_alpha: float = 0.8,
+        cutmix_alpha: float = 1.0,
+        cutmix_minmax: tuple[float, float] | None = None,
+        prob: float = 1.0,
+        switch_prob: float = 0.5,
+        mode: Literal["batch", "pair", "elem"] = "batch",
+        correct_lam: bool = True,
+        label_smoothing: float = 0.1,
+        num_classes: int = 1000,
+        *,
+        patch_size: int | tuple[int, int] | None = None,
+        ratio: float = 0.5,
+        token_mode: TokenMode = "nearest",
+        box_align: int | tuple[int, int] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__(
+            mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, cutmix_minmax=cutmix_minmax,
+            prob=prob, switch_prob=switch_prob, mode=mode, correct_lam=correct_lam,
+            label_smoothing=label_smoothing, num_classes=num_classes, box_align=box_align,
+            generator=generator,
+        )
+        if self.cutmix_alpha == 0:
+            raise ValueError("TransMix needs cutmix_alpha > 0 (it relabels CutMix batches)")
+        self.ratio = _checks.probability(ratio, "ratio")
+        self.patch_size = None if patch_size is None else _checks.pair(patch_size, "patch_size")
+        self.relabel = AttentionRelabel(
+            alpha=ConstantAlpha(1.0 - self.ratio, "transmix"),
+            patch_size=self.patch_size,
+            token_mode=_checks.choice(token_mode, "token_mode", ("area", "nearest")),
+            smoothing=self.label_smoothing,
+            alpha_smoothing=self.label_smoothing,
+        )
+
+    @property
+    def needs_attention(self) -> bool:
+        return self.ratio < 1.0
+
+    def _relabel(self, images: torch.Tensor) -> AttentionRelabel:
+        return self.relabel
+
+
+# ------------------------------------------------------------------------------------------
+# Composition
+# ------------------------------------------------------------------------------------------
+
+
+class RandomChoice:
+    """Applies one of ``mixers`` per batch, chosen with probabilities ``p`` (default uniform).
+
+    Same call contract as a mixer; ``set_progress`` reaches every child.
+    """
+
+    def __init__(
+        self,
+        mixers: Sequence[Mixer],
+        p: Sequence[float] | None = None,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        if not mixers or not all(isinstance(m, (Mixer, RandomChoice)) for m in mixers):
+            raise TypeError("mixers must be a non-empty sequence of mixers")
+        p = [1.0] * len(mixers) if p is None else list(p)
+        if len(p) != len(mixers) or any(v < 0 for v in p) or sum(p) <= 0:
+            raise ValueError(f"p must hold {len(mixers)} non-negative weights, got {p}")
+        if generator is not None and generator.device.type != "cpu":
+            raise ValueError("generator must be a CPU torch.Generator for RandomChoice")
+        self.mixers = list(mixers)
+        self.p = torch.tensor(p, dtype=torch.float64) / sum(p)
+        self.generator = generator
+        first = self.mixers[0]
+        self.num_classes = first.num_classes
+        if any(m.num_classes != self.num_classes for m in self.mixers):
+            raise ValueError("all mixers of a RandomChoice must have the same num_classes")
+
+    @property
+    def needs_attention(self) -> bool:
+        return any(m.needs_attention for m in self.mixers)
+
+    def set_progress(self, progress: float) -> None:
+        for m in self.mixers:
+            m.set_progress(progress)
+
+    def parameters(self) -> list[nn.Parameter]:
+        return [p for m in self.mixers for p in m.parameters()]
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> MixedBatch:
+        i = int(torch.multinomial(self.p, 1, generator=self.generator))
+        return self.mixers[i](images, labels)
+
+
+def paper_recipe(
+    *,
+    num_classes: int,
+    patch_size: int | tuple[int, int] = 16,
+    mask_scale: int | tuple[int, int] = 4,
+    maskmix_prob: float = 0.5,
+    mixup_alpha: float = 0.8,
+    cutmix_alpha: float = 1.0,
+    switch_prob: float = 0.5,
+    label_smoothing: float = 0.1,
+    alpha: str | AlphaStrategy = "cosine",
+    generator: torch.Generator | None = None,
+) -> RandomChoice:
+    """The paper's training recipe: MixPro with ``maskmix_prob``, else timm Mixup/CutMix."""
+    mixpro = MixPro(
+        num_classes=num_classes, patch_size=patch_size, mask_scale=mask_scale,
+        label_smoothing=label_smoothing, alpha=alpha, generator=generator,
+    )
+    mixup = Mixup(
+        mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, switch_prob=switch_prob,
+        label_smoothing=label_smoothing, num_classes=num_classes, generator=generator,
+    )
+    p = _checks.probability(maskmix_prob, "maskmix_prob")
+    return RandomChoice([mixpro, mixup], [p, 1.0 - p], generator=generator)
