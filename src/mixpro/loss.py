@@ -51,7 +51,9 @@ def lambda_weighted_cross_entropy(
     ``label_smoothing=0``.
     """
     if lam.shape != labels.shape:
-        raise ValueError(f"lam must have shape (B,) = {tuple(labels.shape)}, got {tuple(lam.shape)}")
+        raise ValueError(
+            f"lam must have shape (B,) = {tuple(labels.shape)}, got {tuple(lam.shape)}"
+        )
     ce_i = F.cross_entropy(logits.float(), labels, reduction="none")
     ce_j = F.cross_entropy(logits.float(), partner_labels, reduction="none")
     return _reduce(lam * ce_i + (1.0 - lam) * ce_j, reduction)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from functools import lru_cache
+from itertools import pairwise
 from typing import Literal, Protocol, runtime_checkable
 
 import torch
@@ -81,7 +82,7 @@ class PixelSource(Protocol):
 @lru_cache(maxsize=256)
 def _cell_index(edges: tuple[int, ...], device: torch.device) -> torch.Tensor:
     """For each pixel along one axis, the index of the cell containing it: ``(size,)`` int64."""
-    sizes = torch.tensor([b - a for a, b in zip(edges[:-1], edges[1:])], dtype=torch.int64)
+    sizes = torch.tensor([b - a for a, b in pairwise(edges)], dtype=torch.int64)
     idx = torch.repeat_interleave(torch.arange(len(edges) - 1), sizes)
     return idx.to(device)
 
@@ -135,7 +136,7 @@ class CellMask:
         ):
             if len(edges) != n + 1 or edges[0] != 0:
                 raise ValueError(f"{name} must have {n + 1} entries starting at 0, got {edges}")
-            if any(b < a for a, b in zip(edges[:-1], edges[1:])):
+            if any(b < a for a, b in pairwise(edges)):
                 raise ValueError(f"{name} must be non-decreasing, got {edges}")
 
     @property
@@ -390,7 +391,9 @@ class BoxMasks:
         if self.minmax is not None:
             lo, hi = self.minmax
             if not 0.0 < lo < hi <= 1.0:
-                raise ValueError(f"cutmix_minmax must satisfy 0 < min < max <= 1, got {self.minmax}")
+                raise ValueError(
+                    f"cutmix_minmax must satisfy 0 < min < max <= 1, got {self.minmax}"
+                )
         if self.align is not None:
             _checks.pair(self.align, "align")
 
