@@ -1,0 +1,263 @@
+"""Masks and MaskMix: invariants (hypothesis) and equality with slow numpy references."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from reference import mix_images_np, token_fraction_np, token_nearest_np
+
+import mixpro
+from mixpro.masks import BlockMasks, BoxMasks, CellMask, GridMasks
+
+SETTINGS = settings(max_examples=40, deadline=None)
+
+
+@st.composite
+def maskmix_case(draw):
+    patch = (draw(st.integers(1, 5)), draw(st.integers(1, 5)))
+    scale = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    cells = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+    size = (patch[0] * scale[0] * cells[0], patch[1] * scale[1] * cells[1])
+    batch = draw(st.integers(2, 7))
+    mode = draw(st.sampled_from(["batch", "positions", "elem"]))
+    rounding = draw(st.sampled_from(["floor", "ceil"]))
+    pairing = draw(st.sampled_from(["flip", "randperm"]))
+    seed = draw(st.integers(0, 2**31 - 1))
+    return patch, scale, size, batch, mode, rounding, pairing, seed
+
+
+@SETTINGS
+@given(maskmix_case())
+def test_maskmix_invariants(case):
+    patch, scale, size, b, mode, rounding, pairing, seed = case
+    g = torch.Generator().manual_seed(seed)
+    mixer = mixpro.MaskMix(
+        num_classes=5, patch_size=patch, mask_scale=scale, mode=mode, rounding=rounding,
+        pairing=pairing, generator=g,
+    )
+    x = torch.randn(b, 2, *size)
+    x_before = x.clone()
+    y = torch.randint(0, 5, (b,))
+    batch = mixer(x, y)
+    assert torch.equal(x, x_before), "input modified"
+    m = batch.mask
+    assert m.dtype == torch.bool and m.shape[1:] == (1, *size)
+    assert m.shape[0] == (1 if mode == "batch" else b)
+    # mixed image equals the slow int64-mask reference
+    ref = mix_images_np(x.numpy(), m.numpy().astype(np.int64), batch.partner.numpy())
+    assert np.array_equal(batch.images.numpy(), ref)
+    # every image patch comes from exactly one source image
+    ph, pw = patch
+    frac = token_fraction_np(m.numpy().astype(np.float64), ph, pw)
+    assert np.all((frac == 0) | (frac == 1))
+    # λ_area is the pixel mean of the mask, in [0, 1]
+    mean = m.float().flatten(1).mean(1).expand(b)
+    assert torch.allclose(batch.lam_area, mean, atol=1e-6)
+    assert ((batch.lam_area >= 0) & (batch.lam_area <= 1)).all()
+    # exactly floor / ceil(S·τ) cells are 1; the same count for the batch unless 'elem'
+    s = (size[0] // (ph * scale[0])) * (size[1] // (pw * scale[1]))
+    counts = torch.round(mean * s)
+    assert torch.allclose(counts, mean * s, atol=1e-4)
+    if mode != "elem":
+        assert (counts == counts[0]).all()
+    # recompute τ with the same seed and check the rounding
+    g2 = torch.Generator().manual_seed(seed)
+    tau = mixpro.masks.sample_beta(1.0, b if mode == "elem" else 1, generator=g2).double()
+    expect = torch.floor(tau * s) if rounding == "floor" else torch.ceil(tau * s)
+    assert torch.equal(counts.double(), expect.expand(b))
+    # targets sum to one
+    logits = torch.randn(b, 5)
+    t = batch.targets(logits)
+    assert torch.allclose(t.sum(1), torch.ones(b), atol=1e-6)
+
+
+@SETTINGS
+@given(
+    st.integers(1, 4), st.integers(1, 4), st.integers(1, 12), st.integers(1, 12),
+    st.integers(0, 11), st.integers(0, 11), st.integers(1, 3), st.integers(0, 2**31 - 1),
+)
+def test_grid_mask_any_cell_and_offset(ch, cw, h, w, oy, ox, bm, seed):
+    """Misaligned and partial cells: λ_area, token fractions and mixing stay exact."""
+    size = (h * 2, w * 2)
+    gen = GridMasks((ch, cw), offset=(oy, ox))
+    ratio = torch.rand(bm, generator=torch.Generator().manual_seed(seed))
+    mask = gen(ratio, size, device=torch.device("cpu"),
+               generator=torch.Generator().manual_seed(seed))
+    pm = mask.pixel_mask()
+    assert torch.allclose(mask.lam_area(), pm.float().flatten(1).mean(1), atol=1e-6)
+    # cells are ch×cw pixels shifted by the offset: pixel (r, c) is in cell ((r+oy%ch)//ch, ..)
+    rows = (torch.arange(size[0]) + oy % ch) // ch
+    cols = (torch.arange(size[1]) + ox % cw) // cw
+    assert torch.equal(pm[:, 0], mask.cells[:, rows][:, :, cols])
+    frac = mask.token_fraction((h, w), "area").numpy()
+    assert np.allclose(frac, token_fraction_np(pm.numpy().astype(np.float64), 2, 2), atol=1e-6)
+    near = mask.token_fraction((h, w), "nearest").numpy()
+    assert np.array_equal(near, token_nearest_np(pm.numpy().astype(np.float64), h, w))
+    batch = max(bm, 2)
+    x = torch.randn(batch, 1, *size)
+    partner = torch.randperm(batch, generator=torch.Generator().manual_seed(seed))
+    out = mask.apply(x, partner)
+    ref = mix_images_np(x.numpy(), pm.numpy().astype(np.int64), partner.numpy())
+    assert np.array_equal(out.numpy(), ref)
+
+
+def test_cell_loop_and_where_paths_agree(monkeypatch):
+    gen = GridMasks(2)
+    mask = gen(torch.rand(4), (16, 12), device=torch.device("cpu"))
+    x = torch.randn(4, 3, 16, 12)
+    partner = torch.tensor([3, 2, 1, 0])
+    fast = mask.apply(x, partner)
+    monkeypatch.setattr(mixpro.masks, "_MAX_CELL_LOOP", 0)
+    slow = mask.apply(x, partner)
+    assert torch.equal(fast, slow)
+
+
+@SETTINGS
+@given(st.integers(2, 6), st.integers(4, 20), st.integers(4, 20), st.integers(0, 2**31 - 1),
+       st.sampled_from([None, (0.2, 0.6)]), st.booleans())
+def test_box_masks(bm, h, w, seed, minmax, batch_box):
+    n = 1 if batch_box else bm
+    gen = BoxMasks(minmax=minmax)
+    ratio = torch.rand(n, generator=torch.Generator().manual_seed(seed))
+    boxes = gen.boxes(ratio, (h, w), torch.Generator().manual_seed(seed + 1))
+    mask = gen(ratio, (h, w), device=torch.device("cpu"),
+               generator=torch.Generator().manual_seed(seed + 1))
+    pm = mask.pixel_mask()
+    for i in range(n):
+        y0, y1, x0, x1 = boxes[i].tolist()
+        ref = np.ones((h, w), dtype=bool)
+        ref[y0:y1, x0:x1] = False
+        assert np.array_equal(pm[i, 0].numpy(), ref)
+        assert math.isclose(float(mask.lam_area()[i]), 1 - (y1 - y0) * (x1 - x0) / (h * w),
+                            abs_tol=1e-6)
+        if minmax is None:  # timm rand_bbox: side int(H·sqrt(1-λ)), clipped
+            cut = math.sqrt(1 - float(ratio[i]))
+            assert y1 - y0 <= int(h * cut) and x1 - x0 <= int(w * cut)
+        else:
+            assert int(h * minmax[0]) <= y1 - y0 < max(int(h * minmax[1]), int(h * minmax[0]) + 1)
+
+
+def test_box_align_snaps_to_patches():
+    gen = BoxMasks(align=4)
+    for seed in range(20):
+        box = gen.boxes(torch.rand(3, generator=torch.Generator().manual_seed(seed)), (32, 24),
+                        torch.Generator().manual_seed(seed))
+        assert (box % 4 == 0).all()
+        mask = gen(torch.tensor([0.5]), (32, 24), device=torch.device("cpu"),
+                   generator=torch.Generator().manual_seed(seed))
+        frac = mask.token_fraction((8, 6))
+        assert ((frac == 0) | (frac == 1)).all(), "an aligned box cuts no patch"
+
+
+def test_block_masks():
+    gen = BlockMasks(patch=2, min_block=2)
+    ratio = torch.tensor([0.0, 0.3, 0.5, 0.9])
+    mask = gen(ratio, (16, 16), device=torch.device("cpu"),
+               generator=torch.Generator().manual_seed(0))
+    counts = mask.cells.flatten(1).sum(1)
+    target = torch.floor(ratio * 64)
+    assert (counts <= target).all() and (counts >= 0.5 * target).all()
+    assert counts[0] == 0
+    pm = mask.pixel_mask()
+    assert torch.allclose(mask.lam_area(), pm.float().flatten(1).mean(1))
+    frac = mask.token_fraction((8, 8))
+    assert ((frac == 0) | (frac == 1)).all()
+
+
+def test_ablation_strategies_through_maskmix():
+    """Table 7/8 strategies plug into the same mixer; λ_area stays the mask mean."""
+    strategies = {
+        "region": BoxMasks(),
+        "block": BlockMasks(patch=4),
+        "random_1x": GridMasks(4),
+        "random_4x": GridMasks(16),
+        "aligned_box_A": BoxMasks(align=4),
+        "misaligned_B": GridMasks(8, offset=2),
+        "subpatch_C": GridMasks(2),
+    }
+    x = torch.randn(6, 3, 32, 32)
+    y = torch.arange(6)
+    for name, strat in strategies.items():
+        mixer = mixpro.MaskMix(num_classes=6, patch_size=4, strategy=strat, mode="elem",
+                               generator=torch.Generator().manual_seed(1))
+        batch = mixer(x, y)
+        m = batch.mask
+        assert torch.allclose(batch.lam_area, m.float().flatten(1).mean(1).expand(6)), name
+        ref = mix_images_np(x.numpy(), m.numpy().astype(np.int64), batch.partner.numpy())
+        assert np.array_equal(batch.images.numpy(), ref), name
+    # only the misaligned and sub-patch grids cut patches
+    for name in ("misaligned_B", "subpatch_C"):
+        mixer = mixpro.MaskMix(num_classes=6, patch_size=4, strategy=strategies[name],
+                               mode="elem", generator=torch.Generator().manual_seed(3))
+        frac = mixer(x, y).token_fraction((8, 8))
+        assert ((frac > 0) & (frac < 1)).any(), name
+
+
+def test_token_fraction_matches_avg_pool():
+    mask = GridMasks((3, 5), offset=(1, 2))(torch.rand(4), (12, 20), device=torch.device("cpu"))
+    pooled = F.avg_pool2d(mask.pixel_mask().float(), (4, 4)).flatten(1)
+    assert torch.allclose(mask.token_fraction((3, 5)), pooled, atol=1e-6)
+
+
+def test_maskmix_modes_and_partner():
+    x = torch.randn(8, 3, 32, 32)
+    y = torch.arange(8)
+    b = mixpro.MaskMix(num_classes=8, patch_size=4, mask_scale=2)(x, y)
+    assert b.mask.shape == (1, 1, 32, 32)
+    assert torch.equal(b.partner, torch.arange(7, -1, -1))
+    b = mixpro.MaskMix(num_classes=8, patch_size=4, mask_scale=2, mode="positions",
+                       generator=torch.Generator().manual_seed(0))(x, y)
+    counts = b.mask.flatten(1).sum(1)
+    assert (counts == counts[0]).all()
+    assert not all(torch.equal(b.mask[0], b.mask[i]) for i in range(1, 8)) or counts[0] in (
+        0, 1024)
+    b = mixpro.MaskMix(num_classes=8, patch_size=4, mask_scale=2, mode="elem",
+                       generator=torch.Generator().manual_seed(0))(x, y)
+    assert len(set(b.mask.flatten(1).sum(1).tolist())) > 1
+
+
+def test_seeded_generator_reproduces():
+    x = torch.randn(6, 3, 16, 16)
+    y = torch.arange(6)
+    runs = []
+    for _ in range(2):
+        m = mixpro.MaskMix(num_classes=6, patch_size=2, mask_scale=2, mode="elem",
+                           pairing="randperm", generator=torch.Generator().manual_seed(42))
+        runs.append(m(x, y))
+    assert torch.equal(runs[0].images, runs[1].images)
+    assert torch.equal(runs[0].partner, runs[1].partner)
+
+
+def test_odd_batch_middle_sample_is_unmixed():
+    x = torch.randn(5, 3, 16, 16)
+    y = torch.tensor([0, 1, 2, 3, 4])
+    b = mixpro.MaskMix(num_classes=5, patch_size=4, mask_scale=1)(x, y)
+    assert int(b.partner[2]) == 2
+    assert torch.equal(b.images[2], x[2])
+    t = b.targets(torch.randn(5, 5))
+    expect = torch.full((5,), 0.1 / 5)
+    expect[2] += 0.9
+    assert torch.allclose(t[2], expect)
+
+
+def test_non_square_and_integer_images():
+    x = torch.randint(0, 255, (4, 3, 24, 40), dtype=torch.uint8)
+    b = mixpro.MaskMix(num_classes=3, patch_size=(4, 8), mask_scale=(2, 1))(
+        x, torch.tensor([0, 1, 2, 0]))
+    assert b.images.dtype == torch.uint8 and b.images.shape == x.shape
+    assert b.mask.shape == (1, 1, 24, 40)
+
+
+def test_cell_mask_validation():
+    with pytest.raises(TypeError):
+        CellMask(torch.ones(1, 2, 2), (0, 1, 2), (0, 1, 2))
+    with pytest.raises(ValueError, match="row_edges"):
+        CellMask(torch.ones(1, 2, 2, dtype=torch.bool), (0, 2, 1), (0, 1, 2))
+    with pytest.raises(ValueError, match="col_edges"):
+        CellMask(torch.ones(1, 2, 2, dtype=torch.bool), (0, 1, 2), (0, 1))
