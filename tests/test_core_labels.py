@@ -1,0 +1,277 @@
+"""Labels: PAL (Eq. 5, 8, 9), α strategies, TransMix, losses — against numpy references."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from reference import (
+    cosine_np,
+    lam_attn_np,
+    mix_targets_np,
+    one_hot_np,
+    soft_ce_np,
+    softmax_np,
+    token_fraction_np,
+    token_nearest_np,
+)
+
+import mixpro
+from mixpro.labels import attention_lambda, cosine_alpha, mix_targets, smooth_one_hot
+
+SETTINGS = settings(max_examples=30, deadline=None)
+
+
+def test_smooth_one_hot_and_mix_targets_match_numpy_and_timm():
+    from timm.data.mixup import mixup_target
+
+    y = torch.tensor([0, 3, 2, 1, 3, 0])
+    assert np.allclose(smooth_one_hot(y, 4, 0.1).numpy(), one_hot_np(y.numpy(), 4, 0.1))
+    lam = torch.rand(6, generator=torch.Generator().manual_seed(0))
+    partner = torch.tensor([5, 2, 1, 0, 4, 3])
+    ref = mix_targets_np(y.numpy(), partner.numpy(), lam.numpy(), 4, 0.1)
+    assert np.allclose(mix_targets(y, partner, lam, 4, 0.1).numpy(), ref, atol=1e-6)
+    # timm's mixup_target pairs with flip(0) and a scalar λ
+    flip = torch.arange(5, -1, -1)
+    ours = mix_targets(y, flip, torch.full((6,), 0.3), 4, 0.1)
+    assert torch.allclose(ours, mixup_target(y, 4, lam=0.3, smoothing=0.1), atol=1e-6)
+
+
+@SETTINGS
+@given(st.integers(2, 6), st.integers(1, 30), st.integers(0, 2**31 - 1))
+def test_attention_lambda_matches_loop(b, n, seed):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.rand(b, n, generator=g) + 1e-3
+    frac = torch.rand(b, n, generator=g)
+    got = attention_lambda(a, frac).numpy()
+    assert np.allclose(got, lam_attn_np(a.double().numpy(), frac.double().numpy()), atol=1e-5)
+    assert ((got >= 0) & (got <= 1 + 1e-6)).all()
+
+
+def test_cosine_alpha_matches_numpy():
+    z = torch.randn(5, 7, generator=torch.Generator().manual_seed(1))
+    t = torch.softmax(torch.randn(5, 7), 1)
+    ref = cosine_np(softmax_np(z.double().numpy()), t.double().numpy())
+    assert np.allclose(cosine_alpha(z, t).numpy(), ref, atol=1e-6)
+
+
+def _pal_reference(batch, logits, attention, k, smoothing, patch):
+    """Eq. 5, 7, 8, 9 from the pixel mask, by slow loops."""
+    m = batch.mask.numpy().astype(np.float64)
+    b = logits.shape[0]
+    frac = np.broadcast_to(token_fraction_np(m, *patch), (b, attention.shape[1]))
+    lam_area = np.broadcast_to(m.reshape(m.shape[0], -1).mean(1), (b,))
+    lam_attn = lam_attn_np(attention.double().numpy(), frac)
+    labels, partner = batch.labels.numpy(), batch.partner.numpy()
+    area_t = mix_targets_np(labels, partner, lam_area, k, smoothing)
+    alpha = cosine_np(softmax_np(logits.double().numpy()), area_t)
+    lam = alpha * lam_attn + (1 - alpha) * lam_area
+    return lam_area, lam_attn, alpha, lam, mix_targets_np(labels, partner, lam, k, smoothing)
+
+
+@SETTINGS
+@given(st.sampled_from(["batch", "positions", "elem"]), st.integers(2, 7),
+       st.integers(0, 2**31 - 1), st.sampled_from([0.0, 0.1]))
+def test_pal_targets_match_reference(mode, b, seed, smoothing):
+    g = torch.Generator().manual_seed(seed)
+    k, patch = 6, (2, 4)
+    mixer = mixpro.MixPro(num_classes=k, patch_size=patch, mask_scale=(2, 1), mode=mode,
+                          label_smoothing=smoothing, generator=g)
+    x = torch.randn(b, 3, 12, 16, generator=g)
+    y = torch.randint(0, k, (b,), generator=g)
+    batch = mixer(x, y)
+    logits = torch.randn(b, k, generator=g) * 3
+    attention = torch.rand(b, 6 * 4, generator=g)
+    t = batch.targets(logits, attention)
+    lam_area, lam_attn, alpha, lam, ref_t = _pal_reference(batch, logits, attention, k,
+                                                            smoothing, patch)
+    assert np.allclose(batch.lam_area.numpy(), lam_area, atol=1e-6)
+    assert np.allclose(batch.lam_attn.numpy(), lam_attn, atol=1e-5)
+    assert np.allclose(batch.alpha.numpy(), alpha, atol=1e-5)
+    assert np.allclose(batch.lam.numpy(), lam, atol=1e-5)
+    assert np.allclose(t.numpy(), ref_t, atol=1e-5)
+    assert torch.allclose(t.sum(1), torch.ones(b), atol=1e-5)
+    assert ((batch.lam >= 0) & (batch.lam <= 1)).all()
+    for v in (batch.alpha, batch.lam_attn, batch.lam):
+        assert v.shape == (b,) and v.dtype == torch.float32
+
+
+def _setup(alpha, **kw):
+    g = torch.Generator().manual_seed(0)
+    mixer = mixpro.MixPro(num_classes=4, patch_size=2, mask_scale=2, alpha=alpha,
+                          generator=g, **kw)
+    x = torch.randn(4, 1, 8, 8, generator=g)
+    y = torch.tensor([0, 1, 2, 3])
+    return mixer, x, y, torch.randn(4, 4, generator=g), torch.rand(4, 16, generator=g)
+
+
+@pytest.mark.parametrize("name,progress,expect", [
+    ("equal", 0.3, 0.5), ("linear", 0.3, 0.3), ("parabolic", 0.3, 0.09), ("none", 0.7, 0.0),
+])
+def test_alpha_strategies(name, progress, expect):
+    mixer, x, y, logits, attn = _setup(name)
+    mixer.set_progress(progress)
+    batch = mixer(x, y)
+    batch.targets(logits, attn if name != "none" else None)
+    assert torch.allclose(batch.alpha, torch.full((4,), expect))
+    if name == "none":
+        assert batch.lam_attn is None and torch.equal(batch.lam, batch.lam_area)
+        assert not mixer.needs_attention
+    else:
+        lam = expect * batch.lam_attn + (1 - expect) * batch.lam_area
+        assert torch.allclose(batch.lam, lam)
+
+
+def test_learnable_alpha_gets_gradient_from_the_loss():
+    mixer, x, y, logits, attn = _setup("learnable")
+    params = mixer.parameters()
+    assert len(params) == 1
+    opt = torch.optim.SGD(params, lr=1.0)
+    batch = mixer(x, y)
+    assert torch.allclose(batch.targets(logits, attn).sum(1), torch.ones(4))
+    loss = mixpro.soft_target_cross_entropy(logits, batch.targets(logits, attn))
+    loss.backward()
+    assert params[0].grad is not None and params[0].grad.abs() > 0
+    before = float(params[0].detach())
+    opt.step()
+    assert float(params[0].detach()) != before
+
+
+def _independent_pal_loss(logits, batch, attn, k, smoothing, detach):
+    """PAL loss in plain torch ops (no mixpro functions), for gradient comparisons."""
+    frac = torch.nn.functional.avg_pool2d(batch.mask.float(), 2).flatten(1)
+    frac = frac.expand(logits.shape[0], -1)
+    lam_attn = (attn * frac).sum(1) / attn.sum(1)
+    lam_area = batch.mask.float().flatten(1).mean(1).expand(logits.shape[0])
+    eye = torch.eye(k)
+    y = eye[batch.labels] * (1 - smoothing) + smoothing / k
+    yp = y[batch.partner]
+    area_t = lam_area[:, None] * y + (1 - lam_area[:, None]) * yp
+    p = torch.softmax(logits if not detach else logits.detach(), 1)
+    alpha = (p * area_t).sum(1) / (p.norm(dim=1) * area_t.norm(dim=1))
+    lam = alpha * lam_attn + (1 - alpha) * lam_area
+    t = lam[:, None] * y + (1 - lam[:, None]) * yp
+    return -(t * torch.log_softmax(logits, 1)).sum(1).mean()
+
+
+@pytest.mark.parametrize("detach", [True, False])
+def test_alpha_detach_gradient(detach):
+    mixer, x, y, logits, attn = _setup("cosine", alpha_detach=detach)
+    batch = mixer(x, y)
+    z1 = logits.clone().requires_grad_(True)
+    batch.loss(z1, attn).backward()
+    z2 = logits.clone().requires_grad_(True)
+    _independent_pal_loss(z2, batch, attn, 4, 0.1, detach).backward()
+    assert torch.allclose(z1.grad, z2.grad, atol=1e-6)
+    # the two settings really give different gradients
+    z3 = logits.clone().requires_grad_(True)
+    _independent_pal_loss(z3, batch, attn, 4, 0.1, not detach).backward()
+    assert not torch.allclose(z1.grad, z3.grad, atol=1e-6)
+
+
+def test_per_sample_lambda_survives_into_the_loss():
+    """OpenMixup's bug: a mean-reduced loss times λ collapses λ to its batch mean."""
+    mixer, x, y, logits, attn = _setup("cosine")
+    mixer.mode = "elem"
+    batch = mixer(x, y)
+    z = logits.clone().requires_grad_(True)
+    t = batch.targets(z, attn)
+    assert batch.lam.unique().numel() > 1
+    mixpro.soft_target_cross_entropy(z, t).backward()
+    # ∂L/∂z_b = (softmax(z_b) − t_b) / B with each sample's own λ_b
+    expect = (torch.softmax(logits, 1) - t.detach()) / 4
+    assert torch.allclose(z.grad, expect, atol=1e-6)
+    # a batch-mean λ would give another gradient
+    lam_mean = batch.lam.mean().expand(4)
+    t_mean = mix_targets(batch.labels, batch.partner, lam_mean, 4, 0.1)
+    assert not torch.allclose(z.grad, (torch.softmax(logits, 1) - t_mean) / 4, atol=1e-4)
+    # and the loss value equals the numpy soft CE on per-sample targets
+    loss = mixpro.soft_target_cross_entropy(logits, t.detach())
+    assert np.isclose(float(loss), soft_ce_np(logits.double().numpy(), t.double().numpy()))
+
+
+def test_official_pal_loss_equals_soft_ce_without_smoothing():
+    mixer, x, y, logits, attn = _setup("cosine", pal_label_smoothing=0.0)
+    batch = mixer(x, y)
+    t = batch.targets(logits, attn)
+    hard = mixpro.lambda_weighted_cross_entropy(logits, batch.labels,
+                                                batch.labels[batch.partner], batch.lam)
+    assert torch.allclose(hard, mixpro.soft_target_cross_entropy(logits, t), atol=1e-6)
+    ce = torch.nn.functional.cross_entropy
+    per = [float(batch.lam[i]) * float(ce(logits[i:i + 1], y[i:i + 1]))
+           + (1 - float(batch.lam[i])) * float(ce(logits[i:i + 1], y[batch.partner][i:i + 1]))
+           for i in range(4)]
+    assert np.isclose(float(hard), np.mean(per), atol=1e-6)
+
+
+def test_alpha_is_measured_against_smoothed_area_target_by_default():
+    for ats, smooth in ((None, 0.1), (0.0, 0.0)):
+        mixer, x, y, logits, attn = _setup("cosine", alpha_target_smoothing=ats)
+        batch = mixer(x, y)
+        batch.targets(logits, attn)
+        area_t = mix_targets_np(y.numpy(), batch.partner.numpy(), batch.lam_area.numpy(), 4,
+                                smooth)
+        ref = cosine_np(softmax_np(logits.double().numpy()), area_t)
+        assert np.allclose(batch.alpha.numpy(), ref, atol=1e-6)
+
+
+@pytest.mark.parametrize("token_mode", ["nearest", "area"])
+@pytest.mark.parametrize("mode", ["batch", "elem", "pair"])
+def test_transmix_targets_match_reference(token_mode, mode):
+    k, b = 5, 6
+    mixer = mixpro.TransMix(mixup_alpha=0.0, cutmix_alpha=1.0, num_classes=k, mode=mode,
+                            token_mode=token_mode, generator=torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(b, 3, 20, 20, generator=g)
+    y = torch.randint(0, k, (b,), generator=g)
+    batch = mixer(x, y)
+    assert batch.method == "transmix"
+    logits = torch.randn(b, k, generator=g)
+    attn = torch.rand(b, 25, generator=g)
+    t = batch.targets(logits, attn)
+    m = batch.mask.numpy().astype(np.float64)
+    frac = token_nearest_np(m, 5, 5) if token_mode == "nearest" else token_fraction_np(m, 4, 4)
+    lam_attn = lam_attn_np(attn.double().numpy(), np.broadcast_to(frac, (b, 25)))
+    lam_area = np.broadcast_to(m.reshape(m.shape[0], -1).mean(1), (b,))
+    lam = 0.5 * lam_area + 0.5 * lam_attn
+    assert np.allclose(batch.lam.numpy(), lam, atol=1e-5)
+    assert np.allclose(t.numpy(), mix_targets_np(y.numpy(), batch.partner.numpy(), lam, k, 0.1),
+                       atol=1e-5)
+    assert torch.allclose(batch.alpha, torch.full((b,), 0.5))
+
+
+def test_transmix_keeps_area_labels_on_mixup_batches():
+    mixer = mixpro.TransMix(mixup_alpha=1.0, cutmix_alpha=1.0, switch_prob=0.0, num_classes=3,
+                            generator=torch.Generator().manual_seed(0))
+    x = torch.randn(4, 3, 8, 8)
+    batch = mixer(x, torch.tensor([0, 1, 2, 0]))
+    assert batch.method == "mixup" and batch.mask is None and not batch.needs_attention
+    batch.targets(torch.randn(4, 3), None)
+    assert batch.lam_attn is None and torch.equal(batch.lam, batch.lam_area)
+
+
+def test_transmix_ratio_one_is_cutmix_and_ratio_zero_is_pure_attention():
+    x = torch.randn(4, 3, 16, 16)
+    y = torch.tensor([0, 1, 2, 0])
+    attn = torch.rand(4, 16)
+    for ratio in (0.0, 1.0):
+        mixer = mixpro.TransMix(mixup_alpha=0.0, num_classes=3, ratio=ratio,
+                                generator=torch.Generator().manual_seed(0))
+        batch = mixer(x, y)
+        batch.targets(torch.randn(4, 3), attn)
+        expect = batch.lam_attn if ratio == 0.0 else batch.lam_area
+        assert torch.allclose(batch.lam, expect)
+
+
+def test_token_grid_inference_and_mismatch():
+    mixer = mixpro.TransMix(mixup_alpha=0.0, num_classes=3)
+    batch = mixer(torch.randn(2, 3, 16, 16), torch.tensor([0, 1]))
+    batch.targets(torch.randn(2, 3), torch.rand(2, 16))  # 4x4 inferred
+    with pytest.raises(ValueError, match="infer the token grid"):
+        batch.targets(torch.randn(2, 3), torch.rand(2, 15))
+    mixer = mixpro.MixPro(num_classes=3, patch_size=4, mask_scale=1)
+    batch = mixer(torch.randn(2, 3, 16, 16), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="patch tokens"):
+        batch.targets(torch.randn(2, 3), torch.rand(2, 64))
