@@ -1,0 +1,241 @@
+"""Mixup/CutMix (timm semantics), composition, MixedBatch contract and bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import mixpro
+
+
+def _batch(b=6, size=(16, 16), k=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, 3, *size, generator=g), torch.randint(0, k, (b,), generator=g)
+
+
+def test_mixup_batch_blend_matches_formula():
+    x, y = _batch()
+    mixer = mixpro.Mixup(mixup_alpha=1.0, num_classes=4, generator=torch.Generator().manual_seed(1))
+    b = mixer(x, y)
+    assert b.method == "mixup" and b.mask is None
+    lam = float(b.lam_area[0])
+    assert torch.allclose(b.lam_area, torch.full((6,), lam))
+    assert torch.allclose(b.images, lam * x + (1 - lam) * x.flip(0), atol=1e-6)
+    assert torch.equal(b.partner, torch.arange(5, -1, -1))
+
+
+def test_cutmix_batch_box_from_partner_and_corrected_lambda():
+    x, y = _batch()
+    for correct in (True, False):
+        mixer = mixpro.CutMix(num_classes=4, correct_lam=correct,
+                              generator=torch.Generator().manual_seed(2))
+        b = mixer(x, y)
+        m = b.mask
+        assert b.method == "cutmix" and m.shape == (1, 1, 16, 16)
+        assert torch.equal(b.images, torch.where(m, x, x.flip(0)))
+        inside = (~m).nonzero()
+        assert inside.numel() > 0
+        if correct:
+            assert torch.allclose(b.lam_area, m.float().mean().expand(6))
+        else:  # timm: λ stays the Beta draw
+            g = torch.Generator().manual_seed(2)
+            torch.rand(2, 1, generator=g)
+            lam = mixpro.masks.sample_beta(1.0, 1, generator=g)
+            assert torch.allclose(b.lam_area, lam.expand(6))
+
+
+def test_elem_and_pair_modes():
+    x, y = _batch(b=8)
+    mixer = mixpro.Mixup(mixup_alpha=1.0, mode="elem", num_classes=4,
+                         generator=torch.Generator().manual_seed(0))
+    b = mixer(x, y)
+    lam = b.lam_area.view(-1, 1, 1, 1)
+    assert b.lam_area.unique().numel() == 8
+    assert torch.allclose(b.images, lam * x + (1 - lam) * x.flip(0), atol=1e-6)
+    mixer = mixpro.CutMix(mode="pair", num_classes=4, generator=torch.Generator().manual_seed(0))
+    b = mixer(x, y)
+    assert torch.allclose(b.lam_area, b.lam_area.flip(0))
+    assert torch.equal(b.mask, b.mask.flip(0))
+    assert torch.equal(b.images, torch.where(b.mask, x, x.flip(0)))
+    # both on, per element: each sample is either a blend or a box
+    mixer = mixpro.Mixup(mixup_alpha=1.0, cutmix_alpha=1.0, mode="elem", num_classes=4,
+                         generator=torch.Generator().manual_seed(5))
+    b = mixer(x, y)
+    assert b.method == "mixup+cutmix"
+    sel = b.source.use_mask
+    assert sel.any() and (~sel).any()
+    pm = b.source.mask.pixel_mask()
+    boxed = torch.where(pm, x, x.flip(0))
+    lam = b.lam_area.view(-1, 1, 1, 1)
+    blended = lam * x + (1 - lam) * x.flip(0)
+    assert torch.allclose(b.images[sel], boxed[sel])
+    assert torch.allclose(b.images[~sel], blended[~sel], atol=1e-6)
+    assert torch.allclose(b.lam_area[sel], pm[sel].float().flatten(1).mean(1))
+
+
+def test_prob_zero_and_disabled_mean_no_mixing():
+    x, y = _batch()
+    for mixer in (mixpro.Mixup(prob=0.0, num_classes=4), mixpro.CutMix(num_classes=4)):
+        if isinstance(mixer, mixpro.CutMix):
+            mixer.mixup_enabled = False
+        b = mixer(x, y)
+        assert b.method == "none" and torch.equal(b.images, x)
+        t = b.targets(torch.randn(6, 4))
+        assert torch.allclose(t, mixpro.smooth_one_hot(y, 4, 0.1))
+
+
+def test_cutmix_minmax_forces_alpha_one():
+    mixer = mixpro.Mixup(mixup_alpha=0.0, cutmix_alpha=0.3, cutmix_minmax=(0.2, 0.5),
+                         num_classes=4)
+    assert mixer.cutmix_alpha == 1.0
+    b = mixer(*_batch(size=(20, 20)))
+    box = (~b.mask[0, 0]).nonzero()
+    h = int(box[:, 0].max() - box[:, 0].min() + 1)
+    assert 4 <= h < 10
+
+
+def test_odd_batch_works_for_every_mixer():
+    x, y = _batch(b=5)
+    mixers = [
+        mixpro.Mixup(num_classes=4), mixpro.CutMix(num_classes=4, mode="elem"),
+        mixpro.TransMix(num_classes=4), mixpro.MaskMix(num_classes=4, patch_size=4),
+        mixpro.MixPro(num_classes=4, patch_size=4, mask_scale=2), mixpro.NoMix(num_classes=4),
+    ]
+    for m in mixers:
+        b = m(x, y)
+        assert torch.equal(b.images[2], x[2]), type(m).__name__
+        t = b.targets(torch.randn(5, 4), torch.rand(5, 16))
+        assert torch.allclose(t.sum(1), torch.ones(5))
+
+
+def test_mixed_batch_is_the_same_type_for_every_method():
+    x, y = _batch(size=(32, 32))
+    attn = torch.rand(6, 64)
+    recipe = mixpro.paper_recipe(num_classes=4, patch_size=4, mask_scale=2,
+                                 generator=torch.Generator().manual_seed(0))
+    seen = set()
+    for _ in range(30):
+        b = recipe(x, y)
+        assert isinstance(b, mixpro.MixedBatch)
+        seen.add(b.method)
+        t = b.targets(torch.randn(6, 4), attn)
+        assert t.shape == (6, 4) and torch.allclose(t.sum(1), torch.ones(6))
+        for v in (b.alpha, b.lam, b.lam_area):
+            assert v.shape == (6,)
+    assert {"mixpro", "mixup", "cutmix"} <= seen
+
+
+def test_random_choice_probabilities():
+    a = mixpro.NoMix(num_classes=3)
+    c = mixpro.CutMix(num_classes=3)
+    x, y = _batch(k=3)
+    always = mixpro.RandomChoice([a, c], [1.0, 0.0])
+    assert all(always(x, y).method == "none" for _ in range(10))
+    rc = mixpro.RandomChoice([a, c], [0.25, 0.75], generator=torch.Generator().manual_seed(0))
+    hits = sum(rc(x, y).method == "cutmix" for _ in range(400))
+    assert 250 < hits < 350
+    with pytest.raises(ValueError, match="num_classes"):
+        mixpro.RandomChoice([a, mixpro.NoMix(num_classes=4)])
+    with pytest.raises(ValueError, match="p must"):
+        mixpro.RandomChoice([a, c], [1.0])
+    rc.set_progress(0.5)
+    assert a.progress == 0.5 and c.progress == 0.5
+
+
+# ---------------------------------------------------------------------------------------
+# bad input: a clear error naming the argument
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("images,labels,err,match", [
+    ("x", torch.tensor([0, 1]), TypeError, "images"),
+    (torch.randn(2, 3, 8), torch.tensor([0, 1]), ValueError, "images"),
+    (torch.randn(1, 3, 8, 8), torch.tensor([0]), ValueError, "at least 2"),
+    (torch.randn(0, 3, 8, 8), torch.tensor([], dtype=torch.long), ValueError, "at least 2"),
+    (torch.randn(2, 3, 8, 8), torch.tensor([0.0, 1.0]), TypeError, "labels"),
+    (torch.randn(2, 3, 8, 8), torch.tensor([0, 4]), ValueError, "num_classes"),
+    (torch.randn(2, 3, 8, 8), torch.tensor([-1, 0]), ValueError, "labels"),
+    (torch.randn(2, 3, 8, 8), torch.tensor([0, 1, 2]), ValueError, "labels"),
+    (torch.randn(2, 3, 8, 8) > 0, torch.tensor([0, 1]), TypeError, "images"),
+])
+def test_bad_batches(images, labels, err, match):
+    for mixer in (mixpro.MaskMix(num_classes=4, patch_size=2, mask_scale=2),
+                  mixpro.Mixup(num_classes=4)):
+        with pytest.raises(err, match=match):
+            mixer(images, labels)
+
+
+@pytest.mark.parametrize("kwargs,err,match", [
+    (dict(mask_scale=1.5), TypeError, "mask_scale"),
+    (dict(mask_scale=0), ValueError, "mask_scale"),
+    (dict(patch_size=(2, 2, 2)), TypeError, "patch_size"),
+    (dict(mode="pair"), ValueError, "mode"),
+    (dict(beta=0.0), ValueError, "beta"),
+    (dict(rounding="round"), ValueError, "rounding"),
+    (dict(pairing="shift"), ValueError, "pairing"),
+    (dict(num_classes=1), ValueError, "num_classes"),
+    (dict(label_smoothing=1.0), ValueError, "label_smoothing"),
+    (dict(alpha="sigmoid"), ValueError, "alpha"),
+    (dict(mask_scal=2), TypeError, "mask_scal"),
+    (dict(generator="seed"), TypeError, "generator"),
+])
+def test_bad_mixpro_arguments(kwargs, err, match):
+    base = dict(num_classes=4, patch_size=4)
+    base.update(kwargs)
+    with pytest.raises(err, match=match):
+        mixpro.MixPro(**base)
+
+
+def test_mask_grid_must_tile_the_image():
+    x, y = _batch(size=(24, 24))
+    with pytest.raises(ValueError, match="mask_scale"):
+        mixpro.MaskMix(num_classes=4, patch_size=4, mask_scale=4)(x, y)
+    with pytest.raises(ValueError, match="patch_size"):
+        mixpro.MaskMix(num_classes=4, patch_size=5, mask_scale=1)(x, y)
+
+
+def test_bad_targets_arguments():
+    x, y = _batch(size=(16, 16))
+    b = mixpro.MixPro(num_classes=4, patch_size=4, mask_scale=2)(x, y)
+    good_attn = torch.rand(6, 16)
+    with pytest.raises(ValueError, match="logits"):
+        b.targets(torch.randn(5, 4), good_attn)
+    with pytest.raises(ValueError, match="logits"):
+        b.targets(torch.randn(6, 5), good_attn)
+    with pytest.raises(TypeError, match="logits"):
+        b.targets(torch.ones(6, 4, dtype=torch.long), good_attn)
+    nan = torch.randn(6, 4)
+    nan[1, 2] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        b.targets(nan, good_attn)
+    with pytest.raises(ValueError, match="attention is required"):
+        b.targets(torch.randn(6, 4), None)
+    with pytest.raises(ValueError, match="attention"):
+        b.targets(torch.randn(6, 4), torch.rand(5, 16))
+    with pytest.raises(ValueError, match="non-negative"):
+        b.targets(torch.randn(6, 4), -good_attn)
+    with pytest.raises(ValueError, match="progress"):
+        mixpro.MixPro(num_classes=4).set_progress(1.5)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(mixup_alpha=0.0, cutmix_alpha=0.0), "nothing to mix"),
+    (dict(prob=2.0), "prob"),
+    (dict(switch_prob=-0.1), "switch_prob"),
+    (dict(mode="batches"), "mode"),
+    (dict(mixup_alpha=-1.0), "mixup_alpha"),
+    (dict(cutmix_minmax=(0.5, 0.2)), "cutmix_minmax"),
+])
+def test_bad_mixup_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        mixpro.Mixup(num_classes=4, **kwargs)
+
+
+def test_inputs_are_never_modified():
+    x, y = _batch()
+    x0, y0 = x.clone(), y.clone()
+    for m in (mixpro.Mixup(num_classes=4), mixpro.CutMix(num_classes=4),
+              mixpro.MixPro(num_classes=4, patch_size=4, mask_scale=2)):
+        b = m(x, y)
+        b.targets(torch.randn(6, 4), torch.rand(6, 16))
+        assert torch.equal(x, x0) and torch.equal(y, y0)
