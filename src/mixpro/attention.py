@@ -135,8 +135,9 @@ class ClsAttention:
     def _cls_row(self, q_cls: torch.Tensor, k: torch.Tensor) -> None:
         """``q_cls (B, h, d)`` and ``k (B, h, N, d)`` → head-mean patch attention ``(B, N_p)``."""
         scale = float(getattr(self._attn, "scale", q_cls.shape[-1] ** -0.5))
-        logits = torch.einsum("bhd,bhnd->bhn", q_cls.float(), k.float()) * scale
-        attn = logits.softmax(dim=-1).mean(dim=1)
+        with torch.autocast(q_cls.device.type, enabled=False):  # λ is computed in float32
+            logits = torch.einsum("bhd,bhnd->bhn", q_cls.float(), k.float()) * scale
+            attn = logits.softmax(dim=-1).mean(dim=1)
         self._attention = attn[:, self.num_prefix_tokens:].contiguous()
 
     @torch.no_grad()

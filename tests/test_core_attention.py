@@ -1,0 +1,114 @@
+"""ClsAttention: the cls-row probe against the un-fused attention of the same forward pass."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+
+import mixpro
+
+TINY = dict(img_size=32, patch_size=4, depth=2, embed_dim=32, num_heads=2, num_classes=5)
+MODELS = {
+    "vit": ("vit_tiny_patch16_224", dict(TINY, drop_path_rate=0.1, attn_drop_rate=0.2)),
+    "vit_qknorm_reg": ("vit_tiny_patch16_224", dict(TINY, reg_tokens=4, qk_norm=True)),
+    "deit_distilled": ("deit_tiny_distilled_patch16_224", TINY),
+    "cait": ("cait_xxs24_224", dict(TINY, depth_token_only=2, attn_drop_rate=0.2)),
+    "xcit": ("xcit_nano_12_p16_224", dict(img_size=64, patch_size=8, depth=1, embed_dim=32,
+                                          num_heads=2, num_classes=5)),
+}
+
+
+def _last_attn(model):
+    for name in ("blocks_token_only", "cls_attn_blocks", "blocks"):
+        blocks = getattr(model, name, None)
+        if blocks is not None:
+            return blocks[-1].attn
+
+
+def _make(key):
+    torch.manual_seed(0)
+    name, kw = MODELS[key]
+    return timm.create_model(name, pretrained=False, **kw)
+
+
+@pytest.mark.parametrize("key", list(MODELS))
+@pytest.mark.parametrize("train", [True, False])
+def test_probe_matches_unfused_reference_same_forward(key, train):
+    model = _make(key)
+    model.train(train)
+    fused = [getattr(m, "fused_attn", None) for m in model.modules()]
+    probe = mixpro.ClsAttention(model)
+    attn = _last_attn(model)
+    assert fused == [getattr(m, "fused_attn", None) for m in model.modules()], "probe un-fused"
+    assert attn.fused_attn
+    attn.fused_attn = False  # only to build the reference in this same forward pass
+    captured = {}
+    hook = attn.attn_drop.register_forward_hook(
+        lambda mod, inp, out: captured.__setitem__("p", inp[0].detach())
+    )
+    size = MODELS[key][1]["img_size"]
+    x = torch.randn(3, 3, size, size)
+    model(x)
+    hook.remove()
+    prefix = getattr(model, "num_prefix_tokens", 1) if key not in ("cait", "xcit") else 1
+    ref = captured["p"][:, :, 0, prefix:].mean(1)
+    got = probe.attention
+    assert got.shape == ref.shape == (3, (x.shape[-1] // (8 if key == "xcit" else 4)) ** 2)
+    assert got.dtype == torch.float32 and not got.requires_grad
+    assert torch.allclose(got, ref, atol=1e-5), (got - ref).abs().max()
+    probe.remove()
+
+
+def test_probe_leaves_outputs_and_fusion_unchanged():
+    model = _make("vit").eval()
+    x = torch.randn(2, 3, 32, 32)
+    before = model(x)
+    with mixpro.ClsAttention(model) as probe:
+        after = model(x)
+        assert probe.attention.shape == (2, 64)
+    assert torch.equal(before, after)
+    assert model.blocks[-1].attn.fused_attn
+
+
+def test_probe_unwraps_data_parallel_and_needs_a_forward():
+    model = _make("vit")
+    probe = mixpro.ClsAttention(torch.nn.DataParallel(model))
+    with pytest.raises(RuntimeError, match="forward"):
+        probe.attention
+    model(torch.randn(2, 3, 32, 32))
+    assert probe.attention.shape == (2, 64)
+
+
+def test_probe_under_autocast_is_float32():
+    model = _make("vit")
+    probe = mixpro.ClsAttention(model)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(torch.randn(2, 3, 32, 32))
+    a = probe.attention
+    assert a.dtype == torch.float32 and torch.isfinite(a).all()
+
+
+@pytest.mark.parametrize("name,kw", [
+    ("swin_tiny_patch4_window7_224", dict(img_size=32, window_size=4, depths=(1, 1),
+                                          embed_dim=16, num_heads=(1, 2))),
+    ("resnet18", {}),
+    ("vit_tiny_patch16_224", dict(TINY, global_pool="avg")),
+    ("vit_tiny_patch16_224", dict(TINY, class_token=False, global_pool="avg")),
+])
+def test_models_without_cls_attention_raise_but_maskmix_works(name, kw):
+    model = timm.create_model(name, pretrained=False, **{**kw, "num_classes": 5})
+    with pytest.raises(mixpro.NoClsAttentionError, match="cls|supported|global_pool"):
+        mixpro.ClsAttention(model)
+    mixer = mixpro.MaskMix(num_classes=5, patch_size=4, mask_scale=2)
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    batch = mixer(x, y)
+    logits = model(batch.images)
+    loss = mixpro.soft_target_cross_entropy(logits, batch.targets(logits))
+    loss.backward()
+    assert torch.isfinite(loss)
+
+
+def test_probe_rejects_non_modules():
+    with pytest.raises(TypeError, match="model"):
+        mixpro.ClsAttention("vit")
