@@ -51,7 +51,8 @@ def token_nearest_np(mask: np.ndarray, nh: int, nw: int) -> np.ndarray:
     for b in range(bm):
         for r in range(nh):
             for c in range(nw):
-                out[b, r * nw + c] = mask[b, 0, int(np.floor(r * h / nh)), int(np.floor(c * w / nw))]
+                y, x = int(np.floor(r * h / nh)), int(np.floor(c * w / nw))
+                out[b, r * nw + c] = mask[b, 0, y, x]
     return out
 
 

@@ -75,7 +75,7 @@ def test_probe_unwraps_data_parallel_and_needs_a_forward():
     model = _make("vit")
     probe = mixpro.ClsAttention(torch.nn.DataParallel(model))
     with pytest.raises(RuntimeError, match="forward"):
-        probe.attention
+        _ = probe.attention
     model(torch.randn(2, 3, 32, 32))
     assert probe.attention.shape == (2, 64)
 

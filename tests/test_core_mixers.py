@@ -215,7 +215,7 @@ def test_bad_targets_arguments():
     with pytest.raises(ValueError, match="non-negative"):
         b.targets(torch.randn(6, 4), -good_attn)
     with pytest.raises(ValueError, match="progress"):
-        mixpro.MixPro(num_classes=4).set_progress(1.5)
+        mixpro.MixPro(num_classes=4, patch_size=4).set_progress(1.5)
 
 
 @pytest.mark.parametrize("kwargs,match", [

@@ -290,7 +290,7 @@ class MaskMix(Mixer):
         self,
         *,
         num_classes: int,
-        patch_size: int | tuple[int, int] = 16,
+        patch_size: int | tuple[int, int],
         mask_scale: int | tuple[int, int] = 4,
         beta: float = 1.0,
         mode: Literal["batch", "positions", "elem"] = "batch",
@@ -322,9 +322,12 @@ class MaskMix(Mixer):
                 f"patch_size {self.patch_size} does not tile the image size {image_size}"
             )
         if not self._custom_strategy and (h % self.cell[0] or w % self.cell[1]):
+            nh, nw = h // ph, w // pw
+            ok = [s for s in range(1, min(nh, nw) + 1) if nh % s == 0 and nw % s == 0]
             raise ValueError(
                 f"mask_scale {self.mask_scale} × patch_size {self.patch_size} = cells of "
-                f"{self.cell} px do not tile the image size {image_size}"
+                f"{self.cell} px do not tile the image size {image_size}; mask_scale values "
+                f"that tile this {nh}x{nw} token grid: {ok}"
             )
 
     def _relabel(self) -> AttentionRelabel | None:
@@ -368,7 +371,7 @@ class MixPro(MaskMix):
         self,
         *,
         num_classes: int,
-        patch_size: int | tuple[int, int] = 16,
+        patch_size: int | tuple[int, int],
         mask_scale: int | tuple[int, int] = 4,
         beta: float = 1.0,
         mode: Literal["batch", "positions", "elem"] = "batch",
@@ -658,7 +661,7 @@ class RandomChoice:
 def paper_recipe(
     *,
     num_classes: int,
-    patch_size: int | tuple[int, int] = 16,
+    patch_size: int | tuple[int, int],
     mask_scale: int | tuple[int, int] = 4,
     maskmix_prob: float = 0.5,
     mixup_alpha: float = 0.8,
