@@ -239,3 +239,16 @@ def test_inputs_are_never_modified():
         b = m(x, y)
         b.targets(torch.randn(6, 4), torch.rand(6, 16))
         assert torch.equal(x, x0) and torch.equal(y, y0)
+
+
+def test_timm_style_adapter_matches_timm_targets():
+    from timm.data.mixup import mixup_target
+
+    x, y = _batch()
+    fn = mixpro.TimmStyle(mixpro.Mixup(num_classes=4, generator=torch.Generator().manual_seed(0)))
+    xm, t = fn(x, y)
+    lam = float(((xm - x.flip(0)) / (x - x.flip(0))).median())
+    assert torch.allclose(t, mixup_target(y, 4, lam=lam, smoothing=0.1), atol=1e-5)
+    with pytest.raises(ValueError, match="relabels with attention"):
+        mixpro.TimmStyle(mixpro.MixPro(num_classes=4, patch_size=4))
+    assert mixpro.TimmStyle(mixpro.MixPro(num_classes=4, patch_size=4, alpha="none"))

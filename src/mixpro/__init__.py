@@ -28,6 +28,7 @@ from .mixers import (
     Mixup,
     NoMix,
     RandomChoice,
+    TimmStyle,
     TransMix,
     paper_recipe,
 )
@@ -55,6 +56,7 @@ __all__ = [
     "NoMix",
     "ParabolicAlpha",
     "RandomChoice",
+    "TimmStyle",
     "TransMix",
     "attention_lambda",
     "combine_lambda",

@@ -83,12 +83,41 @@ def images_and_labels(images: torch.Tensor, labels: torch.Tensor, n_classes: int
         raise TypeError(f"labels must be an integer tensor of class indices, got {labels.dtype}")
     if labels.device != images.device:
         raise ValueError(f"labels are on {labels.device} but images are on {images.device}")
+    if labels.device.type == "cpu":  # on accelerators the range is checked in targets()
+        label_range(labels, n_classes)
+
+
+def label_range(labels: torch.Tensor, n_classes: int) -> None:
     lo, hi = int(labels.min()), int(labels.max())
     if lo < 0 or hi >= n_classes:
         raise ValueError(f"labels must lie in [0, num_classes={n_classes}), got range [{lo}, {hi}]")
 
 
+def values(
+    logits: torch.Tensor, labels: torch.Tensor, n_classes: int, attention: torch.Tensor | None
+) -> None:
+    """Value checks of one training step with a single device→host sync.
+
+    NaN/Inf logits, labels outside ``[0, n_classes)`` (only for accelerator tensors: CPU labels
+    were checked when mixing) and negative or non-finite attention.
+    """
+    flags = [~torch.isfinite(logits).all()]
+    check_labels = labels.device.type != "cpu"
+    if check_labels:
+        flags.append((labels < 0).any() | (labels >= n_classes).any())
+    if attention is not None:
+        flags.append(~torch.isfinite(attention).all() | (attention < 0).any())
+    bad = torch.stack([f.to(logits.device) for f in flags]).tolist()
+    if bad[0]:
+        raise ValueError("logits contain NaN or Inf")
+    if check_labels and bad[1]:
+        label_range(labels, n_classes)
+    if attention is not None and bad[-1]:
+        raise ValueError("attention must be finite and non-negative")
+
+
 def logits(value: torch.Tensor, batch: int, n_classes: int) -> None:
+    """Type and shape of ``logits (B, K)`` (values: :func:`values`)."""
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"logits must be a torch.Tensor, got {type(value).__name__}")
     if not value.dtype.is_floating_point:
@@ -98,11 +127,10 @@ def logits(value: torch.Tensor, batch: int, n_classes: int) -> None:
             f"logits must have shape (B, num_classes) = ({batch}, {n_classes}), "
             f"got {tuple(value.shape)}"
         )
-    if not bool(torch.isfinite(value).all()):
-        raise ValueError("logits contain NaN or Inf")
 
 
 def attention(value: torch.Tensor | None, batch: int) -> torch.Tensor:
+    """Presence, type and shape of ``attention (B, N)`` (values: :func:`values`)."""
     if value is None:
         raise ValueError(
             "attention is required for this method: pass the probe's attention "
@@ -116,6 +144,4 @@ def attention(value: torch.Tensor | None, batch: int) -> torch.Tensor:
         raise ValueError(
             f"attention must have shape (B, N_patches) with B={batch}, got {tuple(value.shape)}"
         )
-    if not bool(torch.isfinite(value).all()) or bool((value < 0).any()):
-        raise ValueError("attention must be finite and non-negative")
     return value

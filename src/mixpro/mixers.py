@@ -151,13 +151,15 @@ class MixedBatch:
         b, k = self.batch_size, self.num_classes
         _checks.logits(logits, b, k)
         if not self.needs_attention:
+            _checks.values(logits, self.labels, k, None)
             self.alpha = torch.zeros(b, device=logits.device)
             self.lam_attn = None
             self.lam = self.lam_area
-            return mix_targets(self.labels, self.partner, self.lam, k, self.label_smoothing)
+            return self.area_targets()
         rl = self.relabel
         assert rl is not None
         attention = _checks.attention(attention, b)
+        _checks.values(logits, self.labels, k, attention)
         grid = rl.grid(tuple(self.images.shape[-2:]), attention.shape[1])
         frac = self.token_fraction(grid, rl.token_mode)
         self.lam_attn = attention_lambda(attention.detach(), frac)
@@ -165,6 +167,11 @@ class MixedBatch:
         self.alpha = rl.alpha(logits, area_targets, self.progress)
         self.lam = combine_lambda(self.alpha, self.lam_attn, self.lam_area)
         return mix_targets(self.labels, self.partner, self.lam, k, rl.smoothing)
+
+    def area_targets(self) -> torch.Tensor:
+        """Area-mixed soft targets ``(B, num_classes)`` (λ = ``lam_area``); needs no logits."""
+        return mix_targets(self.labels, self.partner, self.lam_area, self.num_classes,
+                           self.label_smoothing)
 
     def loss(self, logits: torch.Tensor, attention: torch.Tensor | None = None) -> torch.Tensor:
         """Mean soft-target cross-entropy of ``logits`` against :meth:`targets`."""
@@ -682,3 +689,27 @@ def paper_recipe(
     )
     p = _checks.probability(maskmix_prob, "maskmix_prob")
     return RandomChoice([mixpro, mixup], [p, 1.0 - p], generator=generator)
+
+
+class TimmStyle:
+    """timm's call contract for an area-labelled mixer: ``fn(x, target) -> (x_mixed, soft)``.
+
+    A literal drop-in for ``timm.data.Mixup`` in a loop written for it (``x`` is not modified;
+    the mixed images are returned). Attention-relabelled mixers (MixPro, TransMix) need the
+    logits and the probe, so they are refused: use ``batch.targets(logits, attention)``.
+    """
+
+    def __init__(self, mixer: Mixer | RandomChoice) -> None:
+        if mixer.needs_attention:
+            raise ValueError(
+                f"mixer {type(mixer).__name__} relabels with attention; TimmStyle only wraps "
+                "area-labelled mixers (Mixup, CutMix, MaskMix, NoMix)"
+            )
+        self.mixer = mixer
+
+    def __call__(
+        self, x: torch.Tensor, target: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = self.mixer(x, target)
+        return batch.images, batch.area_targets()
+
