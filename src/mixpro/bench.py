@@ -1,0 +1,344 @@
+"""`mixpro bench`: what each mixing method costs, measured in one process.
+
+Every comparison is interleaved (one repeat of each variant in turn), after warm-up, and
+reported as medians and as ratios to a baseline measured in the same run:
+
+1. **mix** — mask generation + mixing per batch for each method against one plain out-of-place
+   copy of the batch (the memory-traffic floor) and a straightforward per-sample numpy loop
+   with int64 pixel masks (the official MixPro code's approach, written here from its
+   description, used only as a yardstick); plus the cost of turning logits + attention into
+   targets.
+2. **step** — a full training step (mix, forward, relabel, backward, optimiser) of a timm DeiT
+   for none / CutMix / TransMix / MixPro, and MixPro with the alternative ways of getting
+   attention: our cls-row probe, un-fusing the last block, an extra no-grad forward on the
+   unmixed images (OpenMixup's way). Images/s and the ratio to no mixing (Table 2's speed).
+
+CUDA timings use CUDA events after synchronisation; CPU timings use ``perf_counter``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import timm
+import torch
+
+from . import (
+    ClsAttention,
+    CutMix,
+    MaskMix,
+    MixPro,
+    Mixup,
+    NoMix,
+    TransMix,
+    soft_target_cross_entropy,
+)
+
+
+def official_numpy_maskmix(
+    x: torch.Tensor, mask_patch: int, rng: np.random.Generator
+) -> tuple[torch.Tensor, float]:
+    """Per-sample numpy loop building int64 pixel masks, as the official MixPro code does.
+
+    ``G = ceil(H / mask_patch)``; ``k = ceil(G²·τ)``; positions per sample; mask upsampled with
+    ``np.repeat``, cropped, expanded to C channels as int64 and copied to the device; partner
+    ``randperm``; ``x̃ = M·x + (1-M)·x[perm]``. A yardstick only.
+    """
+    b, c, h, w = x.shape
+    g = math.ceil(h / mask_patch)
+    k = math.ceil(g * g * rng.beta(1.0, 1.0))
+    masks = []
+    for _ in range(b):
+        flat = np.zeros(g * g, dtype=np.int64)
+        flat[rng.permutation(g * g)[:k]] = 1
+        pix = flat.reshape(g, g).repeat(mask_patch, 0).repeat(mask_patch, 1)[:h, :w]
+        masks.append(np.broadcast_to(pix, (c, h, w)))
+    m = torch.from_numpy(np.stack(masks)).to(x.device)
+    index = torch.randperm(b, device=x.device)
+    return m * x + (1 - m) * x[index], k / (g * g)
+
+
+class _Clock:
+    """Times one call on ``device`` (CUDA events after a sync, else ``perf_counter``)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+
+    def __call__(self, fn: Callable[[], object]) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end) / 1e3
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
+
+
+def interleaved(
+    fns: dict[str, Callable[[], object]], device: torch.device, repeats: int, warmup: int
+) -> dict[str, float]:
+    """Median seconds per call of each function, run in turn ``repeats`` times after warm-up."""
+    clock = _Clock(device)
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            times[name].append(clock(fn))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _mixers(num_classes: int, patch: int, scale: int) -> dict[str, object]:
+    return {
+        "mixup": Mixup(mixup_alpha=0.8, num_classes=num_classes),
+        "cutmix": CutMix(num_classes=num_classes),
+        "transmix": TransMix(mixup_alpha=0.0, num_classes=num_classes, patch_size=patch),
+        "maskmix": MaskMix(num_classes=num_classes, patch_size=patch, mask_scale=scale),
+        "mixpro": MixPro(num_classes=num_classes, patch_size=patch, mask_scale=scale),
+    }
+
+
+def bench_mix(
+    *, batch: int, channels: int, size: int, patch: int, scale: int, device: torch.device,
+    repeats: int, warmup: int, num_classes: int = 1000,
+) -> dict:
+    """Mix cost per batch of each method, against the copy floor and the official loop."""
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    x = torch.randn(batch, channels, size, size, generator=gen).to(device)
+    y = torch.randint(0, num_classes, (batch,), generator=gen).to(device)
+    rng = np.random.default_rng(0)
+    mixers = _mixers(num_classes, patch, scale)
+    fns: dict[str, Callable[[], object]] = {
+        "copy": lambda: x.clone(),
+        "official_numpy_loop": lambda: official_numpy_maskmix(x, patch * scale, rng),
+    }
+    fns.update({k: (lambda m=m: m(x, y)) for k, m in mixers.items()})
+    med = interleaved(fns, device, repeats, warmup)
+    # relabel cost: targets from logits + attention, on a fixed mixed batch per method
+    logits = torch.randn(batch, num_classes, device=device)
+    attn = torch.rand(batch, (size // patch) ** 2, device=device)
+    tgt = {}
+    for k, m in mixers.items():
+        b = m(x, y)
+        tgt[k] = lambda b=b: b.targets(logits, attn)
+    med_t = interleaved(tgt, device, repeats, warmup)
+    rows = []
+    for k, v in med.items():
+        rows.append({
+            "method": k, "mix_ms": 1e3 * v, "x_copy": v / med["copy"],
+            "speedup_vs_official": med["official_numpy_loop"] / v,
+            "targets_ms": 1e3 * med_t[k] if k in med_t else None,
+        })
+    return {"batch": batch, "shape": [channels, size, size], "patch": patch,
+            "mask_scale": scale, "rows": rows}
+
+
+def _unfused_attention(model: torch.nn.Module) -> Callable[[], torch.Tensor]:
+    """Un-fuse the last block and read its full softmax (B, h, N, N) through a hook."""
+    attn_mod = model.blocks[-1].attn
+    attn_mod.fused_attn = False
+    store: dict[str, torch.Tensor] = {}
+    attn_mod.attn_drop.register_forward_hook(
+        lambda m, i, o: store.__setitem__("a", i[0].detach()))
+    prefix = model.num_prefix_tokens
+    return lambda: store["a"][:, :, 0, prefix:].mean(1).float()
+
+
+def bench_step(
+    *, model_name: str, img_size: int, batch: int, num_classes: int, device: torch.device,
+    repeats: int, warmup: int, amp: bool, model_kwargs: dict | None = None,
+) -> dict:
+    """Training-step throughput of each method and attention source (Table 2's speed).
+
+    MaskMix cells are ``mask_scale`` × the model's patch, with the largest of 4, 2, 1 that
+    tiles its token grid.
+    """
+    def build() -> torch.nn.Module:
+        torch.manual_seed(0)
+        return timm.create_model(model_name, pretrained=False, img_size=img_size,
+                                 num_classes=num_classes, **(model_kwargs or {})
+                                 ).to(device).train()
+
+    patch = int(build().patch_embed.patch_size[0])
+    scale = next(s for s in (4, 2, 1) if (img_size // patch) % s == 0)
+
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    x = torch.randn(batch, 3, img_size, img_size, generator=gen).to(device)
+    y = torch.randint(0, num_classes, (batch,), generator=gen).to(device)
+    amp_ctx = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if amp else None
+
+    def make_step(mixer, attention: str) -> Callable[[], None]:
+        model = build()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        probe = ClsAttention(model) if attention in ("probe", "extra_forward") else None
+        read_unfused = _unfused_attention(model) if attention == "unfused" else None
+
+        def step() -> None:
+            b = mixer(x, y)
+            with amp_ctx() if amp_ctx else _null():
+                if attention == "extra_forward":
+                    with torch.no_grad():
+                        model(x)  # OpenMixup: attention of the unmixed images
+                    att = probe.attention.clone()
+                logits = model(b.images)
+                if attention == "probe":
+                    att = probe.attention
+                elif attention == "unfused":
+                    att = read_unfused()
+                elif attention == "none":
+                    att = None
+            loss = soft_target_cross_entropy(logits.float(), b.targets(logits.float(), att))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        return step
+
+    m = _mixers(num_classes, patch, scale)
+    variants = {
+        "none": make_step(NoMix(num_classes=num_classes), "none"),
+        "cutmix": make_step(m["cutmix"], "none"),
+        "transmix (probe)": make_step(m["transmix"], "probe"),
+        "mixpro (probe)": make_step(m["mixpro"], "probe"),
+        "mixpro (un-fused last block)": make_step(m["mixpro"], "unfused"),
+        "mixpro (extra no-grad forward)": make_step(m["mixpro"], "extra_forward"),
+    }
+    med = interleaved(variants, device, repeats, warmup)
+    rows = [{"variant": k, "step_ms": 1e3 * v, "images_per_s": batch / v,
+             "x_none": v / med["none"]} for k, v in med.items()]
+    hook = _probe_hook_seconds(build(), x, device, repeats, warmup)
+    return {"model": model_name, "img_size": img_size, "batch": batch, "amp": amp,
+            "patch": patch, "mask_scale": scale, "rows": rows,
+            "probe_hook_ms": 1e3 * hook, "probe_hook_share_of_step": hook / med["none"]}
+
+
+def _probe_hook_seconds(
+    model: torch.nn.Module, x: torch.Tensor, device: torch.device, repeats: int, warmup: int
+) -> float:
+    """Time of the probe's own computation (the cls row from a captured ``qkv`` output)."""
+    probe = ClsAttention(model)
+    qkv = getattr(model.blocks[-1].attn, "qkv", None)
+    captured: dict[str, torch.Tensor] = {}
+    handle = qkv.register_forward_hook(lambda m, i, o: captured.__setitem__("o", o.detach()))
+    with torch.no_grad():
+        model(x)
+    handle.remove()
+    return interleaved({"hook": lambda: probe._on_qkv(qkv, (), captured["o"])}, device,
+                       repeats * 5, warmup)["hook"]
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *a: object) -> None:
+        return None
+
+
+def environment(device: torch.device) -> dict:
+    env = {
+        "device": str(device), "torch": torch.__version__, "timm": timm.__version__,
+        "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+        "platform": platform.platform(), "python": platform.python_version(),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env
+
+
+def to_markdown(result: dict) -> str:
+    env = result["environment"]
+    lines = [f"# mixpro bench — {env.get('gpu', env['device'])}", "",
+             f"torch {env['torch']}, timm {env['timm']}, {env['threads']} threads, "
+             f"{env['platform']}, {env['date']}", "", f"Command: `{result['command']}`", ""]
+    for mix in result["mix"]:
+        c, h, w = mix["shape"]
+        lines += [f"## Mask + mix per batch: B={mix['batch']}, {c}×{h}×{w}, patch "
+                  f"{mix['patch']}, mask_scale {mix['mask_scale']}", "",
+                  "| method | mix ms | × copy | speed-up vs official loop | targets ms |",
+                  "|---|---:|---:|---:|---:|"]
+        for r in mix["rows"]:
+            t = "" if r["targets_ms"] is None else f"{r['targets_ms']:.2f}"
+            lines.append(f"| {r['method']} | {r['mix_ms']:.2f} | {r['x_copy']:.2f} | "
+                         f"{r['speedup_vs_official']:.1f} | {t} |")
+        lines.append("")
+    step = result.get("step")
+    if step:
+        lines += [f"## Training step: {step['model']}, {step['img_size']}², B={step['batch']}, "
+                  f"AMP {'on' if step['amp'] else 'off'}, MaskMix patch {step['patch']} × "
+                  f"mask_scale {step['mask_scale']}", "",
+                  "| variant | step ms | images/s | × none |", "|---|---:|---:|---:|"]
+        for r in step["rows"]:
+            lines.append(f"| {r['variant']} | {r['step_ms']:.1f} | {r['images_per_s']:.1f} | "
+                         f"{r['x_none']:.3f} |")
+        lines += ["", f"The probe's own computation: {step['probe_hook_ms']:.3f} ms per step, "
+                  f"{100 * step['probe_hook_share_of_step']:.2f} % of a no-mixing step.", ""]
+    return "\n".join(lines)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--model", default="deit_tiny_patch16_224", help="timm model for the step")
+    p.add_argument("--img-size", type=int, default=None, help="step image size (default 224)")
+    p.add_argument("--batch", type=int, default=None,
+                   help="step batch (default: 32 on CPU, 128 on CUDA)")
+    p.add_argument("--repeats", type=int, default=None, help="timed repeats (default 5/20)")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--amp", action="store_true", help="bfloat16 autocast in the step")
+    p.add_argument("--skip-step", action="store_true", help="only the mix section")
+    p.add_argument("--output", default="benchmarks/results", help="folder for .md and .json")
+
+
+def run(args: argparse.Namespace, command: str = "mixpro bench") -> dict:
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for, but CUDA is not available")
+    cuda = device.type == "cuda"
+    repeats = args.repeats or (20 if cuda else 5)
+    result = {"command": command, "environment": environment(device), "mix": []}
+    for spec in (dict(batch=128, channels=3, size=224, patch=16, scale=2),
+                 dict(batch=128, channels=3, size=224, patch=14, scale=4),
+                 dict(batch=128, channels=1, size=32, patch=4, scale=2)):
+        result["mix"].append(bench_mix(device=device, repeats=repeats, warmup=args.warmup,
+                                       **spec))
+    if not args.skip_step:
+        result["step"] = bench_step(
+            model_name=args.model, img_size=args.img_size or 224,
+            batch=args.batch or (128 if cuda else 32), num_classes=1000, device=device,
+            repeats=repeats, warmup=args.warmup, amp=args.amp,
+        )
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"bench-{device.type}"
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / f"{stem}.md").write_text(to_markdown(result) + "\n")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="mixpro bench", description=__doc__.splitlines()[0])
+    add_arguments(p)
+    args = p.parse_args(argv)
+    print(to_markdown(run(args)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,51 @@
+"""`mixpro bench` runs end to end on tiny sizes (structure and sanity, never speed targets)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+
+from mixpro import bench
+
+
+def test_official_yardstick_mixes_like_the_description():
+    rng = np.random.default_rng(0)
+    x = torch.randn(4, 3, 20, 20)
+    out, lam = bench.official_numpy_maskmix(x, 8, rng)  # 8 does not divide 20: ceil grid 3x3
+    assert out.shape == x.shape
+    assert lam * 9 == round(lam * 9)
+    # every pixel comes from some sample of the batch
+    matches = (out[:, None] == x[None]).all(2)  # (B, B, H, W)
+    assert matches.any(1).all()
+
+
+def test_bench_runs_and_writes_markdown_and_json(tmp_path, monkeypatch):
+    cpu = torch.device("cpu")
+    mix = bench.bench_mix(batch=4, channels=1, size=16, patch=4, scale=2, device=cpu,
+                          repeats=1, warmup=0, num_classes=5)
+    names = [r["method"] for r in mix["rows"]]
+    assert names == ["copy", "official_numpy_loop", "mixup", "cutmix", "transmix", "maskmix",
+                     "mixpro"]
+    assert all(r["mix_ms"] > 0 for r in mix["rows"])
+    step = bench.bench_step(
+        model_name="vit_tiny_patch16_224", img_size=16, batch=4, num_classes=5, device=cpu,
+        repeats=1, warmup=0, amp=False,
+        model_kwargs=dict(patch_size=4, depth=1, embed_dim=16, num_heads=2),
+    )
+    assert [r["variant"] for r in step["rows"]][0] == "none"
+    assert step["rows"][0]["x_none"] == 1.0 and len(step["rows"]) == 6
+    assert step["mask_scale"] == 4 and step["patch"] == 4
+    assert 0 < step["probe_hook_share_of_step"] < 1
+    result = {"command": "test", "environment": bench.environment(cpu), "mix": [mix],
+              "step": step}
+    md = bench.to_markdown(result)
+    assert "official_numpy_loop" in md and "mixpro (extra no-grad forward)" in md
+    # the CLI entry writes both files (mix section only, to stay fast)
+    monkeypatch.setattr(bench, "bench_mix", lambda **kw: mix)
+    assert bench.main(["--device", "cpu", "--skip-step", "--repeats", "1", "--output",
+                       str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "bench-cpu.json").read_text())
+    assert data["environment"]["device"] == "cpu" and len(data["mix"]) == 3
+    assert (tmp_path / "bench-cpu.md").read_text().startswith("# mixpro bench")
