@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -102,9 +103,11 @@ def test_grid_mask_any_cell_and_offset(ch, cw, h, w, oy, ox, bm, seed):
     batch = max(bm, 2)
     x = torch.randn(batch, 1, *size)
     partner = torch.randperm(batch, generator=torch.Generator().manual_seed(seed))
-    out = mask.apply(x, partner)
     ref = mix_images_np(x.numpy(), pm.numpy().astype(np.int64), partner.numpy())
-    assert np.array_equal(out.numpy(), ref)
+    for loop in (True, False):  # both mixing paths
+        with mock.patch.object(mixpro.masks, "_use_cell_loop", lambda images, n, v=loop: v):
+            out = mask.apply(x, partner)
+        assert np.array_equal(out.numpy(), ref)
 
 
 def test_cell_loop_and_where_paths_agree(monkeypatch):
@@ -112,10 +115,20 @@ def test_cell_loop_and_where_paths_agree(monkeypatch):
     mask = gen(torch.rand(4), (16, 12), device=torch.device("cpu"))
     x = torch.randn(4, 3, 16, 12)
     partner = torch.tensor([3, 2, 1, 0])
-    fast = mask.apply(x, partner)
-    monkeypatch.setattr(mixpro.masks, "_MAX_CELL_LOOP", 0)
-    slow = mask.apply(x, partner)
-    assert torch.equal(fast, slow)
+    monkeypatch.setattr(mixpro.masks, "_use_cell_loop", lambda images, n: True)
+    loop = mask.apply(x, partner)
+    monkeypatch.setattr(mixpro.masks, "_use_cell_loop", lambda images, n: False)
+    where = mask.apply(x, partner)
+    assert torch.equal(loop, where)
+    assert torch.equal(loop, torch.where(mask.pixel_mask(), x, x[partner]))
+
+
+def test_cell_loop_is_chosen_for_large_cpu_batches_only():
+    big = torch.empty(128, 3, 224, 224)
+    assert mixpro.masks._use_cell_loop(big, 49)
+    assert not mixpro.masks._use_cell_loop(big, 2000)
+    assert not mixpro.masks._use_cell_loop(torch.empty(128, 1, 32, 32), 16)
+    assert not mixpro.masks._use_cell_loop(big.requires_grad_(), 49)
 
 
 @SETTINGS
