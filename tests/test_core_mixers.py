@@ -252,3 +252,22 @@ def test_timm_style_adapter_matches_timm_targets():
     with pytest.raises(ValueError, match="relabels with attention"):
         mixpro.TimmStyle(mixpro.MixPro(num_classes=4, patch_size=4))
     assert mixpro.TimmStyle(mixpro.MixPro(num_classes=4, patch_size=4, alpha="none"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64, torch.uint8])
+def test_image_dtypes_are_kept(dtype):
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(4, 3, 16, 16, generator=g) * 200).to(dtype)
+    y = torch.tensor([0, 1, 2, 3])
+    for mixer in (mixpro.MaskMix(num_classes=4, patch_size=4, mask_scale=2, mode="elem"),
+                  mixpro.CutMix(num_classes=4), mixpro.TransMix(num_classes=4, mixup_alpha=0.0)):
+        b = mixer(x, y)
+        assert b.images.dtype == dtype
+        assert torch.equal(b.images, torch.where(b.mask, x, x[b.partner]))
+        assert b.lam_area.dtype == torch.float32
+    if dtype.is_floating_point:
+        b = mixpro.Mixup(num_classes=4, mode="elem")(x, y)
+        assert b.images.dtype == dtype
+    else:
+        with pytest.raises(TypeError, match="floating"):
+            mixpro.Mixup(num_classes=4)(x, y)
