@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import mixpro
 
@@ -271,3 +273,54 @@ def test_image_dtypes_are_kept(dtype):
     else:
         with pytest.raises(TypeError, match="floating"):
             mixpro.Mixup(num_classes=4)(x, y)
+
+
+@st.composite
+def any_mixer_case(draw):
+    patch = draw(st.integers(1, 4))
+    grid = (draw(st.integers(1, 4)) * 2, draw(st.integers(1, 4)) * 2)
+    b = draw(st.integers(2, 9))
+    seed = draw(st.integers(0, 2**31 - 1))
+    kind = draw(st.sampled_from(["mixup", "cutmix", "transmix", "maskmix", "mixpro", "paper"]))
+    mode = draw(st.sampled_from(["batch", "pair", "elem"]))
+    return patch, grid, b, seed, kind, mode
+
+
+def _build(kind, mode, patch, g):
+    k = 5
+    return {
+        "mixup": lambda: mixpro.Mixup(mixup_alpha=1.0, cutmix_alpha=1.0, mode=mode,
+                                      num_classes=k, generator=g),
+        "cutmix": lambda: mixpro.CutMix(mode=mode, num_classes=k, generator=g),
+        "transmix": lambda: mixpro.TransMix(mode=mode, num_classes=k, patch_size=patch,
+                                            generator=g),
+        "maskmix": lambda: mixpro.MaskMix(num_classes=k, patch_size=patch, mask_scale=2,
+                                          mode={"pair": "positions"}.get(mode, mode),
+                                          generator=g),
+        "mixpro": lambda: mixpro.MixPro(num_classes=k, patch_size=patch, mask_scale=2,
+                                        mode={"pair": "positions"}.get(mode, mode),
+                                        generator=g),
+        "paper": lambda: mixpro.paper_recipe(num_classes=k, patch_size=patch, mask_scale=2,
+                                             generator=g),
+    }[kind]()
+
+
+@settings(max_examples=60, deadline=None)
+@given(any_mixer_case())
+def test_every_mixer_gives_valid_lambdas_and_targets(case):
+    patch, grid, b, seed, kind, mode = case
+    g = torch.Generator().manual_seed(seed)
+    size = (grid[0] * patch, grid[1] * patch)
+    x = torch.randn(b, 3, *size, generator=g)
+    y = torch.randint(0, 5, (b,), generator=g)
+    batch = _build(kind, mode, patch, g)(x, y)
+    assert batch.images.shape == x.shape
+    logits = torch.randn(b, 5, generator=g)
+    attn = torch.rand(b, grid[0] * grid[1], generator=g)
+    t = batch.targets(logits, attn)
+    assert t.shape == (b, 5) and torch.allclose(t.sum(1), torch.ones(b), atol=1e-5)
+    assert (t >= 0).all()
+    for lam in (batch.lam_area, batch.lam, batch.alpha):
+        assert lam.shape == (b,) and ((lam >= 0) & (lam <= 1 + 1e-6)).all()
+    if batch.mask is not None:  # every pixel comes from i or its partner, as the mask says
+        assert torch.equal(batch.images, torch.where(batch.mask, x, x[batch.partner]))
