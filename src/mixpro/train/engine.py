@@ -1,0 +1,156 @@
+"""One training epoch and one evaluation pass.
+
+Owns the inner loop: mix → forward (the probe fills its attention) → targets → soft-target
+loss → backward (AMP scaler, gradient clipping) → optimizer and per-step scheduler → EMA, and
+the per-epoch statistics (mean loss, images/s, mean α, the last batch's α). Evaluation is
+sharded over ranks and summed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+import mixpro
+
+from .distributed import DistInfo, all_sum
+
+
+@dataclass
+class StepContext:
+    """What the loop needs besides the data: all created once by :mod:`.run`."""
+
+    model: nn.Module
+    probe: mixpro.ClsAttention | None
+    mixer: object
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: torch.amp.GradScaler | None
+    ema: object | None
+    amp_dtype: torch.dtype | None
+    clip_grad: float | None
+    dist: DistInfo
+    epochs: int
+    steps_per_epoch: int
+    sched_per_step: bool
+    max_steps: int | None = None
+    progress: bool = True
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN/inf."""
+
+
+def train_one_epoch(ctx: StepContext, loader: Iterable, epoch: int) -> dict:
+    """Train one epoch. Returns ``{"train_loss", "img_per_s", "alpha_mean", "lr", "steps",
+    "alpha_last" (list of the last attention-labelled batch's α, or None)}``."""
+    model, mixer, dev = ctx.model, ctx.mixer, ctx.dist.device
+    mixer_params = mixer.parameters()
+    model.train()
+    n_steps = ctx.steps_per_epoch
+    loss_sum, seen, alpha_sum, alpha_n, alpha_last = 0.0, 0, 0.0, 0, None
+    bar = tqdm(total=n_steps, desc=f"epoch {epoch + 1}/{ctx.epochs}", unit="step",
+               disable=not (ctx.progress and ctx.dist.is_main), file=sys.stderr, leave=True,
+               dynamic_ncols=True)
+    t0 = time.perf_counter()
+    step = 0
+    for step, (images, labels) in enumerate(loader):
+        if step >= n_steps:
+            break
+        images = images.to(dev, non_blocking=True)
+        labels = labels.to(dev, non_blocking=True)
+        mixer.set_progress(min(1.0, (epoch + step / n_steps) / ctx.epochs))
+        batch = mixer(images, labels)
+        with _autocast(dev, ctx.amp_dtype):
+            logits = model(batch.images)
+        logits = logits.float()
+        attention = ctx.probe.attention if batch.needs_attention else None
+        loss = mixpro.soft_target_cross_entropy(logits, batch.targets(logits, attention))
+        loss_value = float(loss.detach())
+        if not math.isfinite(loss_value):
+            raise TrainingDiverged(f"loss is {loss_value} at epoch {epoch + 1}, step {step}")
+        ctx.optimizer.zero_grad(set_to_none=True)
+        if ctx.scaler is not None:
+            ctx.scaler.scale(loss).backward()
+            ctx.scaler.unscale_(ctx.optimizer)
+        else:
+            loss.backward()
+        if ctx.dist.distributed and mixer_params:  # learnable α lives outside DDP
+            for p in mixer_params:
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)
+                    p.grad /= ctx.dist.world
+        if ctx.clip_grad is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), ctx.clip_grad)
+        if ctx.scaler is not None:
+            ctx.scaler.step(ctx.optimizer)
+            ctx.scaler.update()
+        else:
+            ctx.optimizer.step()
+        num_updates = epoch * n_steps + step + 1
+        if ctx.sched_per_step:
+            ctx.scheduler.step_update(num_updates=num_updates)
+        if ctx.ema is not None:
+            ctx.ema.update(model, step=num_updates)
+        b = labels.shape[0]
+        loss_sum += loss_value * b
+        seen += b
+        if batch.needs_attention and batch.alpha is not None:
+            alpha = batch.alpha.detach().float().cpu()
+            alpha_sum += float(alpha.sum())
+            alpha_n += alpha.numel()
+            alpha_last = alpha.tolist()
+        elapsed = time.perf_counter() - t0
+        bar.set_postfix(loss=f"{loss_sum / seen:.3f}",
+                        img_s=f"{seen * ctx.dist.world / elapsed:.0f}",
+                        alpha=f"{alpha_sum / alpha_n:.3f}" if alpha_n else "-", refresh=False)
+        bar.update(1)
+    bar.close()
+    elapsed = time.perf_counter() - t0
+    loss_sum, seen, alpha_sum, alpha_n = all_sum([loss_sum, seen, alpha_sum, alpha_n], ctx.dist)
+    if not ctx.sched_per_step:
+        ctx.scheduler.step(epoch + 1)
+    return {
+        "train_loss": loss_sum / max(seen, 1),
+        "img_per_s": seen / elapsed,
+        "alpha_mean": alpha_sum / alpha_n if alpha_n else None,
+        "lr": ctx.optimizer.param_groups[0]["lr"],
+        "steps": step + 1,
+        "alpha_last": alpha_last,
+    }
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Iterable, info: DistInfo,
+             amp_dtype: torch.dtype | None = None) -> dict:
+    """Top-1 accuracy (%) and mean cross-entropy over this rank's shard, summed over ranks."""
+    was_training = model.training
+    model.eval()
+    correct, loss_sum, n = 0.0, 0.0, 0.0
+    for images, labels in loader:
+        images, labels = images.to(info.device), labels.to(info.device)
+        with _autocast(info.device, amp_dtype):
+            logits = model(images)
+        logits = logits.float()
+        loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
+        correct += float((logits.argmax(1) == labels).sum())
+        n += labels.shape[0]
+    correct, loss_sum, n = all_sum([correct, loss_sum, n], info)
+    model.train(was_training)
+    return {"acc": 100.0 * correct / max(n, 1), "loss": loss_sum / max(n, 1)}

@@ -1,0 +1,423 @@
+"""The ``mixpro train`` entry: build everything, check it, then train, checkpoint and plot.
+
+Owns the order of a run. :func:`prepare` does every check that can fail on user input
+(recipe, data, model name, cls-token support, patch/mask tiling, output folder, checkpoint
+to resume) and raises a one-line :class:`~.config.TrainError` before a single step runs;
+:func:`train` then runs the epochs. Only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import timm
+import torch
+import yaml
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
+
+import mixpro
+
+from ..data import DatasetError
+from . import checkpoint as ckpt_io
+from . import distributed
+from .config import MASK_METHODS, ConfigError, Recipe, TrainError, make_mixer
+from .engine import StepContext, TrainingDiverged, evaluate, train_one_epoch
+
+FINAL = "final.json"
+
+
+@dataclass
+class Prepared:
+    """Everything a run needs, built and checked (see :func:`prepare`)."""
+
+    cfg: Recipe
+    info: distributed.DistInfo
+    out: Path
+    model: torch.nn.Module
+    ctx: StepContext
+    train_loader: DataLoader
+    test_loader: DataLoader
+    train_sampler: DistributedSampler
+    train_data: Any
+    mixer_gen: torch.Generator
+    model_config: dict
+    start_epoch: int = 0
+    metrics: list[dict] = field(default_factory=list)
+    best_acc: float = -1.0
+    alpha_last: list[float] | None = None
+    writer: Any = None
+    owns_group: bool = False
+
+
+@dataclass
+class Result:
+    """What :func:`train` returns: the summary (as ``final.json``), the unwrapped model,
+    the per-epoch metrics and the output folder."""
+
+    summary: dict
+    model: torch.nn.Module
+    metrics: list[dict]
+    out: Path
+
+
+def auto_threads(world: int = 1, workers: int = 0) -> int:
+    """Intra-op threads: the cores per process, minus one left to the loader workers when
+    there are any (the in-memory Fashion-MNIST loader has none: 2 threads train the default
+    ViT ~1.5x faster than 1 on a 2-core machine)."""
+    cpus = max(1, (os.cpu_count() or 1) // world)
+    return max(1, cpus - 1) if workers > 0 else cpus
+
+
+def auto_workers(cfg: Recipe, world: int) -> int:
+    if cfg.workers is not None:
+        return cfg.workers
+    if cfg.data == "fashion_mnist":
+        return 0  # in memory, batched indexing: workers only add overhead
+    return max(1, min(8, (os.cpu_count() or 1) // world - 1))
+
+
+def _datasets(cfg: Recipe):
+    if cfg.data == "fashion_mnist":
+        from ..data.fashion_mnist import CLASSES, MEAN, STD, fashion_mnist
+
+        train, test = fashion_mnist(
+            cfg.data_dir, img_size=cfg.img_size, in_chans=cfg.in_channels,
+            translate=cfg.translate, hflip=cfg.hflip, train_subset=cfg.train_subset,
+            subset_seed=cfg.subset_seed)
+        return train, test, list(CLASSES), list(MEAN) * cfg.in_channels, \
+            list(STD) * cfg.in_channels, True
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+    from ..data.folder import image_folder
+
+    mean, std = IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+    if cfg.in_channels == 1:
+        mean, std = (sum(mean) / 3,), (sum(std) / 3,)
+    train, test, classes = image_folder(
+        cfg.data, img_size=cfg.img_size, in_chans=cfg.in_channels, auto_augment=cfg.aa,
+        re_prob=cfg.re_prob, hflip=cfg.hflip, interpolation=cfg.interpolation,
+        crop_pct=cfg.crop_pct, mean=mean, std=std)
+    if cfg.train_subset is not None:
+        from torch.utils.data import Subset
+
+        n = len(train)
+        if cfg.train_subset > n:
+            raise DatasetError(f"train_subset {cfg.train_subset} > {n} training images")
+        g = torch.Generator().manual_seed(cfg.subset_seed)
+        train = Subset(train, torch.randperm(n, generator=g)[: cfg.train_subset].tolist())
+    return train, test, classes, list(mean), list(std), False
+
+
+def _loaders(cfg: Recipe, train, test, batched: bool, info: distributed.DistInfo):
+    workers = auto_workers(cfg, info.world)
+    sampler = DistributedSampler(train, num_replicas=info.world, rank=info.rank, shuffle=True,
+                                 seed=cfg.seed, drop_last=True)
+    shard = range(info.rank, len(test), info.world)
+    pin = info.device.type == "cuda"
+    common = dict(num_workers=workers, pin_memory=pin, persistent_workers=workers > 0)
+    if batched:  # dataset[list_of_indices] -> a whole batch
+        tl = DataLoader(train, batch_size=None,
+                        sampler=BatchSampler(sampler, cfg.batch_size, drop_last=True), **common)
+        vl = DataLoader(test, batch_size=None,
+                        sampler=BatchSampler(shard, cfg.eval_batch_size, drop_last=False),
+                        **common)
+    else:
+        tl = DataLoader(train, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
+                        **common)
+        vl = DataLoader(test, batch_size=cfg.eval_batch_size, sampler=list(shard), **common)
+    return tl, vl, sampler
+
+
+def _model(cfg: Recipe, num_classes: int) -> tuple[torch.nn.Module, dict]:
+    if not timm.is_model(cfg.model):
+        close = timm.list_models(f"*{cfg.model.split('_')[0]}*")[:5]
+        hint = f" (e.g. {', '.join(close)})" if close else ""
+        raise ConfigError(f"unknown model {cfg.model!r}: not a timm model name{hint}")
+    kwargs = dict(cfg.model_kwargs)
+    kwargs.update(img_size=cfg.img_size, in_chans=cfg.in_channels)
+    if cfg.patch_size is not None:
+        kwargs["patch_size"] = cfg.patch_size
+    extra = dict(drop_path_rate=cfg.drop_path, drop_rate=cfg.drop_rate)
+    try:
+        try:
+            model = timm.create_model(cfg.model, pretrained=False, num_classes=num_classes,
+                                      **kwargs, **extra)
+        except TypeError as e:
+            if "img_size" not in str(e):
+                raise
+            # ConvNets take no img_size / patch_size
+            kwargs = {k: v for k, v in kwargs.items() if k not in ("img_size", "patch_size")}
+            model = timm.create_model(cfg.model, pretrained=False, num_classes=num_classes,
+                                      **kwargs, **extra)
+    except (TypeError, ValueError, AssertionError, RuntimeError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"cannot build model {cfg.model} with {kwargs}: {msg}") from None
+    return model, kwargs
+
+
+def _patch_size(model: torch.nn.Module, cfg: Recipe) -> int | None:
+    ps = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+    if ps is None:
+        return cfg.patch_size
+    return int(ps[0]) if isinstance(ps, tuple | list) else int(ps)
+
+
+def _check_geometry(cfg: Recipe, patch: int | None) -> None:
+    if cfg.method in MASK_METHODS + ("transmix",) and patch is None:
+        raise ConfigError(f"method {cfg.method} needs a patch size; set patch_size")
+    if patch is not None and cfg.img_size % patch:
+        raise ConfigError(f"img_size {cfg.img_size} is not a multiple of patch_size {patch}")
+    if cfg.method in MASK_METHODS and cfg.img_size % (patch * cfg.mask_scale):
+        grid = cfg.img_size // patch
+        ok = [s for s in range(1, grid + 1) if grid % s == 0]
+        raise ConfigError(
+            f"mask_scale {cfg.mask_scale} x patch_size {patch} = {patch * cfg.mask_scale} px "
+            f"cells do not tile img_size {cfg.img_size}; mask_scale must divide the "
+            f"{grid}x{grid} token grid: one of {ok}")
+
+
+def _amp(cfg: Recipe, device: torch.device) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype or None, use a GradScaler)."""
+    if cfg.amp == "off" or (cfg.amp == "auto" and device.type != "cuda"):
+        return None, False
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return torch.bfloat16, False
+        return torch.float16, True
+    return torch.bfloat16, False
+
+
+def _output(cfg: Recipe) -> Path:
+    return Path(cfg.output) if cfg.output else Path("runs") / cfg.run_name
+
+
+def seed_epoch(cfg: Recipe, epoch: int, rank: int, mixer_gen: torch.Generator,
+               data: Any) -> None:
+    """Re-seed every RNG from (seed, epoch, rank): a resumed run repeats the same draws."""
+    s = (cfg.seed * 1_000_003 + epoch * 7919 + rank * 104_729) % (2**31 - 1)
+    torch.manual_seed(s)
+    np.random.seed(s)
+    random.seed(s)
+    mixer_gen.manual_seed(s + 1)
+    gen = getattr(data, "generator", None)
+    if isinstance(gen, torch.Generator):
+        gen.manual_seed(s + 2)
+
+
+def prepare(cfg: Recipe, resume: bool | str = False) -> Prepared:
+    """Build data, model, mixer, optimiser, scheduler, EMA; check everything; load the
+    checkpoint when resuming. Raises :class:`TrainError` on any user error."""
+    info = distributed.setup(cfg.device)
+    owns = info.distributed
+    torch.set_num_threads(cfg.threads or auto_threads(info.world, auto_workers(cfg, info.world)))
+    if info.device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {cfg.device} requested but CUDA is not available")
+    out = _output(cfg)
+    resume_path: Path | None = None
+    if resume:
+        resume_path = out / "last.pt" if resume is True else Path(resume)
+    elif (out / "last.pt").exists() or (out / FINAL).exists():
+        raise ConfigError(f"{out} already holds a run: pass --resume to continue it, or "
+                          "choose another --output")
+    if cfg.tensorboard:
+        import importlib.util
+
+        if importlib.util.find_spec("tensorboard") is None:
+            raise ConfigError("tensorboard: true needs the tensorboard package "
+                              "(pip install tensorboard)") from None
+
+    train_data, test_data, classes, mean, std, batched = _datasets(cfg)
+    num_classes = len(classes)
+    torch.manual_seed(cfg.seed)
+    model, model_kwargs = _model(cfg, num_classes)
+    patch = _patch_size(model, cfg)
+    mixer_gen = torch.Generator().manual_seed(cfg.seed)
+    mixer = make_mixer(cfg, num_classes, patch or 1, mixer_gen)
+    probe = None
+    if mixer.needs_attention:
+        try:
+            probe = mixpro.ClsAttention(model)
+        except mixpro.NoClsAttentionError as e:
+            raise ConfigError(f"method {cfg.method} needs cls-token attention: {e}") from None
+    _check_geometry(cfg, patch)
+    model.to(info.device)
+
+    train_loader, test_loader, sampler = _loaders(cfg, train_data, test_data, batched, info)
+    steps = len(train_loader)
+    if steps == 0:
+        raise ConfigError(f"batch_size {cfg.batch_size} x {info.world} ranks is larger than "
+                          f"the {len(train_data)} training images")
+    if cfg.max_steps is not None:
+        steps = min(steps, cfg.max_steps)
+    try:
+        optimizer = create_optimizer_v2(model, opt=cfg.opt, lr=cfg.lr,
+                                        weight_decay=cfg.weight_decay)
+        if mixer.parameters():
+            optimizer.add_param_group({"params": mixer.parameters(), "weight_decay": 0.0})
+        scheduler, _ = create_scheduler_v2(
+            optimizer, sched=cfg.sched, num_epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs,
+            warmup_lr=cfg.warmup_lr, min_lr=cfg.min_lr, step_on_epochs=not cfg.sched_per_step,
+            updates_per_epoch=steps)
+    except (ValueError, AssertionError, KeyError) as e:
+        raise ConfigError(f"optimizer/scheduler: {str(e).splitlines()[0]}") from None
+    if scheduler is None:
+        raise ConfigError(f"unknown scheduler {cfg.sched!r}")
+    amp_dtype, use_scaler = _amp(cfg, info.device)
+    scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+    ema = timm.utils.ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema else None
+
+    recipe = cfg.to_dict()
+    model_config = {"model": cfg.model, "model_kwargs": model_kwargs, "num_classes": num_classes,
+                    "classes": classes, "mean": mean, "std": std, "recipe": recipe}
+    prep = Prepared(cfg=cfg, info=info, out=out, model=model, ctx=None, train_loader=train_loader,
+                    test_loader=test_loader, train_sampler=sampler, train_data=train_data,
+                    mixer_gen=mixer_gen, model_config=model_config, owns_group=owns)
+    if resume_path is not None:
+        ck = ckpt_io.read(resume_path)
+        ckpt_io.check_matches(ck, recipe, resume_path)
+        ckpt_io.load_states(ck, resume_path, model=model, optimizer=optimizer,
+                            scheduler=scheduler, scaler=scaler, ema=ema,
+                            mixer_params=mixer.parameters())
+        prep.start_epoch = int(ck["epoch"])
+        prep.metrics = list(ck["metrics"])
+        prep.best_acc = float(ck.get("best_acc", -1.0))
+        prep.alpha_last = ck.get("alpha_last")
+    if info.distributed:
+        ddp_ids = [info.device.index] if info.device.type == "cuda" else None
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ddp_ids)
+    prep.ctx = StepContext(
+        model=model, probe=probe, mixer=mixer, optimizer=optimizer, scheduler=scheduler,
+        scaler=scaler, ema=ema, amp_dtype=amp_dtype, clip_grad=cfg.clip_grad, dist=info,
+        epochs=cfg.epochs, steps_per_epoch=steps, sched_per_step=cfg.sched_per_step,
+        max_steps=cfg.max_steps, progress=cfg.progress)
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+        if cfg.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            prep.writer = SummaryWriter(str(out / "tb"))
+    return prep
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def _save(p: Prepared, epoch: int) -> None:
+    """Rank 0: ``last.pt`` (everything), ``best.pt`` (weights) and ``metrics.jsonl``."""
+    ctx = p.ctx
+    model = _unwrap(ctx.model)
+    state = {
+        "version": ckpt_io.FORMAT_VERSION,
+        "model": model.state_dict(),
+        "config": p.model_config,
+        "epoch": epoch,
+        "metrics": p.metrics,
+        "best_acc": p.best_acc,
+        "optimizer": ctx.optimizer.state_dict(),
+        "scheduler": ctx.scheduler.state_dict(),
+        "scaler": ctx.scaler.state_dict() if ctx.scaler is not None else None,
+        "ema": ctx.ema.module.state_dict() if ctx.ema is not None else None,
+        "mixer": [t.detach().cpu() for t in ctx.mixer.parameters()],
+        "rng": ckpt_io.rng_state(),
+        "alpha_last": p.alpha_last,
+    }
+    ckpt_io.atomic_save(state, p.out / "last.pt")
+    acc = p.metrics[-1]["test_acc"]
+    if acc is not None and acc >= p.best_acc:
+        p.best_acc = p.metrics[-1]["test_acc"]
+        state["best_acc"] = p.best_acc
+        ckpt_io.atomic_save({k: state[k] for k in ("version", "model", "config", "epoch",
+                                                   "metrics", "best_acc")}, p.out / "best.pt")
+    tmp = p.out / "metrics.jsonl.tmp"
+    tmp.write_text("".join(json.dumps(m) + "\n" for m in p.metrics))
+    os.replace(tmp, p.out / "metrics.jsonl")
+
+
+def _finish(p: Prepared, wall: float) -> dict:
+    m = p.metrics
+    summary = {
+        "name": p.cfg.name, "method": p.cfg.method, "seed": p.cfg.seed,
+        "epochs": len(m), "test_acc": m[-1]["test_acc"] if m else None,
+        "best_acc": max((r["test_acc"] for r in m if r["test_acc"] is not None),
+                        default=None),
+        "test_acc_ema": m[-1].get("test_acc_ema") if m else None,
+        "img_per_s": float(np.mean([r["img_per_s"] for r in m])) if m else None,
+        "train_time_s": float(sum(r["epoch_time"] for r in m)),
+        "wall_s_this_process": wall, "output": str(p.out),
+    }
+    if p.info.is_main:
+        from .. import figures
+
+        figures.train_curves(m, p.out / "curves.png", title=p.cfg.run_name)
+        if any(r.get("alpha_mean") is not None for r in m):
+            figures.alpha_per_epoch(m, p.out / "alpha_epoch.png", title=p.cfg.run_name)
+        if p.alpha_last:
+            figures.alpha_histogram(p.alpha_last, p.out / "alpha_hist.png",
+                                    title=f"{p.cfg.run_name}: α of the last batch")
+        tmp = p.out / (FINAL + ".tmp")
+        tmp.write_text(json.dumps(summary, indent=2))
+        os.replace(tmp, p.out / FINAL)
+    return summary
+
+
+def train(cfg: Recipe, resume: bool | str = False) -> Result:
+    """Run (or continue) the training ``cfg`` describes; see :func:`prepare` for the checks."""
+    t_start = time.perf_counter()
+    p = prepare(cfg, resume)
+    try:
+        ctx, info = p.ctx, p.info
+        if p.start_epoch > 0 and info.is_main:
+            print(f"resuming {p.out} after epoch {p.start_epoch}/{cfg.epochs}", file=sys.stderr)
+        for epoch in range(p.start_epoch, cfg.epochs):
+            seed_epoch(cfg, epoch, info.rank, p.mixer_gen, p.train_data)
+            p.train_sampler.set_epoch(epoch)
+            t0 = time.perf_counter()
+            try:
+                stats = train_one_epoch(ctx, p.train_loader, epoch)
+            except TrainingDiverged as e:
+                raise TrainError(f"training diverged ({e}); last good checkpoint kept "
+                                 f"in {p.out}") from None
+            epoch_time = time.perf_counter() - t0
+            row = {"epoch": epoch + 1, "train_loss": stats["train_loss"],
+                   "test_acc": None, "test_loss": None,
+                   "alpha_mean": stats["alpha_mean"], "lr": stats["lr"],
+                   "img_per_s": stats["img_per_s"], "epoch_time": epoch_time}
+            if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+                test = evaluate(ctx.model, p.test_loader, info, ctx.amp_dtype)
+                row.update(test_acc=test["acc"], test_loss=test["loss"])
+                if ctx.ema is not None:
+                    row["test_acc_ema"] = evaluate(ctx.ema.module, p.test_loader, info)["acc"]
+            if stats["alpha_last"] is not None:
+                p.alpha_last = stats["alpha_last"]
+            p.metrics.append(row)
+            if info.is_main:
+                _save(p, epoch + 1)
+                if p.writer is not None:
+                    for k, v in row.items():
+                        if isinstance(v, float):  # skipped evaluations are None
+                            p.writer.add_scalar(k, v, epoch + 1)
+                alpha = f", mean α {row['alpha_mean']:.3f}" if row["alpha_mean"] is not None \
+                    else ""
+                acc = f"test acc {row['test_acc']:.2f}%, " if row["test_acc"] is not None else ""
+                print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {row['train_loss']:.4f}, "
+                      f"{acc}{row['img_per_s']:.0f} img/s{alpha}", file=sys.stderr)
+            distributed.barrier(info)
+        summary = _finish(p, time.perf_counter() - t_start)
+        if p.writer is not None:
+            p.writer.close()
+        return Result(summary, _unwrap(ctx.model), p.metrics, p.out)
+    finally:
+        if p.owns_group:
+            distributed.cleanup()

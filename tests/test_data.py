@@ -1,0 +1,157 @@
+"""Data: idx reader, the Fashion-MNIST dataset (synthetic idx files), ImageFolder transforms."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mixpro.data import DatasetError
+from mixpro.data import fashion_mnist as fm
+from mixpro.data.folder import image_folder
+
+
+def write_idx(path: Path, array: np.ndarray, gz: bool = True) -> Path:
+    """Write a uint8 array as an idx file (the Fashion-MNIST format)."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
+        int(d).to_bytes(4, "big") for d in array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    if gz:
+        path = path.with_name(path.name + ".gz")
+        with gzip.open(path, "wb") as f:
+            f.write(data)
+    else:
+        path.write_bytes(data)
+    return path
+
+
+def make_fashion(root: Path, n_train: int = 160, n_test: int = 80, seed: int = 0) -> Path:
+    """A learnable synthetic Fashion-MNIST: class k is a bright bar at row 2k plus noise."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        labels = np.arange(n) % 10
+        images = rng.integers(0, 60, size=(n, 28, 28))
+        for i, k in enumerate(labels):
+            images[i, 2 * k + 4: 2 * k + 7, 4:24] = 255
+        write_idx(root / f"{split}-images-idx3-ubyte", images)
+        write_idx(root / f"{split}-labels-idx1-ubyte", labels)
+    return root
+
+
+def test_read_idx_roundtrip_gz_and_raw(tmp_path):
+    a = np.arange(2 * 3 * 4).reshape(2, 3, 4).astype(np.uint8)
+    for gz in (True, False):
+        p = write_idx(tmp_path / f"x{gz}", a, gz=gz)
+        np.testing.assert_array_equal(fm.read_idx(p), a)
+
+
+def test_read_idx_rejects_corrupt_files(tmp_path):
+    p = write_idx(tmp_path / "x", np.zeros((5, 28, 28), np.uint8), gz=False)
+    p.write_bytes(p.read_bytes()[:-7])  # truncated
+    with pytest.raises(DatasetError, match="corrupt"):
+        fm.read_idx(p)
+    p.write_bytes(b"\x12\x34\x56\x78" + bytes(20))
+    with pytest.raises(DatasetError, match="magic"):
+        fm.read_idx(p)
+    bad_gz = tmp_path / "y.gz"
+    bad_gz.write_bytes(b"not gzip at all")
+    with pytest.raises(DatasetError, match="cannot read"):
+        fm.read_idx(bad_gz)
+
+
+def test_missing_dataset_says_how_to_get_it(tmp_path, monkeypatch):
+    monkeypatch.delenv(fm.ENV_VAR, raising=False)
+    with pytest.raises(DatasetError, match="apt-get install -y dataset-fashion-mnist"):
+        fm.fashion_mnist(tmp_path / "nope", img_size=32, in_chans=1, translate=0, hflip=0)
+    (tmp_path / "half").mkdir()
+    with pytest.raises(DatasetError, match="train-images-idx3-ubyte"):
+        fm.fashion_mnist(tmp_path / "half", img_size=32, in_chans=1, translate=0, hflip=0)
+
+
+def test_env_var_points_elsewhere(tmp_path, monkeypatch):
+    root = make_fashion(tmp_path / "fm")
+    monkeypatch.setenv(fm.ENV_VAR, str(root))
+    assert fm.resolve_root(None) == root
+    assert fm.resolve_root(tmp_path / "x") == tmp_path / "x"  # --data-dir wins
+
+
+def test_batches_are_padded_normalised_and_augmented_reproducibly(tmp_path):
+    root = make_fashion(tmp_path / "fm")
+    train, test = fm.fashion_mnist(root, img_size=32, in_chans=1, translate=2, hflip=0.5)
+    assert len(train) == 160 and len(test) == 80
+    x, y = test[[0, 1, 2]]
+    assert x.shape == (3, 1, 32, 32) and x.dtype == torch.float32
+    assert y.tolist() == [0, 1, 2]
+    background = (0.0 - fm.MEAN[0]) / fm.STD[0]
+    assert torch.allclose(x[:, :, :2, :], torch.full_like(x[:, :, :2, :], background))
+    train.generator.manual_seed(5)
+    a, _ = train[list(range(32))]
+    train.generator.manual_seed(5)
+    b, _ = train[list(range(32))]
+    c, _ = train[list(range(32))]
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    clean, _ = test[list(range(32))]
+    assert not torch.equal(a, clean[:32])  # augmentation happened
+
+
+def test_channels_resize_and_fixed_subset(tmp_path):
+    root = make_fashion(tmp_path / "fm")
+    tr1, te = fm.fashion_mnist(root, img_size=16, in_chans=3, translate=0, hflip=0,
+                               train_subset=50, subset_seed=3)
+    tr2, _ = fm.fashion_mnist(root, img_size=16, in_chans=3, translate=0, hflip=0,
+                              train_subset=50, subset_seed=3)
+    x, _ = te[[0, 1]]
+    assert x.shape == (2, 3, 16, 16) and torch.equal(x[:, 0], x[:, 2])
+    assert len(tr1) == 50 and torch.equal(tr1.labels, tr2.labels)
+    with pytest.raises(DatasetError, match="train_subset"):
+        fm.fashion_mnist(root, img_size=32, in_chans=1, translate=0, hflip=0, train_subset=999)
+
+
+def test_real_fashion_mnist_test_split_is_installed():
+    x, y = fm.load_split(fm.resolve_root(None), "test")
+    assert x.shape == (10000, 28, 28) and y.shape == (10000,)
+    assert torch.bincount(y).tolist() == [1000] * 10
+
+
+def _png_tree(root: Path, classes=("cat", "dog"), n=3) -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for c in classes:
+            d = root / split / c
+            d.mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(
+                    d / f"{i}.png")
+    return root
+
+
+def test_image_folder_with_timm_transforms(tmp_path):
+    root = _png_tree(tmp_path / "imgs")
+    train, val, classes = image_folder(root, img_size=32, auto_augment="rand-m9-mstd0.5-inc1",
+                                       re_prob=0.25)
+    assert classes == ["cat", "dog"] and len(train) == 6 and len(val) == 6
+    x, y = train[0]
+    assert x.shape == (3, 32, 32) and y in (0, 1)
+    xv, _ = val[0]
+    assert xv.shape == (3, 32, 32)
+    assert "RandAugment" in repr(train.transform)
+
+
+def test_image_folder_bad_layouts(tmp_path):
+    with pytest.raises(DatasetError, match="not found"):
+        image_folder(tmp_path / "none", img_size=32)
+    root = _png_tree(tmp_path / "imgs")
+    import shutil
+
+    shutil.rmtree(root / "val" / "dog")
+    with pytest.raises(DatasetError, match="same folders"):
+        image_folder(root, img_size=32)
+    shutil.rmtree(root / "val")
+    with pytest.raises(DatasetError, match="val"):
+        image_folder(root, img_size=32)

@@ -1,0 +1,228 @@
+"""``mixpro train``: recipes, a tiny end-to-end run, exact resume, DDP (gloo), bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+import pytest
+import timm
+import torch
+import torch.multiprocessing as mp
+from test_data import make_fashion
+
+from mixpro.data import DatasetError
+from mixpro.train import checkpoint as ckpt_io
+from mixpro.train import config as C
+from mixpro.train import run
+from mixpro.train.config import ConfigError, TrainError, load_recipe
+
+TINY = {"embed_dim": 32, "depth": 1, "num_heads": 2, "mlp_ratio": 2.0}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return make_fashion(tmp_path_factory.mktemp("fm"))
+
+
+def tiny(data_dir, out, **kw):
+    over = dict(data_dir=str(data_dir), img_size=16, model_kwargs=TINY, epochs=2,
+                warmup_epochs=1, batch_size=16, eval_batch_size=64, progress=False,
+                output=str(out), max_steps=4, threads=1)
+    over.update(kw)
+    return load_recipe(None, over)
+
+
+# -- recipes ----------------------------------------------------------------------------
+
+
+def test_every_packaged_recipe_loads_and_deit_follows_table_11():
+    assert set(C.available_recipes()) >= {"fashion_mnist", "fashion_mnist_limited",
+                                          "deit_tiny", "deit_small", "deit_base"}
+    for name in C.available_recipes():
+        assert load_recipe(name).name == name
+    d = load_recipe("deit_small")
+    assert (d.model, d.lr, d.weight_decay, d.batch_size, d.epochs, d.warmup_epochs) == (
+        "deit_small_patch16_224", 1e-3, 0.05, 1024, 300, 20)
+    assert (d.aa, d.label_smoothing, d.drop_path, d.mixup_alpha, d.cutmix_alpha, d.method) == (
+        "rand-m9-mstd0.5-inc1", 0.1, 0.1, 0.8, 1.0, "paper")
+    default = load_recipe(None)
+    assert (default.method, default.img_size, default.patch_size, default.mask_scale) == (
+        "mixpro", 32, 4, 2)
+
+
+def test_unknown_keys_and_bad_values_name_the_key(tmp_path):
+    with pytest.raises(ConfigError, match="unknown recipe key 'lrr'.*'lr'"):
+        load_recipe(None, {"lrr": 0.1})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochs: 3\nmask_scal: 2\n")
+    with pytest.raises(ConfigError, match="'mask_scal'"):
+        load_recipe(str(bad))
+    with pytest.raises(ConfigError, match="epochs must be int"):
+        load_recipe(None, {"epochs": "many"})
+    with pytest.raises(ConfigError, match="unknown method 'mixprox'"):
+        load_recipe(None, {"method": "mixprox"})
+    with pytest.raises(ConfigError, match="label_smoothing"):
+        load_recipe(None, {"label_smoothing": 1.5})
+    with pytest.raises(ConfigError, match="unknown recipe 'nope'"):
+        load_recipe("nope")
+    assert load_recipe(None, {"lr": "1e-3", "clip_grad": 1}).lr == 1e-3  # YAML 1.1 "1e-3"
+
+
+def test_method_registry_builds_every_method():
+    cfg = load_recipe(None)
+    x, y = torch.randn(4, 1, 32, 32), torch.arange(4)
+    for name in C.METHODS:
+        cfg.method = name
+        mixer = C.make_mixer(cfg, 10, 4, torch.Generator().manual_seed(0))
+        batch = mixer(x, y)
+        assert batch.images.shape == x.shape
+    assert C.make_mixer(load_recipe(None, {"method": "none"}), 10, 4,
+                        torch.Generator()).needs_attention is False
+
+
+# -- a run end to end -------------------------------------------------------------------
+
+
+def test_tiny_run_writes_everything_and_a_plain_timm_checkpoint(data_dir, tmp_path):
+    res = run.train(tiny(data_dir, tmp_path / "r", ema=True, epochs=2))
+    out = res.out
+    for name in ("last.pt", "best.pt", "metrics.jsonl", "config.yaml", "final.json",
+                 "curves.png", "alpha_epoch.png", "alpha_hist.png"):
+        assert (out / name).is_file(), name
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert all(0 <= r["alpha_mean"] <= 1 and r["test_acc"] is not None for r in rows)
+    assert "test_acc_ema" in rows[-1]
+    ck = torch.load(out / "last.pt", weights_only=False)
+    cfg = ck["config"]
+    model = timm.create_model(cfg["model"], num_classes=cfg["num_classes"],
+                              **cfg["model_kwargs"])
+    model.load_state_dict(ck["model"])  # strict: a plain timm state dict
+    assert all(torch.equal(v, res.model.state_dict()[k]) for k, v in ck["model"].items())
+    assert ck["epoch"] == 2 and ck["ema"] is not None and len(ck["alpha_last"]) == 16
+    assert json.loads((out / "final.json").read_text())["epochs"] == 2
+
+
+def test_a_small_vit_learns_the_synthetic_task(data_dir, tmp_path):
+    res = run.train(tiny(data_dir, tmp_path / "r", epochs=3, max_steps=None, lr=3e-3,
+                         method="none"))
+    assert res.metrics[-1]["test_acc"] > 40.0  # chance is 10 %
+
+
+def _strip(rows: list[dict]) -> list[dict]:
+    """Metrics without the wall-clock ones."""
+    return [{k: v for k, v in r.items() if k not in ("epoch_time", "img_per_s")} for r in rows]
+
+
+def test_resume_after_a_kill_matches_an_uninterrupted_run(data_dir, tmp_path, monkeypatch):
+    kw = dict(epochs=3, ema=True, method="mixpro")
+    full = run.train(tiny(data_dir, tmp_path / "full", **kw))
+    real = run.train_one_epoch
+
+    def killed_in_epoch_2(ctx, loader, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return real(ctx, loader, epoch)
+
+    monkeypatch.setattr(run, "train_one_epoch", killed_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        run.train(tiny(data_dir, tmp_path / "cut", **kw))
+    assert torch.load(tmp_path / "cut" / "last.pt", weights_only=False)["epoch"] == 1
+    monkeypatch.setattr(run, "train_one_epoch", real)
+    resumed = run.train(tiny(data_dir, tmp_path / "cut", **kw), resume=True)
+    a, b = full.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert _strip(full.metrics) == _strip(resumed.metrics)
+    ea = torch.load(tmp_path / "full" / "last.pt", weights_only=False)["ema"]
+    eb = torch.load(tmp_path / "cut" / "last.pt", weights_only=False)["ema"]
+    assert all(torch.equal(ea[k], eb[k]) for k in ea)
+
+
+# -- bad input: one-line errors before training, good checkpoints untouched -------------
+
+
+@pytest.mark.parametrize("over, match", [
+    ({"model": "vit_tinyy"}, "unknown model 'vit_tinyy'"),
+    ({"model": "resnet18", "model_kwargs": {}, "patch_size": None}, "cls-token|patch size"),
+    ({"model_kwargs": {**TINY, "global_pool": "avg"}}, "global_pool"),
+    ({"model_kwargs": {**TINY, "class_token": False, "global_pool": "avg"}}, "cls"),
+    ({"method": "transmix", "model_kwargs": {**TINY, "global_pool": "avg"}}, "global_pool"),
+    ({"mask_scale": 3}, r"mask_scale must divide the 4x4 token grid: one of \[1, 2, 4\]"),
+    ({"img_size": 18}, "not a multiple of patch_size"),
+    ({"model_kwargs": {**TINY, "depthh": 2}}, "cannot build model"),
+    ({"batch_size": 4096}, "larger than"),
+    ({"data": "/no/such/imagenet"}, "not found"),
+])
+def test_bad_input_is_one_line_before_training(data_dir, tmp_path, over, match):
+    with pytest.raises((TrainError, DatasetError), match=match) as e:
+        run.train(tiny(data_dir, tmp_path / "r", **over))
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "r" / "last.pt").exists()
+
+
+def test_resume_refuses_corrupt_and_mismatched_checkpoints(data_dir, tmp_path):
+    out = tmp_path / "r"
+    run.train(tiny(data_dir, out, epochs=2))
+    good = (out / "last.pt").read_bytes()
+    with pytest.raises(ConfigError, match="already holds a run"):
+        run.train(tiny(data_dir, out, epochs=2))
+    with pytest.raises(ckpt_io.CheckpointError, match="does not match this run: model_kwargs"):
+        run.train(tiny(data_dir, out, epochs=2, model_kwargs={**TINY, "depth": 2}), resume=True)
+    with pytest.raises(ckpt_io.CheckpointError, match="method"):
+        run.train(tiny(data_dir, out, epochs=2, method="cutmix"), resume=True)
+    assert (out / "last.pt").read_bytes() == good  # never overwritten
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(good[: len(good) // 2])
+    with pytest.raises(ckpt_io.CheckpointError, match="corrupt"):
+        run.train(tiny(data_dir, out, epochs=2), resume=str(bad))
+    with pytest.raises(ckpt_io.CheckpointError, match="no checkpoint"):
+        run.train(tiny(data_dir, tmp_path / "empty", epochs=2), resume=True)
+    assert (out / "last.pt").read_bytes() == good
+
+
+def test_atomic_save_leaves_the_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "last.pt"
+    ckpt_io.atomic_save({"a": 1}, path)
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        ckpt_io.atomic_save({"a": Unpicklable()}, path)
+    assert torch.load(path, weights_only=False) == {"a": 1}
+
+
+# -- DDP: 2 processes, gloo on CPU -------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, overrides: dict, result_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    res = run.train(load_recipe(None, overrides))
+    torch.save({"model": res.model.state_dict(), "metrics": res.metrics},
+               os.path.join(result_dir, f"rank{rank}.pt"))
+
+
+def test_ddp_two_ranks_gloo_keep_identical_parameters(data_dir, tmp_path):
+    over = dict(data_dir=str(data_dir), img_size=16, model_kwargs=TINY, epochs=2,
+                warmup_epochs=1, batch_size=8, eval_batch_size=64, progress=False,
+                output=str(tmp_path / "ddp"), max_steps=3, threads=1, method="mixpro")
+    mp.spawn(_ddp_worker, args=(2, _free_port(), over, str(tmp_path)), nprocs=2, join=True)
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=False)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=False)
+    for k, v in r0["model"].items():
+        assert torch.equal(v, r1["model"][k]), k
+    init = timm.create_model("vit_tiny_patch16_224", num_classes=10, img_size=16, patch_size=4,
+                             in_chans=1, **TINY).state_dict()
+    assert not torch.equal(init["head.weight"], r0["model"]["head.weight"])
+    assert _strip(r0["metrics"]) == _strip(r1["metrics"])  # summed over ranks
+    assert (tmp_path / "ddp" / "last.pt").is_file()  # written once, by rank 0
