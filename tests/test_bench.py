@@ -49,3 +49,25 @@ def test_bench_runs_and_writes_markdown_and_json(tmp_path, monkeypatch):
     data = json.loads((tmp_path / "bench-cpu.json").read_text())
     assert data["environment"]["device"] == "cpu" and len(data["mix"]) == 3
     assert (tmp_path / "bench-cpu.md").read_text().startswith("# mixpro bench")
+
+
+def test_mixpro_bench_subcommand(tmp_path, monkeypatch, capsys):
+    from mixpro import cli
+
+    seen = {}
+
+    real_mix = bench.bench_mix
+
+    def fake_mix(**kw):  # the real thing, at a tiny size
+        seen.setdefault("sizes", []).append(kw["size"])
+        return real_mix(batch=4, channels=1, size=16, patch=4, scale=2, device=kw["device"],
+                        repeats=1, warmup=0, num_classes=5)
+
+    monkeypatch.setattr(bench, "bench_mix", fake_mix)
+    argv = ["bench", "--device", "cpu", "--skip-step", "--output", str(tmp_path)]
+    assert cli.main(argv) == 0
+    assert seen["sizes"] == [224, 224, 32]
+    assert "# mixpro bench" in capsys.readouterr().out
+    assert (tmp_path / "bench-cpu.md").exists()
+    assert cli.main(["bench", "--device", "tpu", "--output", str(tmp_path)]) == 2
+    assert "mixpro: error:" in capsys.readouterr().err
