@@ -16,13 +16,7 @@ from mixpro.evaluate.run import Normalize
 KW = dict(img_size=32, patch_size=4, in_chans=1, depth=1, embed_dim=16, num_heads=2)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is as fast and immune to a busy second core."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model():

@@ -13,13 +13,7 @@ from mixpro.evaluate.run import Normalize
 E1 = torch.tensor([[0.05, 0.20, 0.10, 0.15]])
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is as fast and immune to a busy second core."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize(

@@ -15,13 +15,7 @@ from mixpro.evaluate import run as R
 KW = dict(img_size=32, patch_size=4, in_chans=1, depth=1, embed_dim=16, num_heads=2)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is as fast and immune to a busy second core."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _ckpt(path, seed=0, num_classes=10, arch="vit_tiny_patch16_224", kwargs=KW, **extra):

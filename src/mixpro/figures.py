@@ -15,6 +15,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def _save(fig, path: str | Path) -> Path:
@@ -41,6 +42,7 @@ def train_curves(metrics: Sequence[Mapping], path: str | Path, title: str = "") 
     b.set(xlabel="epoch", ylabel="top-1 (%)", title="test accuracy")
     for ax in (a, b):
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if title:
         fig.suptitle(title)
     return _save(fig, path)
@@ -53,6 +55,7 @@ def alpha_per_epoch(metrics: Sequence[Mapping], path: str | Path, title: str = "
     ax.plot([m["epoch"] for m in rows], [m["alpha_mean"] for m in rows], marker="o")
     ax.set(xlabel="epoch", ylabel="mean α", ylim=(0, 1), title=title or "progressive factor α")
     ax.grid(alpha=0.3)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return _save(fig, path)
 
 

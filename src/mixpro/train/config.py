@@ -77,8 +77,8 @@ class Recipe:
     transmix_ratio: float = 0.5
     label_smoothing: float = 0.1
     # optimisation
-    epochs: int = 4
-    batch_size: int = 128
+    epochs: int = 5
+    batch_size: int = 64
     eval_batch_size: int = 512
     eval_every: int = 1  # evaluate every N epochs (and always after the last)
     opt: str = "adamw"
