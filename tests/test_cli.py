@@ -82,3 +82,15 @@ def test_console_script_runs_end_to_end(tmp_path):
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)  # same output again
     assert p.returncode == 2 and p.stderr.strip().startswith("mixpro: error:")
     assert "--resume" in p.stderr
+
+
+def test_every_recipe_key_has_a_flag_with_help(capsys):
+    from mixpro.train import config
+
+    assert set(config.HELP) == set(config.FIELDS) - {"name"}
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    out = capsys.readouterr().out
+    for key in config.HELP:
+        assert "--" + key.replace("_", "-") in out
+    assert "partner of sample i" in out

@@ -117,6 +117,67 @@ class Recipe:
         return f"{self.name}-{self.method}-seed{self.seed}"
 
 
+HELP: dict[str, str] = {
+    "data": "'fashion_mnist' or an ImageFolder root holding train/ and val/",
+    "data_dir": "Fashion-MNIST idx folder (default $MIXPRO_FASHION_MNIST or "
+                "/usr/share/datasets/fashion-mnist)",
+    "train_subset": "train on a fixed random subset of this many images",
+    "subset_seed": "seed of that subset (the same for every method and seed)",
+    "img_size": "input side in pixels",
+    "in_chans": "input channels (null: 1 for Fashion-MNIST, 3 for ImageFolder)",
+    "translate": "Fashion-MNIST: random shift of up to this many pixels",
+    "hflip": "horizontal flip probability",
+    "aa": "timm auto-augment, e.g. rand-m9-mstd0.5-inc1 (ImageFolder)",
+    "re_prob": "random erasing probability (ImageFolder)",
+    "interpolation": "resize interpolation (ImageFolder)",
+    "crop_pct": "centre-crop fraction at evaluation (ImageFolder)",
+    "model": "any timm model name",
+    "model_kwargs": "extra timm.create_model keywords, YAML, e.g. '{depth: 6}'",
+    "patch_size": "ViT patch size (null: the model's own)",
+    "drop_path": "stochastic depth rate",
+    "drop_rate": "dropout rate",
+    "method": "none | mixup | cutmix | mixup_cutmix | transmix | maskmix | mixpro | paper",
+    "mask_scale": "MaskMix cell side in patches",
+    "beta": "MaskMix: tau ~ Beta(beta, beta)",
+    "mask_mode": "MaskMix: batch (paper) | positions (official) | elem",
+    "pairing": "partner of sample i: flip (paper) | randperm (official)",
+    "rounding": "cells kept from sample i: floor (paper) | ceil (official)",
+    "alpha": "PAL factor: cosine | equal | linear | parabolic | learnable | none",
+    "alpha_detach": "detach alpha (paper: unspecified; official: not detached)",
+    "pal_label_smoothing": "smoothing of PAL targets (null: label_smoothing; 0: official)",
+    "mixup_alpha": "Mixup Beta parameter (mixup, mixup_cutmix, transmix, paper)",
+    "cutmix_alpha": "CutMix Beta parameter (cutmix, mixup_cutmix, transmix, paper)",
+    "switch_prob": "probability of CutMix instead of Mixup when both are on",
+    "mix_prob": "probability of mixing a batch at all",
+    "maskmix_prob": "paper recipe: probability of MixPro instead of Mixup/CutMix",
+    "transmix_ratio": "TransMix: lam = r * lam_area + (1 - r) * lam_attn",
+    "label_smoothing": "label smoothing of the (mixed) targets",
+    "epochs": "training epochs",
+    "batch_size": "batch size per process",
+    "eval_batch_size": "evaluation batch size",
+    "eval_every": "evaluate every N epochs (and after the last)",
+    "opt": "timm optimiser name",
+    "lr": "peak learning rate",
+    "weight_decay": "weight decay",
+    "sched": "timm scheduler name",
+    "sched_per_step": "update the schedule every step instead of every epoch",
+    "warmup_epochs": "linear warm-up epochs",
+    "warmup_lr": "learning rate at the start of warm-up",
+    "min_lr": "final learning rate of the cosine",
+    "clip_grad": "clip the gradient norm to this (null: off)",
+    "ema": "keep an EMA of the weights (timm ModelEmaV3) and test it too",
+    "ema_decay": "EMA decay",
+    "amp": "auto (CUDA only) | on | off",
+    "seed": "random seed",
+    "device": "auto | cpu | cuda | cuda:N",
+    "threads": "intra-op threads (null: cores per process, minus one with loader workers)",
+    "workers": "data-loader workers (null: fits the machine)",
+    "output": "output folder (default runs/<recipe>-<method>-seed<seed>)",
+    "tensorboard": "also write TensorBoard scalars",
+    "progress": "show tqdm progress bars",
+    "max_steps": "stop each epoch after this many steps (smoke tests)",
+}
+
 FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(Recipe)}
 _HINTS = typing.get_type_hints(Recipe)
 
@@ -323,12 +384,15 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
             continue
         flag = "--" + name.replace("_", "-")
         kinds, optional = _allowed(name)
+        text = HELP[name]
         if kinds == (bool,):
-            group.add_argument(flag, dest=name, default=None, action=argparse.BooleanOptionalAction)
+            group.add_argument(flag, dest=name, default=None, help=text,
+                               action=argparse.BooleanOptionalAction)
         elif kinds == (str,) and not optional:  # names and paths stay strings
-            group.add_argument(flag, dest=name, default=None, type=str, metavar="V")
+            group.add_argument(flag, dest=name, default=None, type=str, metavar="V", help=text)
         else:
-            group.add_argument(flag, dest=name, default=None, type=parse_value, metavar="V")
+            group.add_argument(flag, dest=name, default=None, type=parse_value, metavar="V",
+                               help=text)
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
