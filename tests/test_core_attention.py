@@ -112,3 +112,76 @@ def test_models_without_cls_attention_raise_but_maskmix_works(name, kw):
 def test_probe_rejects_non_modules():
     with pytest.raises(TypeError, match="model"):
         mixpro.ClsAttention("vit")
+
+
+# models whose attention logits carry more than q·kᵀ (rope, relative position bias): the probe
+# reads them un-fused; checked against timm's own FX attention extractor (an independent path)
+ROPE_RELPOS = {
+    "vit_rope": ("vit_small_patch16_rope_224", dict(TINY)),
+    "beit_token": ("beit_base_patch16_224", dict(TINY, global_pool="token")),
+    "eva_token": ("eva02_tiny_patch14_224", dict(TINY, global_pool="token")),
+    "vit": MODELS["vit"],
+}
+
+
+@pytest.mark.parametrize("key", list(ROPE_RELPOS))
+def test_probe_matches_timm_attention_extract(key):
+    from timm.utils import AttentionExtract
+
+    name, kw = ROPE_RELPOS[key]
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, **kw).eval()
+    with torch.no_grad():  # non-zero biases and relative-position tables
+        for pname, p in model.named_parameters():
+            if "bias" in pname or "relative_position" in pname:
+                p.normal_(0, 0.5)
+    x = torch.randn(2, 3, 32, 32)
+    probe = mixpro.ClsAttention(model)
+    assert probe.method == ("qkv" if key == "vit" else "probs")
+    with torch.no_grad():
+        model(x)
+    got = probe.attention.clone()
+    probe.remove()
+    assert model.blocks[-1].attn.fused_attn, "remove() restores fused attention"
+    for blk in model.blocks:
+        blk.attn.fused_attn = False
+    maps = AttentionExtract(model, method="fx")(x)
+    ref = list(maps.values())[-1][:, :, 0, model.num_prefix_tokens:].mean(1)
+    assert got.shape == ref.shape == (2, 64)
+    assert torch.allclose(got, ref, atol=1e-6), (got - ref).abs().max()
+
+
+def test_unfused_method_equals_cls_row_and_restores_fusion():
+    model = _make("vit").train()
+    x = torch.randn(3, 3, 32, 32)
+    exact = mixpro.ClsAttention(model, method="cls_row")
+    unfused = mixpro.ClsAttention(model, method="unfused")
+    assert not model.blocks[-1].attn.fused_attn
+    torch.manual_seed(1)
+    model(x)
+    assert torch.allclose(exact.attention, unfused.attention, atol=1e-6)
+    unfused.remove()
+    exact.remove()
+    assert model.blocks[-1].attn.fused_attn
+
+
+def test_exact_method_refuses_rope_and_unknown_attention():
+    rope = timm.create_model("vit_small_patch16_rope_224", pretrained=False, **TINY)
+    with pytest.raises(mixpro.NoClsAttentionError, match="AttentionRope"):
+        mixpro.ClsAttention(rope, method="cls_row")
+    diff = timm.create_model("vit_tiny_patch16_224", pretrained=False, attn_layer="diff", **TINY)
+    with pytest.raises(mixpro.NoClsAttentionError, match="DiffAttention"):
+        mixpro.ClsAttention(diff)
+    with pytest.raises(ValueError, match="method"):
+        mixpro.ClsAttention(_make("vit"), method="fast")
+
+
+def test_no_stale_attention_when_the_hooked_block_does_not_run():
+    model = _make("vit")
+    probe = mixpro.ClsAttention(model)
+    model(torch.randn(2, 3, 32, 32))
+    assert probe.attention.shape == (2, 64)
+    model.blocks = model.blocks[:-1]  # the hooked block no longer runs
+    model(torch.randn(2, 3, 32, 32))
+    with pytest.raises(RuntimeError, match="did not run"):
+        _ = probe.attention

@@ -149,17 +149,6 @@ def bench_mix(
             "mask_scale": scale, "rows": rows}
 
 
-def _unfused_attention(model: torch.nn.Module) -> Callable[[], torch.Tensor]:
-    """Un-fuse the last block and read its full softmax (B, h, N, N) through a hook."""
-    attn_mod = model.blocks[-1].attn
-    attn_mod.fused_attn = False
-    store: dict[str, torch.Tensor] = {}
-    attn_mod.attn_drop.register_forward_hook(
-        lambda m, i, o: store.__setitem__("a", i[0].detach()))
-    prefix = model.num_prefix_tokens
-    return lambda: store["a"][:, :, 0, prefix:].mean(1).float()
-
-
 def bench_step(
     *, model_name: str, img_size: int, batch: int, num_classes: int, device: torch.device,
     repeats: int, warmup: int, amp: bool, model_kwargs: dict | None = None,
@@ -186,8 +175,10 @@ def bench_step(
     def make_step(mixer, attention: str) -> Callable[[], None]:
         model = build()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        probe = ClsAttention(model) if attention in ("probe", "extra_forward") else None
-        read_unfused = _unfused_attention(model) if attention == "unfused" else None
+        probe = (
+            ClsAttention(model, method="unfused") if attention == "unfused"
+            else ClsAttention(model) if attention in ("probe", "extra_forward") else None
+        )
 
         def step() -> None:
             b = mixer(x, y)
@@ -197,10 +188,8 @@ def bench_step(
                         model(x)  # OpenMixup: attention of the unmixed images
                     att = probe.attention.clone()
                 logits = model(b.images)
-                if attention == "probe":
+                if attention in ("probe", "unfused"):
                     att = probe.attention
-                elif attention == "unfused":
-                    att = read_unfused()
                 elif attention == "none":
                     att = None
             loss = soft_target_cross_entropy(logits.float(), b.targets(logits.float(), att))
