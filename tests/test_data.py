@@ -111,6 +111,23 @@ def test_channels_resize_and_fixed_subset(tmp_path):
         fm.fashion_mnist(root, img_size=32, in_chans=1, translate=0, hflip=0, train_subset=999)
 
 
+def test_held_out_classes_leave_train_and_test_with_renumbered_labels(tmp_path):
+    root = make_fashion(tmp_path / "fm", n_train=200, n_test=100)
+    tr, te = fm.fashion_mnist(root, img_size=32, in_chans=1, translate=0, hflip=0,
+                              holdout_classes=[9, 3])
+    assert fm.class_split([9, 3]) == ([0, 1, 2, 4, 5, 6, 7, 8], [3, 9])
+    assert len(tr) == 160 and len(te) == 80
+    assert torch.bincount(tr.labels).tolist() == [20] * 8
+    # synthetic class k has its bright bar at rows 2k+4..2k+6 (+2 padding): label 3 is class 4
+    x, y = tr[list(range(len(tr)))]
+    for new, old in enumerate([0, 1, 2, 4, 5, 6, 7, 8]):
+        rows = x[y == new, 0, :, 8:26].mean(dim=(0, 2))
+        assert int(rows.argmax()) in range(2 * old + 6, 2 * old + 9)
+    for bad in ([10], [1, 1], [-1], ["a"], list(range(9))):
+        with pytest.raises(DatasetError, match="holdout_classes"):
+            fm.class_split(bad)
+
+
 def test_real_fashion_mnist_test_split_is_installed():
     x, y = fm.load_split(fm.resolve_root(None), "test")
     assert x.shape == (10000, 28, 28) and y.shape == (10000,)

@@ -87,6 +87,26 @@ def test_eval_two_checkpoints_fashion_mnist(tmp_path, capsys):
     assert png.stat().st_size > 20_000 and data["files"]["occlusion_png"] == str(png)
 
 
+def test_held_out_classes_are_the_default_ood_set(tmp_path, capsys):
+    from mixpro.data.fashion_mnist import CLASSES
+
+    kept = [c for i, c in enumerate(CLASSES) if i not in (0, 8)]
+    ck = _ckpt(tmp_path / "h.pt", num_classes=8, classes=kept,
+               recipe={"data": "fashion_mnist", "holdout_classes": [8, 0]})
+    out = tmp_path / "out"
+    assert _run([str(ck), "--evals", "clean", "ood", "--out", str(out), "--no-progress",
+                 "--batch-size", "500"]) == 0
+    r = json.loads((out / "eval.json").read_text())["results"][0]
+    assert r["num_images"] == 8000  # the real test split less the two held-out classes
+    o = r["ood"]
+    assert o["num_ood"] == 2000 and o["num_in"] == 8000
+    assert o["dataset"] == "fashion-mnist held-out classes: T-shirt/top, Bag"
+    assert o["chance_auprc"] == pytest.approx(0.2)
+    # a checkpoint trained on every class has no held-out set to use
+    _error([str(_ckpt(tmp_path / "all.pt")), "--ood", "heldout", "--out", str(out / "x")],
+           capsys, "--ood heldout needs")
+
+
 def test_eval_image_folder_valid_labels_and_ood_folder(tmp_path, capsys):
     data = _folder(tmp_path / "data", ["c0", "c1", "c2"], n=40, size=24)
     ood = _folder(tmp_path / "ood", ["x"], n=10, size=24)

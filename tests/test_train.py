@@ -162,6 +162,21 @@ def test_bad_input_is_one_line_before_training(data_dir, tmp_path, over, match):
     assert not (tmp_path / "r" / "last.pt").exists()
 
 
+def test_held_out_classes_train_a_smaller_head_and_are_checked(data_dir, tmp_path):
+    with pytest.raises(ConfigError, match="holdout_classes"):
+        load_recipe(None, {"holdout_classes": [3, 3]})
+    with pytest.raises(ConfigError, match="holdout_classes works with data: fashion_mnist"):
+        load_recipe(None, {"holdout_classes": [1], "data": "/some/folder"})
+    cfg = tiny(data_dir, tmp_path / "h", holdout_classes=[8, 9], epochs=1, warmup_epochs=0)
+    run.train(cfg)
+    ck = torch.load(tmp_path / "h" / "last.pt", weights_only=False)
+    assert ck["config"]["num_classes"] == 8 and len(ck["config"]["classes"]) == 8
+    assert "Bag" not in ck["config"]["classes"] and ck["model"]["head.weight"].shape[0] == 8
+    with pytest.raises(ckpt_io.CheckpointError, match="holdout_classes"):
+        run.train(tiny(data_dir, tmp_path / "h", holdout_classes=[9], epochs=1, warmup_epochs=0),
+                  resume=True)
+
+
 def test_resume_refuses_corrupt_and_mismatched_checkpoints(data_dir, tmp_path):
     out = tmp_path / "r"
     run.train(tiny(data_dir, out, epochs=2))

@@ -2,9 +2,11 @@
 
 Owns: reading idx files (gzipped or raw), locating the dataset (``--data-dir``, the
 ``MIXPRO_FASHION_MNIST`` environment variable, then Debian's ``dataset-fashion-mnist`` path
-``/usr/share/datasets/fashion-mnist``), and :class:`FashionMNIST`, an in-memory dataset indexed
-by a *list* of indices that returns a whole batch ``(B, C, S, S)`` float32 at once (padding
-28→32 with zeros, optional random translation and horizontal flip, normalisation).
+``/usr/share/datasets/fashion-mnist``), splitting classes into trained and held-out ones (the
+held-out ones are a real near-OOD set for ``mixpro eval``), and :class:`FashionMNIST`, an
+in-memory dataset indexed by a *list* of indices that returns a whole batch ``(B, C, S, S)``
+float32 at once (padding 28→32 with zeros, optional random translation and horizontal flip,
+normalisation).
 """
 
 from __future__ import annotations
@@ -93,6 +95,37 @@ def load_split(root: str | os.PathLike, split: str) -> tuple[torch.Tensor, torch
     return torch.from_numpy(images.copy()), torch.from_numpy(labels.astype(np.int64))
 
 
+def class_split(holdout: Sequence[int] = ()) -> tuple[list[int], list[int]]:
+    """Class indices ``(kept, held_out)``; ``holdout`` must name 1..8 distinct classes of 0..9.
+
+    Raises:
+        DatasetError: an index outside 0..9, a repeated one, or fewer than 2 kept classes.
+    """
+    held = list(holdout)
+    bad = [c for c in held
+           if isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < len(CLASSES)]
+    if bad or len(set(held)) != len(held):
+        raise DatasetError(
+            f"holdout_classes must be distinct Fashion-MNIST class indices in 0..{len(CLASSES) - 1}"
+            f", got {list(holdout)}"
+        )
+    kept = [c for c in range(len(CLASSES)) if c not in held]
+    if len(kept) < 2:
+        raise DatasetError(f"holdout_classes {list(holdout)} leaves fewer than 2 classes to train")
+    return kept, sorted(held)
+
+
+def select_classes(
+    images: torch.Tensor, labels: torch.Tensor, classes: Sequence[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images of ``classes`` with labels renumbered to their position in ``classes``."""
+    lut = torch.full((len(CLASSES),), -1, dtype=torch.long)
+    lut[torch.as_tensor(list(classes), dtype=torch.long)] = torch.arange(len(classes))
+    new = lut[labels]
+    keep = new >= 0
+    return images[keep], new[keep]
+
+
 class FashionMNIST:
     """In-memory Fashion-MNIST; ``ds[indices]`` returns a batch.
 
@@ -170,17 +203,25 @@ def fashion_mnist(
     hflip: float,
     train_subset: int | None = None,
     subset_seed: int = 0,
+    holdout_classes: Sequence[int] = (),
 ) -> tuple[FashionMNIST, FashionMNIST]:
     """Train and test datasets; ``train_subset`` keeps a fixed random subset (by
-    ``subset_seed``, the same for every method and seed) of the 60,000 training images."""
+    ``subset_seed``, the same for every method and seed) of the training images.
+    ``holdout_classes`` are left out of both (labels renumbered over the kept classes, in
+    order; see :func:`class_split`)."""
+    kept, _ = class_split(holdout_classes)
     root = resolve_root(data_dir)
     if not root.is_dir():
         raise DatasetError(f"Fashion-MNIST not found: {root} does not exist; {INSTALL_HINT}")
     xtr, ytr = load_split(root, "train")
     xte, yte = load_split(root, "test")
+    if len(kept) < len(CLASSES):
+        xtr, ytr = select_classes(xtr, ytr, kept)
+        xte, yte = select_classes(xte, yte, kept)
     if train_subset is not None:
         if not 0 < train_subset <= len(ytr):
-            raise DatasetError(f"train_subset must be in 1..{len(ytr)}, got {train_subset}")
+            raise DatasetError(f"train_subset must be in 1..{len(ytr)} (training images of the "
+                               f"kept classes), got {train_subset}")
         keep = torch.randperm(len(ytr), generator=torch.Generator().manual_seed(subset_seed))
         keep = keep[:train_subset].sort().values
         xtr, ytr = xtr[keep], ytr[keep]

@@ -242,11 +242,25 @@ def _fmnist(images: torch.Tensor, labels: torch.Tensor, img_size, in_chans) -> D
                                mean=(0.0,), std=(1.0,))
 
 
-def fashion_mnist_test(img_size, in_chans, data_dir: str | None = None) -> EvalData:
-    """The embedded Fashion-MNIST test split (10,000 images), read by :mod:`mixpro.data`."""
+def fashion_mnist_test(img_size, in_chans, data_dir: str | None = None,
+                       classes: list[int] | None = None) -> EvalData:
+    """The embedded Fashion-MNIST test split (10,000 images), read by :mod:`mixpro.data`;
+    with ``classes`` (indices), only their images, labels renumbered in that order."""
     images, labels = fmnist.load_split(fmnist.resolve_root(data_dir), "test")
-    return EvalData(_fmnist(images, labels, img_size, in_chans), list(fmnist.CLASSES),
-                    "fashion-mnist test", batched=True)
+    names, name = list(fmnist.CLASSES), "fashion-mnist test"
+    if classes is not None and list(classes) != list(range(len(names))):
+        images, labels = fmnist.select_classes(images, labels, classes)
+        names = [names[c] for c in classes]
+        name = f"fashion-mnist test ({len(names)} classes)"
+    return EvalData(_fmnist(images, labels, img_size, in_chans), names, name, batched=True)
+
+
+def holdout_of(config: dict) -> list[int]:
+    """Fashion-MNIST classes the checkpoint's run held out of training (``[]`` if none)."""
+    recipe = config.get("recipe", {})
+    if recipe.get("data") != "fashion_mnist":
+        return []
+    return list(recipe.get("holdout_classes") or [])
 
 
 GLYPH_FONTS = (
@@ -305,20 +319,35 @@ def image_folder(root: str, img_size, in_chans, interpolation) -> EvalData:
     return EvalData(ds, classes, f"folder {root}")
 
 
-def build_data(spec: str, img_size, in_chans, interpolation, data_dir=None) -> EvalData:
-    """``fashion-mnist`` (embedded test split) or an ImageFolder path."""
+def build_data(spec: str, img_size, in_chans, interpolation, data_dir=None,
+               holdout: list[int] = ()) -> EvalData:
+    """``fashion-mnist`` (embedded test split, less the ``holdout`` classes a checkpoint was
+    trained without) or an ImageFolder path."""
     if spec == FASHION_MNIST:
-        return fashion_mnist_test(img_size, in_chans, data_dir)
+        kept, _ = fmnist.class_split(holdout)
+        return fashion_mnist_test(img_size, in_chans, data_dir, kept)
     return image_folder(spec, img_size, in_chans, interpolation)
 
 
-def build_ood(spec: str, data_spec: str, img_size, in_chans, interpolation) -> EvalData | None:
-    """``none``, ``glyphs`` (default for Fashion-MNIST: typeset letters), or an ImageFolder
-    whose labels are ignored. ``auto`` = ``glyphs`` for Fashion-MNIST, ``none`` otherwise."""
+def build_ood(spec: str, data_spec: str, img_size, in_chans, interpolation,
+              data_dir: str | None = None, holdout: list[int] = ()) -> EvalData | None:
+    """``none``; ``heldout``: the Fashion-MNIST test images of the classes the checkpoint was
+    trained without (real near-OOD images); ``glyphs``: typeset letters (far-OOD); or an
+    ImageFolder whose labels are ignored. ``auto`` = ``heldout`` for Fashion-MNIST checkpoints
+    trained with ``holdout_classes``, else ``glyphs`` for Fashion-MNIST, else ``none``."""
     if spec == "auto":
-        spec = "glyphs" if data_spec == FASHION_MNIST else "none"
+        spec = "none" if data_spec != FASHION_MNIST else "heldout" if holdout else "glyphs"
     if spec == "none":
         return None
+    if spec == "heldout":
+        if data_spec != FASHION_MNIST or not holdout:
+            raise DatasetError("--ood heldout needs --data fashion-mnist and a checkpoint "
+                               "trained with holdout_classes")
+        held = sorted(holdout)
+        data = fashion_mnist_test(img_size, in_chans, data_dir, held)
+        data.name = "fashion-mnist held-out classes: " + ", ".join(data.classes)
+        data.classes = []
+        return data
     if spec == "glyphs":
         imgs = torch.from_numpy(glyph_images())
         ds = _fmnist(imgs, torch.zeros(len(imgs), dtype=torch.long), img_size, in_chans)
@@ -454,8 +483,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Fashion-MNIST idx folder (default: $MIXPRO_FASHION_MNIST, then "
                              "/usr/share/datasets/fashion-mnist)")
     parser.add_argument("--ood", default="auto",
-                        help="OOD set: 'auto' (glyphs for fashion-mnist, else none), 'glyphs', "
-                             "'none', or an image folder (labels ignored)")
+                        help="OOD set: 'auto' (fashion-mnist: the held-out classes of a "
+                             "checkpoint trained with holdout_classes, else glyphs; otherwise "
+                             "none), 'heldout', 'glyphs', 'none', or an image folder "
+                             "(labels ignored)")
     parser.add_argument("--evals", nargs="+", choices=EVALS, default=list(EVALS),
                         help="evaluations to run (default: all)")
     parser.add_argument("--valid-labels", default=None, metavar="FILE",
@@ -545,7 +576,8 @@ def _prepare(args) -> list[Job]:
         model, config = load_checkpoint_model(path)
         model.to(args.device)
         img, chans = image_size(model), in_chans(model)
-        data = build_data(args.data, img, chans, args.interpolation, args.data_dir)
+        holdout = holdout_of(config)
+        data = build_data(args.data, img, chans, args.interpolation, args.data_dir, holdout)
         num_logits = int(getattr(model, "num_classes", 0) or config.get("num_classes", 0))
         indices = None
         if args.valid_labels:
@@ -559,7 +591,8 @@ def _prepare(args) -> list[Job]:
                             f"the dataset has {len(data)}")
         ood = None
         if "ood" in args.evals:
-            ood = build_ood(args.ood, args.data, img, chans, args.interpolation)
+            ood = build_ood(args.ood, args.data, img, chans, args.interpolation,
+                            args.data_dir, holdout)
         mean, std = norm_stats(config, model)
         norm = Normalize(mean, std)
         saliency, occl = None, None

@@ -30,8 +30,10 @@ from .config import TrainError
 FORMAT_VERSION = 1
 # recipe keys that must match between a checkpoint and the run resuming it
 MUST_MATCH = ("model", "model_kwargs", "img_size", "patch_size", "in_chans", "method", "data",
-              "train_subset", "subset_seed", "batch_size", "epochs", "seed", "ema", "opt",
-              "sched", "mask_scale")
+              "train_subset", "subset_seed", "holdout_classes", "batch_size", "epochs", "seed",
+              "ema", "opt", "sched", "mask_scale")
+# keys newer than some checkpoints: their value when a checkpoint lacks them
+_MISSING_MEANS = {"holdout_classes": []}
 
 
 class CheckpointError(TrainError):
@@ -91,9 +93,10 @@ def check_matches(ckpt: dict[str, Any], recipe: dict[str, Any], path: str | os.P
     """The run must be the one the checkpoint was written by (keys in :data:`MUST_MATCH`)."""
     saved = ckpt["config"].get("recipe", {})
     for key in MUST_MATCH:
-        if saved.get(key) != recipe.get(key):
+        then = saved.get(key, _MISSING_MEANS.get(key))
+        if then != recipe.get(key):
             raise CheckpointError(
-                f"checkpoint {path} does not match this run: {key} is {saved.get(key)!r} in "
+                f"checkpoint {path} does not match this run: {key} is {then!r} in "
                 f"the checkpoint and {recipe.get(key)!r} now"
             )
 

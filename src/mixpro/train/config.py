@@ -44,6 +44,7 @@ class Recipe:
     data_dir: str | None = None  # Fashion-MNIST idx folder (default $MIXPRO_FASHION_MNIST)
     train_subset: int | None = None  # fixed random subset of the training set
     subset_seed: int = 0
+    holdout_classes: list = field(default_factory=list)  # Fashion-MNIST classes left out
     img_size: int = 32
     in_chans: int | None = None  # None: 1 for Fashion-MNIST, 3 for ImageFolder
     translate: int = 2  # Fashion-MNIST random shift (px)
@@ -123,6 +124,8 @@ HELP: dict[str, str] = {
                 "/usr/share/datasets/fashion-mnist)",
     "train_subset": "train on a fixed random subset of this many images",
     "subset_seed": "seed of that subset (the same for every method and seed)",
+    "holdout_classes": "Fashion-MNIST class indices left out of training and test, e.g. "
+                       "'[8, 9]'; mixpro eval uses their test images as the OOD set",
     "img_size": "input side in pixels",
     "in_chans": "input channels (null: 1 for Fashion-MNIST, 3 for ImageFolder)",
     "translate": "Fashion-MNIST: random shift of up to this many pixels",
@@ -309,6 +312,17 @@ def validate(cfg: Recipe) -> None:
            f"device must be auto, cpu or cuda[:N], got {cfg.device!r}")
     _check(cfg.in_chans in (None, 1, 3), "in_chans must be 1 or 3")
     _check(cfg.train_subset is None or cfg.train_subset >= 2, "train_subset must be >= 2")
+    if cfg.holdout_classes:
+        _check(cfg.data == "fashion_mnist",
+               "holdout_classes works with data: fashion_mnist only (for an ImageFolder, leave "
+               "the classes out of its train/ and val/ folders)")
+        from ..data import DatasetError
+        from ..data.fashion_mnist import class_split
+
+        try:
+            class_split(cfg.holdout_classes)
+        except (DatasetError, TypeError, ValueError) as e:
+            raise ConfigError(str(e)) from None
     _check(cfg.max_steps is None or cfg.max_steps >= 1, "max_steps must be >= 1")
     _check(cfg.clip_grad is None or cfg.clip_grad > 0, "clip_grad must be > 0 or null")
     for key in ("threads", "workers"):

@@ -88,13 +88,14 @@ def auto_workers(cfg: Recipe, world: int) -> int:
 
 def _datasets(cfg: Recipe):
     if cfg.data == "fashion_mnist":
-        from ..data.fashion_mnist import CLASSES, MEAN, STD, fashion_mnist
+        from ..data.fashion_mnist import CLASSES, MEAN, STD, class_split, fashion_mnist
 
         train, test = fashion_mnist(
             cfg.data_dir, img_size=cfg.img_size, in_chans=cfg.in_channels,
             translate=cfg.translate, hflip=cfg.hflip, train_subset=cfg.train_subset,
-            subset_seed=cfg.subset_seed)
-        return train, test, list(CLASSES), list(MEAN) * cfg.in_channels, \
+            subset_seed=cfg.subset_seed, holdout_classes=cfg.holdout_classes)
+        kept, _ = class_split(cfg.holdout_classes)
+        return train, test, [CLASSES[c] for c in kept], list(MEAN) * cfg.in_channels, \
             list(STD) * cfg.in_channels, True
     from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
