@@ -169,3 +169,18 @@ def test_average_precision_and_auroc_match_sklearn_with_ties(pairs):
 def test_ood_inputs_need_both_classes():
     with pytest.raises(M.MetricInputError, match="both positives and negatives"):
         M.average_precision([1, 1], [0.1, 0.2])
+
+
+def test_imagenet_a_index_list_from_timm_equals_the_wnid_derivation():  # A8
+    from pathlib import Path
+
+    import timm
+
+    info = Path(timm.__file__).parent / "data" / "_info"
+    idx = M.load_index_list(info / "imagenet_a_indices.txt", num_logits=1000, num_labels=200)
+    wnids_1k = (info / "imagenet_synsets.txt").read_text().split()
+    wnids_a = (info / "imagenet_a_synsets.txt").read_text().split()
+    derived = sorted(wnids_1k.index(w) for w in wnids_a)
+    assert idx == derived and len(idx) == 200 and idx[0] == 6 and idx[-1] == 988
+    # ImageFolder order (sorted wnids) maps label j to the j-th index
+    assert [wnids_1k[i] for i in idx] == sorted(wnids_a)
