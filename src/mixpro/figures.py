@@ -71,12 +71,14 @@ def compare_bars(rows: Sequence[Mapping], path: str | Path, title: str = "") -> 
     """Bars of top-1 mean ± std per method (``rows``: ``method``, ``mean``, ``std``)."""
     fig, ax = plt.subplots(figsize=(1.4 * len(rows) + 2, 3.8))
     names = [r["method"] for r in rows]
-    means = [r["mean"] for r in rows]
-    ax.bar(names, means, yerr=[r["std"] for r in rows], capsize=6, color="tab:blue", alpha=0.8)
-    lo = min(means) - 3 * max([r["std"] for r in rows] + [0.5])
-    ax.set_ylim(max(0.0, lo), min(100.0, max(means) + 2))
-    for x, m in enumerate(means):
-        ax.text(x, m, f"{m:.2f}", ha="center", va="bottom")
+    means, stds = [r["mean"] for r in rows], [r["std"] for r in rows]
+    ax.bar(names, means, yerr=stds, capsize=6, color="tab:blue", alpha=0.8)
+    lo = min(means) - 3 * max(stds + [0.5])
+    tops = [m + s for m, s in zip(means, stds, strict=True)]
+    ax.set_ylim(max(0.0, lo), min(100.0, max(tops) + 1.5))
+    for x, (m, s) in enumerate(zip(means, stds, strict=True)):  # above the error bar
+        ax.annotate(f"{m:.2f} ± {s:.2f}", (x, m + s), xytext=(0, 5), textcoords="offset points",
+                    ha="center", va="bottom")
     ax.set(ylabel="top-1 (%)", title=title or "mixpro compare")
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)
