@@ -48,6 +48,9 @@ def test_bench_runs_and_writes_markdown_and_json(tmp_path, monkeypatch):
                        str(tmp_path)]) == 0
     data = json.loads((tmp_path / "bench-cpu.json").read_text())
     assert data["environment"]["device"] == "cpu" and len(data["mix"]) == 3
+    # the recorded command reproduces the run: every option that differs from the defaults
+    assert data["command"] == (f"mixpro bench --device cpu --repeats 1 --skip-step "
+                               f"--output {tmp_path}") and data["repeats"] == 1
     assert (tmp_path / "bench-cpu.md").read_text().startswith("# mixpro bench")
 
 

@@ -24,6 +24,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import statistics
 import time
 from collections.abc import Callable
@@ -256,7 +257,9 @@ def to_markdown(result: dict) -> str:
     env = result["environment"]
     lines = [f"# mixpro bench — {env.get('gpu', env['device'])}", "",
              f"torch {env['torch']}, timm {env['timm']}, {env['threads']} threads, "
-             f"{env['platform']}, {env['date']}", "", f"Command: `{result['command']}`", ""]
+             f"{env['platform']}, {env['date']}", "", f"Command: `{result['command']}` "
+             f"(medians of {result.get('repeats', '?')} interleaved repeats after "
+             f"{result.get('warmup', '?')} warm-up rounds)", ""]
     for mix in result["mix"]:
         c, h, w = mix["shape"]
         lines += [f"## Mask + mix per batch: B={mix['batch']}, {c}×{h}×{w}, patch "
@@ -295,7 +298,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", default="benchmarks/results", help="folder for .md and .json")
 
 
-def run(args: argparse.Namespace, command: str = "mixpro bench") -> dict:
+def command_line(args: argparse.Namespace) -> str:
+    """The ``mixpro bench`` command that reproduces ``args`` (options that differ from the
+    defaults), recorded with the results."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    parts = ["mixpro", "bench"]
+    for action in parser._actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        value = getattr(args, action.dest, action.default)
+        if value == action.default:
+            continue
+        flag = action.option_strings[0]
+        parts += [flag] if isinstance(action, argparse._StoreTrueAction) else [flag, str(value)]
+    return shlex.join(parts)
+
+
+def run(args: argparse.Namespace, command: str | None = None) -> dict:
+    """Run the benchmark for ``args``; ``command`` (default: rebuilt from ``args``) is recorded
+    with the results."""
     name = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
@@ -307,7 +329,8 @@ def run(args: argparse.Namespace, command: str = "mixpro bench") -> dict:
         raise ValueError("--device cuda asked for, but CUDA is not available")
     cuda = device.type == "cuda"
     repeats = args.repeats or (20 if cuda else 5)
-    result = {"command": command, "environment": environment(device), "mix": []}
+    result = {"command": command or command_line(args), "environment": environment(device),
+              "repeats": repeats, "warmup": args.warmup, "mix": []}
     for spec in (dict(batch=128, channels=3, size=224, patch=16, scale=2),
                  dict(batch=128, channels=3, size=224, patch=14, scale=4),
                  dict(batch=128, channels=1, size=32, patch=4, scale=2)):
