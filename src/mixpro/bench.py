@@ -311,7 +311,7 @@ def command_line(args: argparse.Namespace) -> str:
         if value == action.default:
             continue
         flag = action.option_strings[0]
-        parts += [flag] if isinstance(action, argparse._StoreTrueAction) else [flag, str(value)]
+        parts += [flag] if action.nargs == 0 else [flag, str(value)]
     return shlex.join(parts)
 
 
