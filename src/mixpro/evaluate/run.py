@@ -343,7 +343,7 @@ def build_ood(spec: str, data_spec: str, img_size, in_chans, interpolation,
         if data_spec != FASHION_MNIST or not holdout:
             raise DatasetError("--ood heldout needs --data fashion-mnist and a checkpoint "
                                "trained with holdout_classes")
-        held = sorted(holdout)
+        _, held = fmnist.class_split(holdout)
         data = fashion_mnist_test(img_size, in_chans, data_dir, held)
         data.name = "fashion-mnist held-out classes: " + ", ".join(data.classes)
         data.classes = []

@@ -321,7 +321,7 @@ def validate(cfg: Recipe) -> None:
 
         try:
             class_split(cfg.holdout_classes)
-        except (DatasetError, TypeError, ValueError) as e:
+        except DatasetError as e:
             raise ConfigError(str(e)) from None
     _check(cfg.max_steps is None or cfg.max_steps >= 1, "max_steps must be >= 1")
     _check(cfg.clip_grad is None or cfg.clip_grad > 0, "clip_grad must be > 0 or null")
