@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from unittest import mock
 
 import numpy as np
@@ -108,6 +109,40 @@ def test_grid_mask_any_cell_and_offset(ch, cw, h, w, oy, ox, bm, seed):
         with mock.patch.object(mixpro.masks, "_use_cell_loop", lambda images, n, v=loop: v):
             out = mask.apply(x, partner)
         assert np.array_equal(out.numpy(), ref)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 1024), st.integers(1, 1000), st.data())
+def test_grid_count_is_exact_for_user_ratios(s, q, data):
+    """A ratio p/q given as float32 or float64 keeps exactly ⌊S·p/q⌋ (or ⌈S·p/q⌉) cells."""
+    p = data.draw(st.integers(0, q))
+    exact = Fraction(p, q) * s
+    for dtype in (torch.float32, torch.float64):
+        ratio = torch.tensor([p / q], dtype=dtype)
+        assert int(GridMasks(4).count(ratio, s)) == math.floor(exact), (dtype, p, q)
+        assert int(GridMasks(4, rounding="ceil").count(ratio, s)) == math.ceil(exact)
+
+
+@SETTINGS
+@given(st.integers(1, 1024), st.floats(0.0, 1.0))
+def test_grid_count_of_any_double_is_floor_of_the_product(s, ratio):
+    """Away from integer products, the count is the plain ⌊S·ratio⌋ of the Python float."""
+    got = int(GridMasks(4).count(torch.tensor([ratio], dtype=torch.float64), s))
+    exact = Fraction(ratio) * s
+    if abs(exact - round(exact)) > Fraction(1, 10**9):
+        assert got == math.floor(s * ratio) == math.floor(exact)
+    else:  # within rounding error of an integer: that integer (the value the ratio stands for)
+        assert got == round(exact)
+
+
+def test_grid_count_examples_and_dtype():
+    assert GridMasks(4).count(torch.tensor([0.7]), 10).tolist() == [7]  # float32 0.7
+    assert GridMasks(4, rounding="ceil").count(torch.tensor([0.3]), 10).tolist() == [3]
+    assert GridMasks(4).count(torch.tensor([0.69, 0.0, 1.0]), 10).tolist() == [6, 0, 10]
+    mask = GridMasks(2)(torch.tensor([0.7]), (10, 4), device=torch.device("cpu"))
+    assert int(mask.cells.sum()) == 7  # 5x2 = 10 cells
+    with pytest.raises(TypeError, match="ratio"):
+        GridMasks(4).count(torch.tensor([0.5], dtype=torch.float16), 10)
 
 
 def test_cell_loop_and_where_paths_agree(monkeypatch):

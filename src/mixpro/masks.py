@@ -345,7 +345,8 @@ def _edges(size: int, cell: int, offset: int) -> tuple[int, ...]:
 
 @dataclass(frozen=True)
 class GridMasks:
-    """Random cells of ``cell`` pixels: exactly ``round(S·ratio)`` of the S cells are True.
+    """Random cells of ``cell`` pixels: exactly ``⌊S·ratio⌋`` (or ``⌈S·ratio⌉``) of the S cells
+    are True.
 
     Args:
         cell: cell size in pixels, int or ``(h, w)``; MaskMix uses ``mask_scale × patch_size``.
@@ -371,9 +372,19 @@ class GridMasks:
         return _edges(image_size[0], ch, oy % ch), _edges(image_size[1], cw, ox % cw)
 
     def count(self, ratio: torch.Tensor, n_cells: int) -> torch.Tensor:
-        """Number of True cells, ``floor``/``ceil`` of ``S·ratio``, int64 ``(Bm,)``."""
-        # float64 so that S·τ is exact enough for floor/ceil at integer boundaries
+        """Number of True cells, ``⌊S·ratio⌋`` (``'floor'``) or ``⌈S·ratio⌉`` (``'ceil'``).
+
+        ``ratio`` ``(Bm,)`` float32 or float64 is read as the value it stands for: ``S·ratio``
+        is computed in float64 and snapped to the nearest integer when within the rounding
+        error of ``ratio``'s dtype (``2·eps·S``), so a float32 ``0.7`` (0.69999999) with
+        ``S = 10`` keeps 7 cells, not 6. Returns int64 ``(Bm,)`` in ``[0, S]``.
+        """
+        if ratio.dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"ratio must be a float32 or float64 tensor, got {ratio.dtype}")
         scaled = ratio.double() * n_cells
+        nearest = scaled.round()
+        tol = 2.0 * torch.finfo(ratio.dtype).eps * max(n_cells, 1)
+        scaled = torch.where((scaled - nearest).abs() <= tol, nearest, scaled)
         k = scaled.floor() if self.rounding == "floor" else scaled.ceil()
         return k.long().clamp_(0, n_cells)
 
