@@ -61,10 +61,11 @@ def _pal_reference(batch, logits, attention, k, smoothing, patch):
     """Eq. 5, 7, 8, 9 from the pixel mask, by slow loops."""
     m = batch.mask.numpy().astype(np.float64)
     b = logits.shape[0]
-    frac = np.broadcast_to(token_fraction_np(m, *patch), (b, attention.shape[1]))
-    lam_area = np.broadcast_to(m.reshape(m.shape[0], -1).mean(1), (b,))
-    lam_attn = lam_attn_np(attention.double().numpy(), frac)
     labels, partner = batch.labels.numpy(), batch.partner.numpy()
+    own = partner == np.arange(b)  # a sample paired with itself is unmixed: λ = 1
+    frac = np.broadcast_to(token_fraction_np(m, *patch), (b, attention.shape[1]))
+    lam_area = np.where(own, 1.0, np.broadcast_to(m.reshape(m.shape[0], -1).mean(1), (b,)))
+    lam_attn = np.where(own, 1.0, lam_attn_np(attention.double().numpy(), frac))
     area_t = mix_targets_np(labels, partner, lam_area, k, smoothing)
     alpha = cosine_np(softmax_np(logits.double().numpy()), area_t)
     lam = alpha * lam_attn + (1 - alpha) * lam_area

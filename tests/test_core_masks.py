@@ -58,9 +58,10 @@ def test_maskmix_invariants(case):
     ph, pw = patch
     frac = token_fraction_np(m.numpy().astype(np.float64), ph, pw)
     assert np.all((frac == 0) | (frac == 1))
-    # λ_area is the pixel mean of the mask, in [0, 1]
+    # λ_area is the pixel mean of the mask, in [0, 1] (1 for a sample paired with itself)
     mean = m.float().flatten(1).mean(1).expand(b)
-    assert torch.allclose(batch.lam_area, mean, atol=1e-6)
+    own = batch.partner == torch.arange(b)
+    assert torch.allclose(batch.lam_area, torch.where(own, 1.0, mean), atol=1e-6)
     assert ((batch.lam_area >= 0) & (batch.lam_area <= 1)).all()
     # exactly floor / ceil(S·τ) cells are 1; the same count for the batch unless 'elem'
     s = (size[0] // (ph * scale[0])) * (size[1] // (pw * scale[1]))

@@ -110,6 +110,53 @@ def test_odd_batch_works_for_every_mixer():
         assert torch.allclose(t.sum(1), torch.ones(5))
 
 
+def _self_pair_cases():
+    """(name, mixer, batch size): every mixer and mode in which a sample can pair with itself."""
+    k = 4
+    cases = []
+    for mode in ("batch", "pair", "elem"):  # timm modes, odd batch: the middle sample
+        cases += [
+            (f"mixup-{mode}", mixpro.Mixup(mode=mode, num_classes=k), 5),
+            (f"cutmix-{mode}", mixpro.CutMix(mode=mode, num_classes=k), 5),
+            (f"mixup+cutmix-{mode}", mixpro.Mixup(cutmix_alpha=1.0, mode=mode, num_classes=k), 5),
+            (f"transmix-{mode}", mixpro.TransMix(mode=mode, num_classes=k, patch_size=4), 5),
+        ]
+    for mode in ("batch", "positions", "elem"):
+        for cls in (mixpro.MaskMix, mixpro.MixPro):
+            name = f"{cls.__name__}-{mode}"
+            cases.append((name + "-flip", cls(num_classes=k, patch_size=4, mask_scale=1,
+                                              mode=mode), 5))
+            cases.append((name + "-randperm", cls(num_classes=k, patch_size=4, mask_scale=1,
+                                                  mode=mode, pairing="randperm"), 6))
+    return cases
+
+
+@pytest.mark.parametrize("name, mixer, b", [pytest.param(*c, id=c[0]) for c in _self_pair_cases()])
+def test_self_paired_samples_report_lambda_one(name, mixer, b):
+    """A sample paired with itself is unmixed: λ_area = λ_attn = λ = 1, whatever was drawn."""
+    x, y = _batch(b=b)
+    torch.manual_seed(0)
+    mixed, seen = None, 0
+    for _ in range(200):  # until the draw mixes the batch and pairs some sample with itself
+        mixed = mixer(x, y)
+        own = mixed.partner == torch.arange(b)
+        if mixed.method != "none" and own.any() and (~own).any():
+            seen += 1
+            break
+    assert seen, name
+    t = mixed.targets(torch.randn(b, 4), torch.rand(b, 16))
+    assert torch.equal(mixed.images[own], x[own]), name
+    assert (mixed.lam_area[own] == 1).all(), name
+    assert (mixed.lam[own] == 1).all(), name
+    if mixed.lam_attn is not None:
+        assert (mixed.lam_attn[own] == 1).all(), name
+    assert (mixed.token_fraction((4, 4))[own] == 1).all(), name
+    assert torch.allclose(t[own], mixpro.smooth_one_hot(y[own], 4, 0.1)), name
+    # the other samples are untouched by the correction: λ_area is still the mask/blend share
+    src = mixed.source.lam_area().expand(b)
+    assert torch.equal(mixed.lam_area[~own], src[~own].float()), name
+
+
 def test_mixed_batch_is_the_same_type_for_every_method():
     x, y = _batch(size=(32, 32))
     attn = torch.rand(6, 64)

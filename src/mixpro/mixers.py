@@ -101,6 +101,11 @@ class MixedBatch:
         source: the :class:`~mixpro.masks.PixelSource` that made the images.
         alpha, lam_attn, lam: ``(B,)`` float32, set by :meth:`targets`. For area-labelled
             batches ``alpha`` is 0, ``lam_attn`` is None and ``lam == lam_area``.
+
+    A sample paired with itself (``partner[i] == i``: the middle sample of an odd batch with
+    ``flip`` pairing, ``randperm`` self-pairs) is its own image and label, so its
+    ``lam_area``, ``lam_attn``, ``lam`` and token fractions are 1, whatever the mask or blend
+    drew for it (:attr:`mask` still shows the drawn cells; both sources are the same image).
     """
 
     images: torch.Tensor
@@ -122,6 +127,11 @@ class MixedBatch:
         return self.labels.shape[0]
 
     @property
+    def self_paired(self) -> torch.Tensor:
+        """Bool ``(B,)``: True where a sample is its own partner (it stays unmixed)."""
+        return self.partner == torch.arange(self.batch_size, device=self.partner.device)
+
+    @property
     def needs_attention(self) -> bool:
         """True when :meth:`targets` uses the attention argument for this batch."""
         return self.relabel is not None and self.relabel.alpha.needs_attention
@@ -132,9 +142,10 @@ class MixedBatch:
         return self.source.pixel_mask()
 
     def token_fraction(self, grid: tuple[int, int], mode: TokenMode = "area") -> torch.Tensor:
-        """Share of each token's pixels from sample ``i``: ``(B, Nh*Nw)`` float32."""
-        frac = self.source.token_fraction(grid, mode)
-        return frac.expand(self.batch_size, -1)
+        """Share of each token's pixels from sample ``i``: ``(B, Nh*Nw)`` float32 (rows of
+        self-paired samples are 1)."""
+        frac = self.source.token_fraction(grid, mode).expand(self.batch_size, -1)
+        return torch.where(self.self_paired[:, None], 1.0, frac)
 
     def targets(
         self, logits: torch.Tensor, attention: torch.Tensor | None = None
@@ -162,7 +173,8 @@ class MixedBatch:
         _checks.values(logits, self.labels, k, attention)
         grid = rl.grid(tuple(self.images.shape[-2:]), attention.shape[1])
         frac = self.token_fraction(grid, rl.token_mode)
-        self.lam_attn = attention_lambda(attention.detach(), frac)
+        lam_attn = attention_lambda(attention.detach(), frac)
+        self.lam_attn = torch.where(self.self_paired, 1.0, lam_attn)
         area_targets = mix_targets(self.labels, self.partner, self.lam_area, k, rl.alpha_smoothing)
         self.alpha = rl.alpha(logits, area_targets, self.progress)
         self.lam = combine_lambda(self.alpha, self.lam_attn, self.lam_area)
@@ -225,12 +237,15 @@ class Mixer(ABC):
         """Mix ``images (B, C, H, W)`` with labels ``(B,)``; neither is modified."""
         _checks.images_and_labels(images, labels, self.num_classes)
         source, partner, method, lam_area, relabel = self._sample(images)
-        lam_area = lam_area.to(device=images.device, dtype=torch.float32)
+        b = images.shape[0]
+        lam_area = lam_area.to(device=images.device, dtype=torch.float32).expand(b)
+        # a sample paired with itself is unmixed whatever was drawn for it
+        own = partner == torch.arange(b, device=partner.device)
         return MixedBatch(
             images=source.apply(images, partner),
             labels=labels,
             partner=partner,
-            lam_area=lam_area.expand(images.shape[0]),
+            lam_area=torch.where(own, 1.0, lam_area),
             method=method,
             source=source,
             num_classes=self.num_classes,
