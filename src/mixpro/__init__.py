@@ -18,7 +18,7 @@ from .labels import (
     smooth_one_hot,
 )
 from .loss import lambda_weighted_cross_entropy, soft_target_cross_entropy
-from .masks import BlockMasks, BoxMasks, CellMask, GridMasks
+from .masks import BlockMasks, BoxMasks, CellMask, GridMasks, ShuffledMask, ShuffleMasks
 from .mixers import (
     CutMix,
     MaskMix,
@@ -32,6 +32,7 @@ from .mixers import (
     TransMix,
     paper_recipe,
 )
+from .strategies import MASK_STRATEGIES, make_mask_strategy
 
 __version__ = "0.1.0"
 
@@ -47,6 +48,7 @@ __all__ = [
     "GridMasks",
     "LearnableAlpha",
     "LinearAlpha",
+    "MASK_STRATEGIES",
     "MaskMix",
     "MixPro",
     "MixedBatch",
@@ -56,12 +58,15 @@ __all__ = [
     "NoMix",
     "ParabolicAlpha",
     "RandomChoice",
+    "ShuffleMasks",
+    "ShuffledMask",
     "TimmStyle",
     "TransMix",
     "attention_lambda",
     "combine_lambda",
     "cosine_alpha",
     "lambda_weighted_cross_entropy",
+    "make_mask_strategy",
     "mix_targets",
     "paper_recipe",
     "smooth_one_hot",

@@ -538,3 +538,151 @@ class BlockMasks:
             mask |= block & ok[:, None, None]
             fails = torch.where(ok, torch.zeros_like(fails), fails + active.long())
         return CellMask(mask.to(device), _edges(h, ph, 0), _edges(w, pw, 0))
+
+
+# ------------------------------------------------------------------------------------------
+# Shuffled patches (Table 9: "random shuffling on the cropped patches")
+# ------------------------------------------------------------------------------------------
+
+ShuffleScope = Literal["partner", "own", "both"]
+
+
+def _tile_view(x: torch.Tensor, tile: tuple[int, int]) -> torch.Tensor:
+    """``(B, C, H, W) -> (B, C, T, th*tw)``: the image's tiles in row-major order."""
+    b, c, h, w = x.shape
+    th, tw = tile
+    t = x.reshape(b, c, h // th, th, w // tw, tw).permute(0, 1, 2, 4, 3, 5)
+    return t.reshape(b, c, (h // th) * (w // tw), th * tw)
+
+
+@dataclass(frozen=True)
+class ShuffledMask:
+    """A :class:`CellMask` whose tiles are permuted within each source's region.
+
+    Output tile ``t`` of mixed image ``b`` is tile ``source_tile[b, t]`` of sample ``b``
+    where ``keep[b, t]`` and of its partner otherwise; ``source_tile`` only permutes tiles
+    within the kept region and within the partner's region, so which *sample* every pixel
+    comes from — and hence ``lam_area``, ``token_fraction`` and ``pixel_mask`` — is exactly
+    that of ``mask``.
+
+    Attributes:
+        mask: the tile-aligned :class:`CellMask` (``Bm`` rows).
+        tile: ``(th, tw)`` tile size in pixels; tiles must tile the image.
+        keep: bool ``(Bm, Th*Tw)``, True = the tile comes from sample ``i``.
+        source_tile: int64 ``(Bm, Th*Tw)``, a permutation of ``range(Th*Tw)`` per row that
+            maps kept tiles to kept tiles and partner tiles to partner tiles.
+    """
+
+    mask: CellMask
+    tile: tuple[int, int]
+    keep: torch.Tensor
+    source_tile: torch.Tensor
+
+    def __post_init__(self) -> None:
+        h, w = self.mask.image_size
+        th, tw = self.tile
+        if h % th or w % tw:
+            raise ValueError(f"tile {self.tile} does not tile the image size {(h, w)}")
+        shape = (self.mask.cells.shape[0], (h // th) * (w // tw))
+        if tuple(self.keep.shape) != shape or self.keep.dtype != torch.bool:
+            raise ValueError(f"keep must be bool of shape {shape}, got {tuple(self.keep.shape)}")
+        if tuple(self.source_tile.shape) != shape:
+            raise ValueError(
+                f"source_tile must have shape {shape}, got {tuple(self.source_tile.shape)}"
+            )
+
+    def lam_area(self) -> torch.Tensor:
+        """Exact pixel mean of the mask, ``(Bm,)`` float32 (shuffling keeps it)."""
+        return self.mask.lam_area()
+
+    def pixel_mask(self) -> torch.Tensor:
+        """Bool ``(Bm, 1, H, W)``, True = pixel from sample ``i`` (shuffling keeps it)."""
+        return self.mask.pixel_mask()
+
+    def token_fraction(self, grid: tuple[int, int], mode: TokenMode = "area") -> torch.Tensor:
+        """Share of each token's pixels from sample ``i``, ``(Bm, Nh*Nw)`` (as ``mask``)."""
+        return self.mask.token_fraction(grid, mode)
+
+    def apply(self, images: torch.Tensor, partner: torch.Tensor) -> torch.Tensor:
+        """Mixed images ``(B, C, H, W)`` with the tiles moved; ``images`` is not modified."""
+        if self.mask.image_size != tuple(images.shape[-2:]):
+            raise ValueError(
+                f"mask is for images of size {self.mask.image_size}, "
+                f"got {tuple(images.shape[-2:])}"
+            )
+        b, c, h, w = images.shape
+        th, tw = self.tile
+        idx = self.source_tile.to(images.device).expand(b, -1)
+        idx = idx[:, None, :, None].expand(b, c, -1, th * tw)
+        own = _tile_view(images, self.tile).gather(2, idx)
+        other = _tile_view(images.index_select(0, partner), self.tile).gather(2, idx)
+        keep = self.keep.to(images.device)[:, None, :, None]
+        out = torch.where(keep, own, other)
+        out = out.reshape(b, c, h // th, w // tw, th, tw).permute(0, 1, 2, 4, 3, 5)
+        return out.reshape(b, c, h, w)
+
+
+@dataclass(frozen=True)
+class ShuffleMasks:
+    """Table 9's noisy patterns: a ``base`` mask whose tiles are randomly shuffled.
+
+    The ``base`` generator (MaskMix grid by default in the registry) decides which tiles
+    come from sample ``i`` and which from its partner; then, per mask row, the tiles of the
+    ``scope`` region are randomly permuted among that region's positions:
+    ``'partner'`` = the cropped patches pasted from ``x_j`` (the paper's "random shuffling on
+    the cropped patches"), ``'own'`` = the kept patches of ``x_i``, ``'both'`` = both regions,
+    each within itself. The base mask must be aligned to the tiles (each tile from one
+    sample), else ``ValueError``. One permutation per mask row: shared by the batch when the
+    mask is (``Bm = 1``), per sample otherwise.
+
+    Args:
+        base: a :class:`MaskGenerator` returning :class:`CellMask`.
+        tile: shuffled unit in pixels, int or ``(h, w)`` (the ViT patch size in the registry).
+        scope: ``'partner'``, ``'own'`` or ``'both'``.
+    """
+
+    base: MaskGenerator
+    tile: int | tuple[int, int]
+    scope: ShuffleScope = "partner"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.base, MaskGenerator):
+            raise TypeError(f"base must be a MaskGenerator, got {type(self.base).__name__}")
+        _checks.pair(self.tile, "tile")
+        _checks.choice(self.scope, "scope", ("partner", "own", "both"))
+
+    def __call__(
+        self,
+        ratio: torch.Tensor,
+        image_size: tuple[int, int],
+        *,
+        device: torch.device,
+        generator: torch.Generator | None = None,
+    ) -> ShuffledMask:
+        th, tw = _checks.pair(self.tile, "tile")
+        h, w = image_size
+        if h % th or w % tw:
+            raise ValueError(f"tile {(th, tw)} does not tile the image size {(h, w)}")
+        mask = self.base(ratio, image_size, device=device, generator=generator)
+        if not isinstance(mask, CellMask):
+            raise TypeError(f"base must return a CellMask, got {type(mask).__name__}")
+        pm = mask.pixel_mask().reshape(-1, h // th, th, w // tw, tw)
+        keep, any_kept = pm.all(dim=(2, 4)).flatten(1), pm.any(dim=(2, 4)).flatten(1)
+        if not torch.equal(keep, any_kept):
+            raise ValueError(
+                f"the base mask cuts tiles of {(th, tw)} px; shuffling needs a mask whose "
+                "edges lie on tile borders"
+            )
+        n_rows, n_tiles = keep.shape
+        u = rand(n_rows, n_tiles, device=ratio.device, generator=generator)
+        u = u.to(device=device, dtype=torch.float64)
+        # sort by (region, index) and by (region, random key in shuffled regions): the k-th
+        # tiles of both orders lie in the same region, so mapping one onto the other permutes
+        # tiles within regions only (identity in regions left in place)
+        region = (~keep).double() * 2.0
+        index = torch.arange(n_tiles, device=device, dtype=torch.float64) / n_tiles
+        shuffled = {"partner": ~keep, "own": keep, "both": torch.ones_like(keep)}[self.scope]
+        dest = (region + index).argsort(dim=1)
+        src = (region + torch.where(shuffled, u, index)).argsort(dim=1)
+        source_tile = torch.empty_like(dest).scatter_(1, dest, src)
+        return ShuffledMask(mask, (th, tw), keep, source_tile)
