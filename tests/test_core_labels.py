@@ -207,6 +207,17 @@ def test_official_pal_loss_equals_soft_ce_without_smoothing():
     assert np.isclose(float(hard), np.mean(per), atol=1e-6)
 
 
+def test_lambda_weighted_cross_entropy_refuses_lambda_outside_unit_interval():
+    logits = torch.randn(3, 4)
+    y, yj = torch.tensor([0, 1, 2]), torch.tensor([2, 1, 0])
+    mixpro.lambda_weighted_cross_entropy(logits, y, yj, torch.tensor([0.0, 0.5, 1.0]))
+    for bad in ([1.5, 0.5, 0.5], [0.5, -0.1, 0.5], [0.5, float("nan"), 0.5]):
+        with pytest.raises(ValueError, match="lam"):
+            mixpro.lambda_weighted_cross_entropy(logits, y, yj, torch.tensor(bad))
+    with pytest.raises(TypeError, match="lam"):
+        mixpro.lambda_weighted_cross_entropy(logits, y, yj, torch.tensor([0, 1, 1]))
+
+
 def test_alpha_is_measured_against_smoothed_area_target_by_default():
     for ats, smooth in ((None, 0.1), (0.0, 0.0)):
         mixer, x, y, logits, attn = _setup("cosine", alpha_target_smoothing=ats)

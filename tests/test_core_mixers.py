@@ -274,10 +274,65 @@ def test_bad_targets_arguments():
     (dict(mode="batches"), "mode"),
     (dict(mixup_alpha=-1.0), "mixup_alpha"),
     (dict(cutmix_minmax=(0.5, 0.2)), "cutmix_minmax"),
+    (dict(cutmix_minmax=(0.3, 0.3)), "cutmix_minmax"),
+    (dict(cutmix_minmax=(-0.1, 0.5)), "cutmix_minmax"),
+    (dict(cutmix_minmax=(0.2,)), "cutmix_minmax"),
+    (dict(cutmix_minmax=(0.2, float("nan"))), "cutmix_minmax"),
 ])
 def test_bad_mixup_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         mixpro.Mixup(num_classes=4, **kwargs)
+
+
+def _timm_minmax_crashes(size, minmax):
+    """Whether timm's rand_bbox_minmax raises for this image size (numpy's own checks)."""
+    import numpy as np
+    from timm.data.mixup import rand_bbox_minmax
+
+    np.random.seed(0)
+    try:
+        for _ in range(200):
+            rand_bbox_minmax((3, size, size), minmax)
+    except ValueError:
+        return True
+    return False
+
+
+@pytest.mark.parametrize("minmax, size", [
+    ((0.0, 0.5), 16), ((0.0, 1.0), 8), ((0.2, 0.8), 20), ((0.5, 1.05), 20),
+])
+def test_cutmix_minmax_accepted_where_timm_accepts_it(minmax, size):
+    """timm draws the box side in [⌊s·min⌋, ⌊s·max⌋) and its corner in [0, s - side]."""
+    import numpy as np
+    from timm.data.mixup import rand_bbox_minmax
+
+    assert not _timm_minmax_crashes(size, minmax)
+    mixer = mixpro.CutMix(cutmix_minmax=minmax, mode="elem", num_classes=4,
+                          generator=torch.Generator().manual_seed(0))
+    x, y = _batch(b=64, size=(size, size))
+    sides, corners = set(), set()
+    for _ in range(20):
+        box = mixer.boxes.boxes(torch.full((64,), 0.5), (size, size), mixer.generator)
+        sides |= set((box[:, 1] - box[:, 0]).tolist())
+        corners |= set(zip((box[:, 1] - box[:, 0]).tolist(), box[:, 0].tolist(), strict=True))
+        b = mixer(x, y)
+        assert torch.allclose(b.lam_area, b.mask.float().flatten(1).mean(1))
+    np.random.seed(0)
+    t_sides, t_corners = set(), set()
+    for _ in range(2000):
+        yl, yu, _, _ = rand_bbox_minmax((3, size, size), minmax)
+        t_sides.add(int(yu - yl))
+        t_corners.add((int(yu - yl), int(yl)))
+    assert sides == t_sides  # the same support as timm's randint draws
+    assert corners == t_corners  # boxes reach the bottom edge: corner up to s - side
+
+
+@pytest.mark.parametrize("minmax, size", [((0.2, 0.21), 16), ((0.5, 1.2), 20)])
+def test_cutmix_minmax_refused_where_timm_crashes(minmax, size):
+    assert _timm_minmax_crashes(size, minmax)
+    mixer = mixpro.CutMix(cutmix_minmax=minmax, num_classes=4)
+    with pytest.raises(ValueError, match="cutmix_minmax"):
+        mixer(*_batch(size=(size, size)))
 
 
 def test_inputs_are_never_modified():

@@ -49,11 +49,22 @@ def lambda_weighted_cross_entropy(
 
     Hard labels, no smoothing. Equal to :func:`soft_target_cross_entropy` on targets built with
     ``label_smoothing=0``.
+
+    Args:
+        logits: ``(B, C)``.
+        labels, partner_labels: ``(B,)`` class indices of sample ``i`` and of its partner.
+        lam: ``(B,)`` floating weights of ``labels``, each in ``[0, 1]`` (checked: one
+            device→host sync).
     """
+    if not isinstance(lam, torch.Tensor) or not lam.dtype.is_floating_point:
+        raise TypeError(f"lam must be a floating tensor, got {getattr(lam, 'dtype', type(lam))}")
     if lam.shape != labels.shape:
         raise ValueError(
             f"lam must have shape (B,) = {tuple(labels.shape)}, got {tuple(lam.shape)}"
         )
+    if bool(((lam < 0) | (lam > 1) | lam.isnan()).any()):
+        lo, hi = float(lam.min()), float(lam.max())
+        raise ValueError(f"lam must lie in [0, 1] (no NaN), got range [{lo}, {hi}]")
     ce_i = F.cross_entropy(logits.float(), labels, reduction="none")
     ce_j = F.cross_entropy(logits.float(), partner_labels, reduction="none")
     return _reduce(lam * ce_i + (1.0 - lam) * ce_j, reduction)

@@ -407,8 +407,14 @@ class BoxMasks:
     """CutMix boxes: a box of about ``1 - ratio`` of the image comes from the partner.
 
     Follows timm's ``rand_bbox`` (box of side ``int(H·sqrt(1-λ))`` centred uniformly, clipped)
-    or ``rand_bbox_minmax`` when ``minmax=(lo, hi)`` is given. ``align`` snaps the box edges to
-    multiples of ``align`` pixels (a patch-aligned box, Table 8 "A").
+    or ``rand_bbox_minmax`` when ``minmax=(lo, hi)`` is given (side drawn uniformly from
+    ``[int(H·lo), int(H·hi))``, corner from ``[0, H - side]``; ``lo = 0`` allows empty boxes).
+    ``align`` snaps the box edges to multiples of ``align`` pixels (a patch-aligned box,
+    Table 8 "A").
+
+    ``minmax`` is accepted where timm accepts it: ``0 <= lo < hi``; an image size for which
+    timm's ``randint`` would fail (``int(s·lo) >= int(s·hi)``, or a side that can exceed the
+    image: ``int(s·hi) > s + 1``) raises ``ValueError`` when the boxes are drawn.
     """
 
     minmax: tuple[float, float] | None = None
@@ -416,11 +422,15 @@ class BoxMasks:
 
     def __post_init__(self) -> None:
         if self.minmax is not None:
-            lo, hi = self.minmax
-            if not 0.0 < lo < hi <= 1.0:
-                raise ValueError(
-                    f"cutmix_minmax must satisfy 0 < min < max <= 1, got {self.minmax}"
-                )
+            mm = self.minmax
+            if (
+                not isinstance(mm, (tuple, list)) or len(mm) != 2
+                or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in mm)
+            ):
+                raise ValueError(f"cutmix_minmax must be a pair of numbers (min, max), got {mm!r}")
+            lo, hi = mm
+            if not (math.isfinite(lo) and math.isfinite(hi) and 0.0 <= lo < hi):
+                raise ValueError(f"cutmix_minmax must satisfy 0 <= min < max, got {mm!r}")
         if self.align is not None:
             _checks.pair(self.align, "align")
 
@@ -442,10 +452,18 @@ class BoxMasks:
             x0, x1 = (cx - cw // 2).clamp(0, w), (cx + cw // 2).clamp(0, w)
         else:
             lo, hi = self.minmax
+            for s in (h, w):  # where timm's np.random.randint would raise
+                if not int(s * lo) < int(s * hi) <= s + 1:
+                    raise ValueError(
+                        f"cutmix_minmax {self.minmax} gives box sides in "
+                        f"[{int(s * lo)}, {int(s * hi)}) for an image side of {s} px: "
+                        "empty range or a box larger than the image"
+                    )
+            # timm: side ~ randint(int(s·lo), int(s·hi)), corner ~ randint(0, s - side + 1)
             ch = (int(h * lo) + u[0] * (int(h * hi) - int(h * lo))).long()
             cw = (int(w * lo) + u[1] * (int(w * hi) - int(w * lo))).long()
-            y0 = (u[2] * (h - ch)).long()
-            x0 = (u[3] * (w - cw)).long()
+            y0 = (u[2] * (h - ch + 1)).long()
+            x0 = (u[3] * (w - cw + 1)).long()
             y1, x1 = y0 + ch, x0 + cw
         box = torch.stack([y0, y1, x0, x1], dim=1)
         if self.align is not None:

@@ -481,10 +481,10 @@ class Mixup(Mixer):
                 raise ValueError(f"{name} must be a number >= 0, got {val!r}")
         self.mixup_alpha = float(mixup_alpha)
         self.cutmix_alpha = float(cutmix_alpha)
+        if cutmix_minmax is not None and not isinstance(cutmix_minmax, (tuple, list)):
+            raise ValueError(f"cutmix_minmax must be (min, max) or None, got {cutmix_minmax!r}")
         self.cutmix_minmax = None if cutmix_minmax is None else tuple(cutmix_minmax)
-        if self.cutmix_minmax is not None:
-            if len(self.cutmix_minmax) != 2:
-                raise ValueError(f"cutmix_minmax must be (min, max), got {cutmix_minmax!r}")
+        if self.cutmix_minmax is not None:  # checked by BoxMasks (0 <= min < max, as timm)
             self.cutmix_alpha = 1.0
         self.mix_prob = _checks.probability(prob, "prob")
         self.switch_prob = _checks.probability(switch_prob, "switch_prob")
