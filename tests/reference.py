@@ -79,3 +79,18 @@ def cosine_np(p: np.ndarray, y: np.ndarray) -> np.ndarray:
 def soft_ce_np(z: np.ndarray, t: np.ndarray) -> float:
     logp = np.log(softmax_np(z))
     return float(np.mean([-(t[i] * logp[i]).sum() for i in range(len(z))]))
+
+
+def lam_attn_paper_np(attn: np.ndarray, frac: np.ndarray) -> np.ndarray:
+    """Eq. 5 of the paper as written: λ_attn = A·↓(M) = Σ_t a_t·m_t, no renormalisation."""
+    frac = np.broadcast_to(frac, attn.shape)
+    return np.array([sum(attn[i, t] * frac[i, t] for t in range(attn.shape[1]))
+                     for i in range(attn.shape[0])])
+
+
+def cls_attention_np(b: int, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Cls→patch rows of a softmax over cls + n patches, head mean of 2 heads: (b, n), Σ < 1."""
+    z = rng.normal(size=(b, 2, n + 1)) * 2
+    p = np.exp(z - z.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    return p[:, :, 1:].mean(1)

@@ -8,8 +8,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from reference import (
+    cls_attention_np,
     cosine_np,
     lam_attn_np,
+    lam_attn_paper_np,
     mix_targets_np,
     one_hot_np,
     soft_ce_np,
@@ -42,12 +44,66 @@ def test_smooth_one_hot_and_mix_targets_match_numpy_and_timm():
 @SETTINGS
 @given(st.integers(2, 6), st.integers(1, 30), st.integers(0, 2**31 - 1))
 def test_attention_lambda_matches_loop(b, n, seed):
-    g = torch.Generator().manual_seed(seed)
-    a = torch.rand(b, n, generator=g) + 1e-3
-    frac = torch.rand(b, n, generator=g)
-    got = attention_lambda(a, frac).numpy()
-    assert np.allclose(got, lam_attn_np(a.double().numpy(), frac.double().numpy()), atol=1e-5)
-    assert ((got >= 0) & (got <= 1 + 1e-6)).all()
+    """Both forms against numpy: Eq. 5 as written (Σ m·a) and renormalised (Σ m·a / Σ a)."""
+    rng = np.random.default_rng(seed)
+    a_np = cls_attention_np(b, n, rng)  # cls row of a softmax over cls + patches: Σa < 1
+    frac_np = rng.random((b, n))
+    a, frac = torch.tensor(a_np, dtype=torch.float32), torch.tensor(frac_np, dtype=torch.float32)
+    paper = attention_lambda(a, frac).numpy()  # the default is the paper's form
+    assert np.allclose(paper, lam_attn_paper_np(a_np, frac_np), atol=1e-5)
+    assert np.array_equal(paper, attention_lambda(a, frac, "paper").numpy())
+    renorm = attention_lambda(a, frac, "renormalize").numpy()
+    assert np.allclose(renorm, lam_attn_np(a_np, frac_np), atol=1e-5)
+    assert np.allclose(renorm * a_np.sum(1), paper, atol=1e-5)
+    assert ((paper >= 0) & (paper <= a_np.sum(1) + 1e-6)).all()
+    assert ((renorm >= 0) & (renorm <= 1 + 1e-6)).all()
+    # renormalised: any scale of the scores; paper: an all-ones mask gives Σa, not 1
+    assert np.allclose(attention_lambda(a * 7, frac, "renormalize").numpy(), renorm, atol=1e-5)
+    ones = torch.ones(1, n)
+    assert np.allclose(attention_lambda(a, ones).numpy(), a_np.sum(1), atol=1e-6)
+
+
+def test_attention_lambda_checks_norm_and_row_sums():
+    a, frac = torch.full((2, 4), 0.3), torch.ones(2, 4)  # rows sum to 1.2
+    with pytest.raises(ValueError, match="attention rows must sum to at most 1"):
+        attention_lambda(a, frac)
+    assert torch.allclose(attention_lambda(a, frac, "renormalize"), torch.ones(2))
+    with pytest.raises(ValueError, match="norm"):
+        attention_lambda(a, frac, "softmax")
+    # all-zero attention: the token-area share, in both forms
+    half = torch.tensor([[1.0, 0.0, 1.0, 0.0]])
+    for norm in ("paper", "renormalize"):
+        assert torch.allclose(attention_lambda(torch.zeros(1, 4), half, norm), torch.tensor([.5]))
+    with pytest.raises(ValueError, match="attention_norm"):
+        mixpro.MixPro(num_classes=3, patch_size=4, attention_norm="sum")
+
+
+def test_probe_attention_sums_below_one_and_paper_lambda_uses_it_as_is(one_thread):
+    """ClsAttention's cls row excludes cls→cls, so Σa < 1: the two forms really differ."""
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=16,
+                              patch_size=4, depth=1, embed_dim=16, num_heads=2,
+                              num_classes=3).eval()
+    probe = mixpro.ClsAttention(model)
+    x, y = torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 0])
+    lam = {}
+    for norm in ("paper", "renormalize"):
+        mixer = mixpro.MixPro(num_classes=3, patch_size=4, mask_scale=1, attention_norm=norm,
+                              generator=torch.Generator().manual_seed(1))
+        batch = mixer(x, y)
+        logits = model(batch.images)
+        a = probe.attention.double().numpy()
+        assert (a.sum(1) < 1).all()
+        batch.targets(logits, probe.attention)
+        frac = token_fraction_np(batch.mask.numpy().astype(np.float64), 4, 4)
+        ref = (lam_attn_paper_np if norm == "paper" else lam_attn_np)(a, frac)
+        assert np.allclose(batch.lam_attn.numpy(), ref, atol=1e-5)
+        lam[norm] = batch.lam_attn
+    assert not torch.allclose(lam["paper"], lam["renormalize"], atol=1e-3)
+    assert mixpro.MixPro(num_classes=3, patch_size=4).relabel.attention_norm == "paper"
+    assert mixpro.TransMix(num_classes=3).relabel.attention_norm == "renormalize"
 
 
 def test_cosine_alpha_matches_numpy():
@@ -57,16 +113,19 @@ def test_cosine_alpha_matches_numpy():
     assert np.allclose(cosine_alpha(z, t).numpy(), ref, atol=1e-6)
 
 
-def _pal_reference(batch, logits, attention, k, smoothing, patch):
-    """Eq. 5, 7, 8, 9 from the pixel mask, by slow loops."""
+def _pal_reference(batch, logits, attention, k, smoothing, patch, norm="paper",
+                   alpha_smoothing=0.0):
+    """Eq. 5, 7, 8, 9 from the pixel mask, by slow loops (norm: Eq. 5 as written or the
+    official renormalised form; alpha_smoothing: smoothing of α's reference target)."""
     m = batch.mask.numpy().astype(np.float64)
     b = logits.shape[0]
     labels, partner = batch.labels.numpy(), batch.partner.numpy()
     own = partner == np.arange(b)  # a sample paired with itself is unmixed: λ = 1
     frac = np.broadcast_to(token_fraction_np(m, *patch), (b, attention.shape[1]))
     lam_area = np.where(own, 1.0, np.broadcast_to(m.reshape(m.shape[0], -1).mean(1), (b,)))
-    lam_attn = np.where(own, 1.0, lam_attn_np(attention.double().numpy(), frac))
-    area_t = mix_targets_np(labels, partner, lam_area, k, smoothing)
+    lam_attn_fn = lam_attn_paper_np if norm == "paper" else lam_attn_np
+    lam_attn = np.where(own, 1.0, lam_attn_fn(attention.double().numpy(), frac))
+    area_t = mix_targets_np(labels, partner, lam_area, k, alpha_smoothing)
     alpha = cosine_np(softmax_np(logits.double().numpy()), area_t)
     lam = alpha * lam_attn + (1 - alpha) * lam_area
     return lam_area, lam_attn, alpha, lam, mix_targets_np(labels, partner, lam, k, smoothing)
@@ -74,20 +133,27 @@ def _pal_reference(batch, logits, attention, k, smoothing, patch):
 
 @SETTINGS
 @given(st.sampled_from(["batch", "positions", "elem"]), st.integers(2, 7),
-       st.integers(0, 2**31 - 1), st.sampled_from([0.0, 0.1]))
-def test_pal_targets_match_reference(mode, b, seed, smoothing):
+       st.integers(0, 2**31 - 1), st.sampled_from([0.0, 0.1]),
+       st.sampled_from([None, "paper", "renormalize"]), st.sampled_from(["default", None, 0.05]))
+def test_pal_targets_match_reference(mode, b, seed, smoothing, norm, alpha_s):
     g = torch.Generator().manual_seed(seed)
     k, patch = 6, (2, 4)
+    kw = {} if norm is None else {"attention_norm": norm}
+    if alpha_s != "default":
+        kw["alpha_target_smoothing"] = alpha_s
     mixer = mixpro.MixPro(num_classes=k, patch_size=patch, mask_scale=(2, 1), mode=mode,
-                          label_smoothing=smoothing, generator=g)
+                          label_smoothing=smoothing, generator=g, **kw)
     x = torch.randn(b, 3, 12, 16, generator=g)
     y = torch.randint(0, k, (b,), generator=g)
     batch = mixer(x, y)
     logits = torch.randn(b, k, generator=g) * 3
-    attention = torch.rand(b, 6 * 4, generator=g)
+    attention = torch.tensor(cls_attention_np(b, 6 * 4, np.random.default_rng(seed)),
+                             dtype=torch.float32)
     t = batch.targets(logits, attention)
-    lam_area, lam_attn, alpha, lam, ref_t = _pal_reference(batch, logits, attention, k,
-                                                            smoothing, patch)
+    # defaults: Eq. 5 un-renormalised; α against ỹ of one-hot labels (Eq. 7, 8)
+    a_s = {"default": 0.0, None: smoothing}.get(alpha_s, alpha_s)
+    lam_area, lam_attn, alpha, lam, ref_t = _pal_reference(
+        batch, logits, attention, k, smoothing, patch, norm or "paper", a_s)
     assert np.allclose(batch.lam_area.numpy(), lam_area, atol=1e-6)
     assert np.allclose(batch.lam_attn.numpy(), lam_attn, atol=1e-5)
     assert np.allclose(batch.alpha.numpy(), alpha, atol=1e-5)
@@ -105,7 +171,8 @@ def _setup(alpha, **kw):
                           generator=g, **kw)
     x = torch.randn(4, 1, 8, 8, generator=g)
     y = torch.tensor([0, 1, 2, 3])
-    return mixer, x, y, torch.randn(4, 4, generator=g), torch.rand(4, 16, generator=g)
+    attn = torch.softmax(torch.randn(4, 17, generator=g) * 2, 1)[:, 1:]  # cls row, Σ < 1
+    return mixer, x, y, torch.randn(4, 4, generator=g), attn
 
 
 @pytest.mark.parametrize("name,progress,expect", [
@@ -141,15 +208,16 @@ def test_learnable_alpha_gets_gradient_from_the_loss():
 
 
 def _independent_pal_loss(logits, batch, attn, k, smoothing, detach):
-    """PAL loss in plain torch ops (no mixpro functions), for gradient comparisons."""
+    """PAL loss in plain torch ops (no mixpro functions), for gradient comparisons (defaults:
+    λ_attn = Σ m·a, α against the un-smoothed area target)."""
     frac = torch.nn.functional.avg_pool2d(batch.mask.float(), 2).flatten(1)
     frac = frac.expand(logits.shape[0], -1)
-    lam_attn = (attn * frac).sum(1) / attn.sum(1)
+    lam_attn = (attn * frac).sum(1)
     lam_area = batch.mask.float().flatten(1).mean(1).expand(logits.shape[0])
     eye = torch.eye(k)
     y = eye[batch.labels] * (1 - smoothing) + smoothing / k
     yp = y[batch.partner]
-    area_t = lam_area[:, None] * y + (1 - lam_area[:, None]) * yp
+    area_t = lam_area[:, None] * eye[batch.labels] + (1 - lam_area[:, None]) * eye[batch.partner]
     p = torch.softmax(logits if not detach else logits.detach(), 1)
     alpha = (p * area_t).sum(1) / (p.norm(dim=1) * area_t.norm(dim=1))
     lam = alpha * lam_attn + (1 - alpha) * lam_area
@@ -218,9 +286,14 @@ def test_lambda_weighted_cross_entropy_refuses_lambda_outside_unit_interval():
         mixpro.lambda_weighted_cross_entropy(logits, y, yj, torch.tensor([0, 1, 1]))
 
 
-def test_alpha_is_measured_against_smoothed_area_target_by_default():
-    for ats, smooth in ((None, 0.1), (0.0, 0.0)):
-        mixer, x, y, logits, attn = _setup("cosine", alpha_target_smoothing=ats)
+def test_alpha_is_measured_against_one_hot_area_target_by_default():
+    """Eq. 8 against ỹ of Eq. 7 (one-hot labels); None = label_smoothing (official code)."""
+    for ats, smooth in (("default", 0.0), (None, 0.1), (0.0, 0.0), (0.2, 0.2)):
+        if ats == "default":
+            mixer, x, y, logits, attn = _setup("cosine")
+            assert mixer.relabel.alpha_smoothing == 0.0
+        else:
+            mixer, x, y, logits, attn = _setup("cosine", alpha_target_smoothing=ats)
         batch = mixer(x, y)
         batch.targets(logits, attn)
         area_t = mix_targets_np(y.numpy(), batch.partner.numpy(), batch.lam_area.numpy(), 4,
@@ -252,6 +325,24 @@ def test_transmix_targets_match_reference(token_mode, mode):
     assert np.allclose(t.numpy(), mix_targets_np(y.numpy(), batch.partner.numpy(), lam, k, 0.1),
                        atol=1e-5)
     assert torch.allclose(batch.alpha, torch.full((b,), 0.5))
+
+
+def test_transmix_attention_norm_paper_option():
+    """TransMix keeps the released renormalised λ_attn by default; 'paper' is Σ m·a."""
+    k, b = 5, 6
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(b, 3, 20, 20, generator=g)
+    y = torch.randint(0, k, (b,), generator=g)
+    attn = torch.tensor(cls_attention_np(b, 25, np.random.default_rng(0)), dtype=torch.float32)
+    for norm, ref_fn in (("paper", lam_attn_paper_np), ("renormalize", lam_attn_np)):
+        mixer = mixpro.TransMix(mixup_alpha=0.0, num_classes=k, attention_norm=norm,
+                                generator=torch.Generator().manual_seed(3))
+        batch = mixer(x, y)
+        batch.targets(torch.randn(b, k, generator=g), attn)
+        m = batch.mask.numpy().astype(np.float64)
+        frac = np.broadcast_to(token_nearest_np(m, 5, 5), (b, 25))
+        assert np.allclose(batch.lam_attn.numpy(), ref_fn(attn.double().numpy(), frac),
+                           atol=1e-5)
 
 
 def test_transmix_keeps_area_labels_on_mixup_batches():

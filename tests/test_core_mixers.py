@@ -15,6 +15,11 @@ def _batch(b=6, size=(16, 16), k=4, seed=0):
     return torch.randn(b, 3, *size, generator=g), torch.randint(0, k, (b,), generator=g)
 
 
+def _attn(b, n, generator=None):
+    """A cls→patch attention row as the probe gives it: softmax over cls + n patches, Σ < 1."""
+    return torch.softmax(torch.randn(b, n + 1, generator=generator) * 2, 1)[:, 1:]
+
+
 def test_mixup_batch_blend_matches_formula():
     x, y = _batch()
     mixer = mixpro.Mixup(mixup_alpha=1.0, num_classes=4, generator=torch.Generator().manual_seed(1))
@@ -106,7 +111,7 @@ def test_odd_batch_works_for_every_mixer():
     for m in mixers:
         b = m(x, y)
         assert torch.equal(b.images[2], x[2]), type(m).__name__
-        t = b.targets(torch.randn(5, 4), torch.rand(5, 16))
+        t = b.targets(torch.randn(5, 4), _attn(5, 16))
         assert torch.allclose(t.sum(1), torch.ones(5))
 
 
@@ -144,7 +149,7 @@ def test_self_paired_samples_report_lambda_one(name, mixer, b):
             seen += 1
             break
     assert seen, name
-    t = mixed.targets(torch.randn(b, 4), torch.rand(b, 16))
+    t = mixed.targets(torch.randn(b, 4), _attn(b, 16))
     assert torch.equal(mixed.images[own], x[own]), name
     assert (mixed.lam_area[own] == 1).all(), name
     assert (mixed.lam[own] == 1).all(), name
@@ -159,7 +164,7 @@ def test_self_paired_samples_report_lambda_one(name, mixer, b):
 
 def test_mixed_batch_is_the_same_type_for_every_method():
     x, y = _batch(size=(32, 32))
-    attn = torch.rand(6, 64)
+    attn = _attn(6, 64)
     recipe = mixpro.paper_recipe(num_classes=4, patch_size=4, mask_scale=2,
                                  generator=torch.Generator().manual_seed(0))
     seen = set()
@@ -246,7 +251,7 @@ def test_mask_grid_must_tile_the_image():
 def test_bad_targets_arguments():
     x, y = _batch(size=(16, 16))
     b = mixpro.MixPro(num_classes=4, patch_size=4, mask_scale=2)(x, y)
-    good_attn = torch.rand(6, 16)
+    good_attn = _attn(6, 16)
     with pytest.raises(ValueError, match="logits"):
         b.targets(torch.randn(5, 4), good_attn)
     with pytest.raises(ValueError, match="logits"):
@@ -341,7 +346,7 @@ def test_inputs_are_never_modified():
     for m in (mixpro.Mixup(num_classes=4), mixpro.CutMix(num_classes=4),
               mixpro.MixPro(num_classes=4, patch_size=4, mask_scale=2)):
         b = m(x, y)
-        b.targets(torch.randn(6, 4), torch.rand(6, 16))
+        b.targets(torch.randn(6, 4), _attn(6, 16))
         assert torch.equal(x, x0) and torch.equal(y, y0)
 
 
@@ -418,7 +423,7 @@ def test_every_mixer_gives_valid_lambdas_and_targets(case):
     batch = _build(kind, mode, patch, g)(x, y)
     assert batch.images.shape == x.shape
     logits = torch.randn(b, 5, generator=g)
-    attn = torch.rand(b, grid[0] * grid[1], generator=g)
+    attn = _attn(b, grid[0] * grid[1], g)
     t = batch.targets(logits, attn)
     assert t.shape == (b, 5) and torch.allclose(t.sum(1), torch.ones(b), atol=1e-5)
     assert (t >= 0).all()

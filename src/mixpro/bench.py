@@ -133,7 +133,8 @@ def bench_mix(
     med = interleaved(fns, device, repeats, warmup)
     # relabel cost: targets from logits + attention, on a fixed mixed batch per method
     logits = torch.randn(batch, num_classes, device=device)
-    attn = torch.rand(batch, (size // patch) ** 2, device=device)
+    # a cls→patch row as the probe gives it: softmax over cls + patches (sums below 1)
+    attn = torch.softmax(torch.randn(batch, (size // patch) ** 2 + 1, device=device), 1)[:, 1:]
     tgt = {}
     for k, m in mixers.items():
         b = m(x, y)

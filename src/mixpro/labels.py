@@ -4,7 +4,9 @@ Pure tensor functions (no images, no models):
 
 * :func:`smooth_one_hot` and :func:`mix_targets` — timm's label-smoothed one-hot mixing,
   ``ỹ = λ·smooth(y_i) + (1-λ)·smooth(y_j)`` with per-sample ``λ (B,)``.
-* :func:`attention_lambda` — ``λ_attn = Σ(m·a) / Σ(a)`` over patch tokens (Eq. 5).
+* :func:`attention_lambda` — ``λ_attn = Σ_t m_t·a_t`` over patch tokens (the paper's Eq. 5,
+  ``A·↓(M)``, default) or ``Σ(m·a) / Σ(a)`` renormalised over patch tokens (the official
+  MixPro and TransMix code).
 * :func:`cosine_alpha` — the progressive factor ``α = cos(softmax(z), ỹ_area)`` (Eq. 8).
 * :func:`combine_lambda` — ``λ = α·λ_attn + (1-α)·λ_area`` (Eq. 9); TransMix is the same with
   ``α = 1 - ratio``.
@@ -14,7 +16,7 @@ Pure tensor functions (no images, no models):
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -44,18 +46,53 @@ def mix_targets(
     return torch.lerp(y.index_select(0, partner), y, lam)
 
 
-def attention_lambda(attention: torch.Tensor, fraction: torch.Tensor) -> torch.Tensor:
-    """``λ_attn = Σ_t m_t·a_t / Σ_t a_t`` per sample, float32 ``(B,)``.
+AttentionNorm = Literal["paper", "renormalize"]
+ATTENTION_NORMS: tuple[str, ...] = ("paper", "renormalize")
+
+
+def attention_lambda(
+    attention: torch.Tensor, fraction: torch.Tensor, norm: AttentionNorm = "paper"
+) -> torch.Tensor:
+    """Attention share of sample ``i``, float32 ``(B,)``.
+
+    * ``norm='paper'`` (default): ``λ_attn = Σ_t m_t·a_t``, Eq. 5 of the paper
+      (``A·↓(M)``, Alg. 1 ``matmul(A, M')``), no renormalisation. With ``a`` the cls row over
+      the patch tokens of a softmax taken over cls + patches (:class:`~mixpro.ClsAttention`),
+      ``Σa < 1``: the cls→cls mass counts for neither image, so ``λ_attn <= Σa`` and
+      ``1 - λ_attn`` (the partner's weight) includes it.
+    * ``norm='renormalize'``: ``λ_attn = Σ_t m_t·a_t / Σ_t a_t``, renormalised over the patch
+      tokens (the official MixPro and TransMix code); invariant to the scale of ``a``.
+
+    A row of all-zero attention carries no information: both forms then give the token-area
+    share ``mean_t m_t``.
 
     Args:
-        attention: ``(B, N)`` non-negative cls→patch attention (head mean), any scale.
+        attention: ``(B, N)`` non-negative cls→patch attention (head mean); for ``'paper'``
+            rows of a softmax (each sums to at most 1, checked with one device→host sync;
+            sums up to ``1 + 1e-2`` are tolerated for low-precision maps and λ is clipped
+            to 1).
         fraction: ``(B, N)`` or ``(1, N)``: share of each token's pixels from sample ``i``.
+        norm: ``'paper'`` or ``'renormalize'``.
     """
+    if norm not in ATTENTION_NORMS:
+        raise ValueError(f"norm must be one of {list(ATTENTION_NORMS)}, got {norm!r}")
     a = attention.float()
     total = a.sum(1)
-    lam = (a * fraction.float()).sum(1) / total.clamp_min(torch.finfo(torch.float32).tiny)
-    # all-zero attention carries no information: fall back to the token-area share
+    lam = (a * fraction.float()).sum(1)
+    if norm == "renormalize":
+        lam = lam / total.clamp_min(torch.finfo(torch.float32).tiny)
+    else:
+        if bool((total > 1.0 + _SUM_TOL).any()):
+            raise ValueError(
+                f"attention rows must sum to at most 1 for norm='paper' (the cls row of a "
+                f"softmax), got a row sum of {float(total.max()):.4g}; use "
+                "attention_norm='renormalize' for un-normalised scores"
+            )
+        lam = lam.clamp(max=1.0)
     return torch.where(total > 0, lam, fraction.float().mean(1).expand_as(lam))
+
+
+_SUM_TOL = 1e-2
 
 
 def cosine_alpha(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,9 @@ from torch import nn
 
 from . import _checks
 from .labels import (
+    ATTENTION_NORMS,
     AlphaStrategy,
+    AttentionNorm,
     ConstantAlpha,
     attention_lambda,
     combine_lambda,
@@ -58,6 +60,8 @@ class AttentionRelabel:
         token_mode: ``'area'`` (exact token fraction) or ``'nearest'`` (TransMix reference).
         smoothing: label smoothing of the relabelled target.
         alpha_smoothing: label smoothing of the area target that cosine α is measured against.
+        attention_norm: ``'paper'`` (``λ_attn = Σ m·a``, Eq. 5) or ``'renormalize'``
+            (``Σ(m·a)/Σ(a)``, official code); see :func:`~mixpro.labels.attention_lambda`.
     """
 
     alpha: AlphaStrategy
@@ -65,6 +69,7 @@ class AttentionRelabel:
     token_mode: TokenMode
     smoothing: float
     alpha_smoothing: float
+    attention_norm: AttentionNorm = "paper"
 
     def grid(self, image_size: tuple[int, int], n_tokens: int) -> tuple[int, int]:
         h, w = image_size
@@ -173,7 +178,7 @@ class MixedBatch:
         _checks.values(logits, self.labels, k, attention)
         grid = rl.grid(tuple(self.images.shape[-2:]), attention.shape[1])
         frac = self.token_fraction(grid, rl.token_mode)
-        lam_attn = attention_lambda(attention.detach(), frac)
+        lam_attn = attention_lambda(attention.detach(), frac, rl.attention_norm)
         self.lam_attn = torch.where(self.self_paired, 1.0, lam_attn)
         area_targets = mix_targets(self.labels, self.partner, self.lam_area, k, rl.alpha_smoothing)
         self.alpha = rl.alpha(logits, area_targets, self.progress)
@@ -372,19 +377,25 @@ class MaskMix(Mixer):
 class MixPro(MaskMix):
     """MixPro: MaskMix + Progressive Attention Labeling (the paper's method).
 
-    Targets use ``λ = α·λ_attn + (1-α)·λ_area`` (Eq. 9) with ``λ_attn = Σ(m·a)/Σ(a)`` over
-    patch tokens (``m``: share of each token from sample ``i``, ``a``: the probe's attention)
-    and α from ``alpha``.
+    Targets use ``λ = α·λ_attn + (1-α)·λ_area`` (Eq. 9) with ``λ_attn = Σ_t m_t·a_t`` over
+    patch tokens (Eq. 5; ``m``: share of each token from sample ``i``, ``a``: the probe's
+    cls→patch attention, whose softmax also covers the cls token, so ``Σa < 1``) and α from
+    ``alpha`` (cosine: Eq. 8 against the area-mixed label ỹ of Eq. 7).
 
     Args (in addition to :class:`MaskMix`'s):
         alpha: ``'cosine'`` (PAL, default), ``'equal'``, ``'linear'``, ``'parabolic'``,
             ``'learnable'``, ``'none'`` (area only), or an :class:`~mixpro.labels.AlphaStrategy`.
-        alpha_detach: stop gradients through α (default True; the official code keeps them).
+        alpha_detach: stop gradients through α (default True; the paper does not say, the
+            official code keeps them: ``False``).
         pal_label_smoothing: smoothing of the PAL target; None = ``label_smoothing``. The
             official PAL loss is a hard-label CE, i.e. ``0.0``.
-        alpha_target_smoothing: smoothing of the area target α is measured against; None =
-            ``label_smoothing`` (as the official code).
-        token_mode: ``'area'`` (exact) or ``'nearest'`` token fractions; equal for aligned grids.
+        alpha_target_smoothing: smoothing of the area target ỹ that α is measured against.
+            Default ``0.0``: ỹ of Eq. 7 mixed from one-hot labels (the paper); None =
+            ``label_smoothing`` (the official code smooths it by 0.1).
+        attention_norm: ``'paper'`` (default): ``λ_attn = Σ m·a`` as Eq. 5, un-renormalised;
+            ``'renormalize'``: ``Σ(m·a)/Σ(a)`` over patch tokens (the official code).
+        token_mode: ``'area'`` (exact) or ``'nearest'`` (Eq. 5's ↓) token fractions; equal
+            for MaskMix's aligned grids, they differ only for misaligned/sub-patch strategies.
     """
 
     method = "mixpro"
@@ -403,7 +414,8 @@ class MixPro(MaskMix):
         alpha: str | AlphaStrategy = "cosine",
         alpha_detach: bool = True,
         pal_label_smoothing: float | None = None,
-        alpha_target_smoothing: float | None = None,
+        alpha_target_smoothing: float | None = 0.0,
+        attention_norm: AttentionNorm = "paper",
         token_mode: TokenMode = "area",
         strategy: MaskGenerator | None = None,
         generator: torch.Generator | None = None,
@@ -422,6 +434,7 @@ class MixPro(MaskMix):
             token_mode=_checks.choice(token_mode, "token_mode", ("area", "nearest")),
             smoothing=_checks.smoothing(pal_s, "pal_label_smoothing"),
             alpha_smoothing=_checks.smoothing(alpha_s, "alpha_target_smoothing"),
+            attention_norm=_checks.choice(attention_norm, "attention_norm", ATTENTION_NORMS),
         )
 
     @property
@@ -581,7 +594,9 @@ class TransMix(Mixup):
     (``'area'``). Defaults follow the released DeiT recipe (mixup 0.8, cutmix 1.0).
 
     Args: as :class:`Mixup`, plus ``patch_size`` (None: infer a square token grid from the
-    attention's length), ``ratio`` and ``token_mode``.
+    attention's length), ``ratio``, ``token_mode`` and ``attention_norm``
+    (``'renormalize'``: ``λ_attn = Σ(m·a)/Σ(a)`` as the released code, default; ``'paper'``:
+    ``Σ m·a``, the un-renormalised formula).
     """
 
     method = "transmix"
@@ -602,6 +617,7 @@ class TransMix(Mixup):
         patch_size: int | tuple[int, int] | None = None,
         ratio: float = 0.5,
         token_mode: TokenMode = "nearest",
+        attention_norm: AttentionNorm = "renormalize",
         box_align: int | tuple[int, int] | None = None,
         generator: torch.Generator | None = None,
     ) -> None:
@@ -621,6 +637,7 @@ class TransMix(Mixup):
             token_mode=_checks.choice(token_mode, "token_mode", ("area", "nearest")),
             smoothing=self.label_smoothing,
             alpha_smoothing=self.label_smoothing,
+            attention_norm=_checks.choice(attention_norm, "attention_norm", ATTENTION_NORMS),
         )
 
     @property
@@ -693,7 +710,12 @@ def paper_recipe(
     alpha: str | AlphaStrategy = "cosine",
     generator: torch.Generator | None = None,
 ) -> RandomChoice:
-    """The paper's training recipe: MixPro with ``maskmix_prob``, else timm Mixup/CutMix."""
+    """MixPro with probability ``maskmix_prob`` per batch, else timm Mixup/CutMix.
+
+    The paper's Table 11 lists "MixUp 0.8, CutMix 1, MixPro 1" without saying how they are
+    combined; the per-batch 50 % switch (``maskmix_prob=0.5``, then CutMix with
+    ``switch_prob``) is the official code's (``AUG.MASKMIX_PROB``).
+    """
     mixpro = MixPro(
         num_classes=num_classes, patch_size=patch_size, mask_scale=mask_scale,
         label_smoothing=label_smoothing, alpha=alpha, generator=generator,
