@@ -207,6 +207,39 @@ def test_learnable_alpha_gets_gradient_from_the_loss():
     assert float(params[0].detach()) != before
 
 
+def test_learnable_alpha_follows_the_logits_device_keeping_the_parameter():
+    """NCCL all-reduces gradients on the GPU: w must live where the logits are, and the
+    optimizer that already holds w must keep working (same Parameter object)."""
+    alpha = mixpro.labels.LearnableAlpha()
+    w = alpha.logit
+    opt = torch.optim.SGD([w], lr=1.0)
+    w.grad = torch.ones(())
+    meta = torch.device("meta")  # stands for a CUDA device on this CPU-only machine
+    out = alpha(torch.empty(3, 4, device=meta), torch.empty(3, 4, device=meta), 0.0)
+    assert out.device == meta and out.shape == (3,)
+    assert alpha.logit is w and w.device == meta and isinstance(w, torch.nn.Parameter)
+    assert w.requires_grad and w.grad.device == meta
+    assert opt.param_groups[0]["params"][0] is w
+    # on the logits' own device nothing moves, and w trains through the optimizer as before
+    alpha = mixpro.labels.LearnableAlpha()
+    w = alpha.logit
+    opt = torch.optim.SGD([w], lr=1.0)
+    alpha(torch.randn(2, 4), torch.rand(2, 4), 0.0).sum().backward()
+    assert alpha.logit is w and torch.allclose(w.grad, torch.tensor(0.5))  # d/dw 2·σ(w), w=0
+    opt.step()
+    assert float(w) == -0.5
+
+
+def test_mixer_to_moves_learnable_parameters_in_place():
+    mixer = mixpro.MixPro(num_classes=4, patch_size=2, mask_scale=2, alpha="learnable")
+    (w,) = mixer.parameters()
+    recipe = mixpro.RandomChoice([mixer, mixpro.NoMix(num_classes=4)])
+    assert recipe.to("meta") is recipe
+    assert mixer.parameters()[0] is w and w.device.type == "meta"
+    assert mixer.to(torch.device("meta")) is mixer and mixer.parameters()[0] is w
+    assert mixpro.NoMix(num_classes=4).to("meta").parameters() == []
+
+
 def _independent_pal_loss(logits, batch, attn, k, smoothing, detach):
     """PAL loss in plain torch ops (no mixpro functions), for gradient comparisons (defaults:
     λ_attn = Σ m·a, α against the un-smoothed area target)."""

@@ -193,10 +193,36 @@ class ParabolicAlpha(_ProgressAlpha):
     power = 2.0
 
 
+def move_parameter(param: nn.Parameter, device: torch.device | str) -> nn.Parameter:
+    """Move ``param`` (and its ``.grad``) to ``device`` in place: the same Parameter object.
+
+    An optimizer (or DDP hook) that already holds ``param`` keeps working: ``param.data`` is
+    replaced where the tensor types allow it (CPU ↔ CUDA, as ``nn.Module.to`` does), else the
+    tensors are swapped (``torch.utils.swap_tensors``, e.g. for ``'meta'``). Optimizer state
+    created before the move (Adam moments) stays where it was: move before the first step.
+    """
+    device = torch.device(device)
+    if param.device == device:
+        return param
+    grad, param.grad = param.grad, None
+    with torch.no_grad():
+        moved = param.data.to(device)
+        if torch._has_compatible_shallow_copy_type(param, moved):
+            param.data = moved
+        else:
+            torch.utils.swap_tensors(param, nn.Parameter(moved, param.requires_grad))
+    if grad is not None:
+        param.grad = grad.to(device)
+    return param
+
+
 class LearnableAlpha(nn.Module):
     """α = sigmoid(w), one scalar parameter ``w`` (init 0 → α = 0.5) trained by your optimizer.
 
     Add ``mixer.parameters()`` to the optimizer; the gradient reaches ``w`` through the targets.
+    ``w`` follows the device of the logits on use (moved in place, see
+    :func:`move_parameter`), so its gradient lives on the GPU for NCCL all-reduces; call
+    ``mixer.to(device)`` before building the optimizer to move it up front.
     """
 
     name = "learnable"
@@ -211,7 +237,8 @@ class LearnableAlpha(nn.Module):
     def forward(
         self, logits: torch.Tensor, area_targets: torch.Tensor, progress: float
     ) -> torch.Tensor:
-        return self.logit.sigmoid().to(logits.device).expand(logits.shape[0])
+        move_parameter(self.logit, logits.device)
+        return self.logit.sigmoid().expand(logits.shape[0])
 
 
 _ALPHAS = {

@@ -32,6 +32,7 @@ from .labels import (
     combine_lambda,
     make_alpha,
     mix_targets,
+    move_parameter,
 )
 from .loss import soft_target_cross_entropy
 from .masks import (
@@ -237,6 +238,13 @@ class Mixer(ABC):
     def parameters(self) -> list[nn.Parameter]:
         """Learnable parameters (only the ``learnable`` α strategy has one)."""
         return []
+
+    def to(self, device: torch.device | str) -> Mixer:
+        """Move learnable parameters to ``device`` in place (the same Parameter objects, so
+        an optimizer holding them keeps working); returns ``self``."""
+        for p in self.parameters():
+            move_parameter(p, device)
+        return self
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> MixedBatch:
         """Mix ``images (B, C, H, W)`` with labels ``(B,)``; neither is modified."""
@@ -691,6 +699,12 @@ class RandomChoice:
 
     def parameters(self) -> list[nn.Parameter]:
         return [p for m in self.mixers for p in m.parameters()]
+
+    def to(self, device: torch.device | str) -> RandomChoice:
+        """Move every child's learnable parameters to ``device`` in place; returns ``self``."""
+        for m in self.mixers:
+            m.to(device)
+        return self
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> MixedBatch:
         i = int(torch.multinomial(self.p, 1, generator=self.generator))
