@@ -277,6 +277,7 @@ def test_every_strategy_through_maskmix_and_mixpro(name, mode):
                         generator=torch.Generator().manual_seed(5))(x, y)
     assert torch.equal(pal.images, area.images)
     attn = torch.rand(4, 16, generator=torch.Generator().manual_seed(1))
+    attn = attn / attn.sum(1, keepdim=True)  # a softmax row: Eq. 5 and the renormalised form agree
     t = pal.targets(torch.randn(4, 4), attn)
     frac = token_fraction_np(np.broadcast_to(m.numpy(), (4, 1, 16, 16)).astype(np.float64), 4, 4)
     assert np.allclose(pal.lam_attn.numpy(), lam_attn_np(attn.numpy().astype(np.float64), frac),
