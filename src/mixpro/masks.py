@@ -310,7 +310,8 @@ class Identity:
 
 @runtime_checkable
 class MaskGenerator(Protocol):
-    """Turns a target share of sample ``i`` into a :class:`CellMask`.
+    """Turns a target share of sample ``i`` into a pixel source (a :class:`CellMask`, or a
+    :class:`ShuffledMask` for the shuffled patterns of Table 9).
 
     ``ratio`` is ``(Bm,)`` float in [0, 1] (Bm = 1: one mask shared by the batch; Bm = B: one
     mask per sample); random draws happen on ``ratio.device`` with ``generator``; the cells
@@ -324,7 +325,7 @@ class MaskGenerator(Protocol):
         *,
         device: torch.device,
         generator: torch.Generator | None = None,
-    ) -> CellMask: ...
+    ) -> CellMask | ShuffledMask: ...
 
 
 def _random_cells(
