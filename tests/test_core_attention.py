@@ -185,3 +185,158 @@ def test_no_stale_attention_when_the_hooked_block_does_not_run():
     model(torch.randn(2, 3, 32, 32))
     with pytest.raises(RuntimeError, match="did not run"):
         _ = probe.attention
+
+
+# -- issue 11: the token grid, class-attention un-fused, the forward an attention map belongs to
+
+
+def _slow_lambda_attn(mask: torch.Tensor, attention: torch.Tensor, grid) -> torch.Tensor:
+    """Σ_t m_t·a_t / Σ_t a_t with m_t the share of token t's pixels from sample i (loops)."""
+    b = attention.shape[0]
+    h, w = mask.shape[-2:]
+    gh, gw = grid
+    th, tw = h // gh, w // gw
+    out = torch.zeros(b)
+    for i in range(b):
+        m = mask[i if mask.shape[0] > 1 else 0, 0].float()
+        num = 0.0
+        for r in range(gh):
+            for c in range(gw):
+                frac = m[r * th:(r + 1) * th, c * tw:(c + 1) * tw].mean()
+                num += float(frac) * float(attention[i, r * gw + c])
+        out[i] = num / float(attention[i].sum())
+    return out
+
+
+def _transmix_batch(size, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mixer = mixpro.TransMix(mixup_alpha=0.0, cutmix_alpha=1.0, num_classes=5, ratio=0.0,
+                            token_mode="area", generator=g)
+    while True:  # a batch whose box cuts through the image
+        batch = mixer(torch.randn(2, 3, *size, generator=g), torch.tensor([0, 1]))
+        if 0.1 < float(batch.lam_area[0]) < 0.9:
+            return batch
+
+
+def test_transmix_without_patch_size_reads_the_grid_from_the_image_shape():
+    # 16×64 images, patch 4: a 4×16 grid of 64 tokens, which a square guess reads as 8×8
+    batch = _transmix_batch((16, 64))
+    attention = torch.rand(2, 64, generator=torch.Generator().manual_seed(1))
+    logits = torch.randn(2, 5)
+    batch.targets(logits, attention)
+    ref = _slow_lambda_attn(batch.mask, attention, (4, 16))
+    assert torch.allclose(batch.lam_attn, ref, atol=1e-6), (batch.lam_attn, ref)
+
+
+def test_transmix_without_patch_size_refuses_a_grid_the_image_contradicts():
+    batch = _transmix_batch((16, 64))
+    with pytest.raises(ValueError, match="patch_size"):  # 16·64/32 = 32 px² per token: no square
+        batch.targets(torch.randn(2, 5), torch.rand(2, 32))
+
+
+def test_probe_attention_carries_the_model_grid_for_non_square_patches():
+    # patches of 2×8 px on 16×64 images: an 8×8 grid, which no square-stride rule can find
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=(16, 64),
+                              patch_size=(2, 8), depth=1, embed_dim=32, num_heads=2,
+                              num_classes=5)
+    probe = mixpro.ClsAttention(model)
+    batch = _transmix_batch((16, 64))
+    logits = model(batch.images)
+    assert probe.grid == (8, 8)
+    assert mixpro.attention_source(probe.attention).grid == (8, 8)
+    batch.targets(logits, probe.attention)
+    ref = _slow_lambda_attn(batch.mask, probe.attention, (8, 8))
+    assert torch.allclose(batch.lam_attn, ref, atol=1e-6), (batch.lam_attn, ref)
+
+
+@pytest.mark.parametrize("key", ["cait", "xcit"])
+def test_unfused_method_reads_class_attention(key):
+    model = _make(key).train()
+    size = MODELS[key][1]["img_size"]
+    x = torch.randn(3, 3, size, size)
+    exact = mixpro.ClsAttention(model, method="cls_row")
+    unfused = mixpro.ClsAttention(model, method="unfused")
+    assert unfused.method == "probs" and not _last_attn(model).fused_attn
+    model(x)
+    a = unfused.attention
+    assert a.shape == exact.attention.shape and (a >= 0).all()
+    assert torch.allclose(a, exact.attention, atol=1e-6)
+    unfused.remove()
+    exact.remove()
+    assert _last_attn(model).fused_attn
+
+
+def test_unfused_probe_failing_in_a_forward_restores_fused_attention():
+    model = _make("vit")
+    attn = model.blocks[-1].attn
+    mixpro.ClsAttention(model, method="unfused")
+    assert not attn.fused_attn
+    forward = attn.forward
+    attn.forward = lambda x, **kw: (attn.attn_drop(torch.zeros(2, 5)), forward(x, **kw))[1]
+    with pytest.raises(RuntimeError, match="attn_drop got"):
+        model(torch.randn(2, 3, 32, 32))
+    assert attn.fused_attn, "a failing probe removes itself and restores fused_attn"
+    del attn.forward
+    model(torch.randn(2, 3, 32, 32))  # the model runs on without the probe
+
+
+def _mixpro_batch(images, seed=0):
+    mixer = mixpro.MixPro(num_classes=5, patch_size=4, mask_scale=2,
+                          generator=torch.Generator().manual_seed(seed))
+    return mixer(images, torch.tensor([0, 1, 2, 3]))
+
+
+def test_targets_refuse_attention_of_another_forward_pass():
+    model = _make("vit")
+    probe = mixpro.ClsAttention(model)
+    batch = _mixpro_batch(torch.randn(4, 3, 32, 32))
+    logits = model(batch.images)
+    batch.targets(logits, probe.attention)  # the common, correct case
+    assert probe.attention_of(batch.images) is probe.attention
+    model(torch.randn(4, 3, 32, 32))  # e.g. a clean forward after the mixed one
+    with pytest.raises(ValueError, match="another forward pass"):
+        batch.targets(logits, probe.attention)
+    with pytest.raises(ValueError, match="images"):
+        probe.attention_of(batch.images)
+    # the attention taken right after the mixed forward stays valid
+    logits = model(batch.images)
+    kept = probe.attention
+    model(torch.randn(4, 3, 32, 32))
+    batch.targets(logits, kept)
+
+
+def test_attention_source_survives_a_ddp_style_wrapper():
+    model = _make("vit")
+    wrapped = torch.nn.DataParallel(model)  # on CPU: passes the tensor through
+    probe = mixpro.ClsAttention(wrapped)
+    batch = _mixpro_batch(torch.randn(4, 3, 32, 32))
+    logits = wrapped(batch.images)
+    batch.targets(logits, probe.attention)
+    src = mixpro.attention_source(probe.attention)
+    assert src.came_from(batch.images) and src.forward == 1 and src.grid == (8, 8)
+    assert mixpro.attention_source(probe.attention.clone()) is None
+
+
+def test_probe_on_a_compiled_model_says_attach_before_compiling():
+    model = _make("vit")
+    with pytest.raises(TypeError, match="before|first, then compile"):
+        mixpro.ClsAttention(torch.compile(model))
+    with pytest.raises(TypeError, match="compile"):
+        mixpro.ClsAttention(torch.nn.DataParallel(torch.compile(model)))
+
+
+def test_probe_attached_before_compiling_reads_the_compiled_forward(one_thread):
+    model = _make("vit").eval()
+    probe = mixpro.ClsAttention(model)
+    compiled = torch.compile(model, backend="eager")
+    batch = _mixpro_batch(torch.randn(4, 3, 32, 32))
+    logits = compiled(batch.images)
+    got = probe.attention
+    model(batch.images)
+    ref = probe.attention
+    assert torch.allclose(got, ref, atol=1e-6)
+    batch.targets(logits, got)
+    compiled(torch.randn(4, 3, 32, 32))
+    with pytest.raises(ValueError, match="another forward pass"):
+        batch.targets(logits, probe.attention)

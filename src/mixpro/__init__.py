@@ -3,7 +3,7 @@
 The core (masks, labels, mixers, attention probe, loss) never imports the apps.
 """
 
-from .attention import ClsAttention, NoClsAttentionError
+from .attention import AttentionSource, ClsAttention, NoClsAttentionError, attention_source
 from .labels import (
     ALPHA_STRATEGIES,
     ConstantAlpha,
@@ -38,6 +38,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ALPHA_STRATEGIES",
+    "AttentionSource",
     "BlockMasks",
     "BoxMasks",
     "CellMask",
@@ -63,6 +64,7 @@ __all__ = [
     "TimmStyle",
     "TransMix",
     "attention_lambda",
+    "attention_source",
     "combine_lambda",
     "cosine_alpha",
     "lambda_weighted_cross_entropy",

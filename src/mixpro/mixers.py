@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from . import _checks
+from .attention import attention_source
 from .labels import (
     ATTENTION_NORMS,
     AlphaStrategy,
@@ -57,7 +58,8 @@ class AttentionRelabel:
 
     Attributes:
         alpha: the α strategy (PAL: cosine; TransMix: constant ``1 - ratio``).
-        patch_size: ``(ph, pw)`` of the model, or None to infer a square token grid.
+        patch_size: ``(ph, pw)`` of the model, or None: the grid of square tokens the
+            image shape allows. A probe's attention tensor brings its own grid.
         token_mode: ``'area'`` (exact token fraction) or ``'nearest'`` (TransMix reference).
         smoothing: label smoothing of the relabelled target.
         alpha_smoothing: label smoothing of the area target that cosine α is measured against.
@@ -72,7 +74,30 @@ class AttentionRelabel:
     alpha_smoothing: float
     attention_norm: AttentionNorm = "paper"
 
+    def token_grid(self, images: torch.Tensor, attention: torch.Tensor) -> tuple[int, int]:
+        """The token grid ``(gh, gw)`` of ``attention (B, N)`` for the batch's ``images``.
+
+        A :class:`~mixpro.ClsAttention` map carries the forward pass it came from: it must be
+        the forward on ``images`` (else ``ValueError``), and its grid is the model's. Other
+        tensors: :meth:`grid`.
+        """
+        src = attention_source(attention)
+        if src is not None:
+            if not src.came_from(images):
+                raise ValueError(
+                    f"attention comes from another forward pass than this batch's images "
+                    f"{tuple(images.shape)}: {src.describe()}. Pass the probe's attention "
+                    "right after logits = model(batch.images) (if the images are transformed "
+                    "before the model, assign the result to batch.images first)"
+                )
+            if src.grid is not None:
+                return src.grid
+        return self.grid((int(images.shape[-2]), int(images.shape[-1])), attention.shape[1])
+
     def grid(self, image_size: tuple[int, int], n_tokens: int) -> tuple[int, int]:
+        """The token grid of ``n_tokens`` tokens on ``image_size`` images: ``image // patch_size``;
+        without ``patch_size`` the one grid of square tokens the image shape allows
+        (``H/gh = W/gw``, an integer stride), else ``ValueError`` naming ``patch_size``."""
         h, w = image_size
         if self.patch_size is not None:
             ph, pw = self.patch_size
@@ -81,16 +106,19 @@ class AttentionRelabel:
                 raise ValueError(
                     f"attention has {n_tokens} patch tokens but images {image_size} with "
                     f"patch_size {self.patch_size} give {grid[0]}x{grid[1]} = "
-                    f"{grid[0] * grid[1]}"
+                    f"{grid[0] * grid[1]} (pass the probe's attention tensor itself: it "
+                    "carries the model's token grid)"
                 )
             return grid
-        side = math.isqrt(n_tokens)
-        if side * side != n_tokens or h % side or w % side:
+        area, rest = divmod(h * w, n_tokens) if n_tokens > 0 else (0, 1)
+        stride = math.isqrt(area)
+        if rest or stride < 1 or stride * stride != area or h % stride or w % stride:
             raise ValueError(
-                f"cannot infer the token grid from {n_tokens} tokens for images {image_size}: "
-                "pass patch_size"
+                f"patch_size: cannot infer the token grid of {n_tokens} tokens on images "
+                f"{image_size} (no grid of square tokens fits); pass patch_size=(ph, pw) or the "
+                "probe's attention tensor itself (it carries the model's token grid)"
             )
-        return side, side
+        return h // stride, w // stride
 
 
 @dataclass(eq=False)
@@ -177,7 +205,7 @@ class MixedBatch:
         assert rl is not None
         attention = _checks.attention(attention, b)
         _checks.values(logits, self.labels, k, attention)
-        grid = rl.grid(tuple(self.images.shape[-2:]), attention.shape[1])
+        grid = rl.token_grid(self.images, attention)
         frac = self.token_fraction(grid, rl.token_mode)
         lam_attn = attention_lambda(attention.detach(), frac, rl.attention_norm)
         self.lam_attn = torch.where(self.self_paired, 1.0, lam_attn)
@@ -601,8 +629,10 @@ class TransMix(Mixup):
     token grid with nearest sampling (``token_mode='nearest'``, reference) or exactly
     (``'area'``). Defaults follow the released DeiT recipe (mixup 0.8, cutmix 1.0).
 
-    Args: as :class:`Mixup`, plus ``patch_size`` (None: infer a square token grid from the
-    attention's length), ``ratio``, ``token_mode`` and ``attention_norm``
+    Args: as :class:`Mixup`, plus ``patch_size`` (used only for attention tensors that do not
+    carry the model's grid, i.e. not the probe's own; None: the grid of square tokens the image
+    shape allows, ``H/gh = W/gw``, else ``ValueError``), ``ratio``, ``token_mode`` and
+    ``attention_norm``
     (``'renormalize'``: ``λ_attn = Σ(m·a)/Σ(a)`` as the released code, default; ``'paper'``:
     ``Σ m·a``, the un-renormalised formula).
     """
