@@ -340,3 +340,46 @@ def test_probe_attached_before_compiling_reads_the_compiled_forward(one_thread):
     compiled(torch.randn(4, 3, 32, 32))
     with pytest.raises(ValueError, match="another forward pass"):
         batch.targets(logits, probe.attention)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(reg_tokens=2), dict(class_token=False),
+                                dict(reg_tokens=2, pool_include_prefix=True)])
+@pytest.mark.parametrize("train", [True, False])
+def test_probe_reads_attention_pool_latent_exactly(kw, train):
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False,
+                              **dict(TINY, global_pool="map", **kw)).train(train)
+    pool = model.attn_pool
+    with torch.no_grad():  # a latent and projections far from their small initialisation
+        pool.latent.normal_()
+        pool.q.weight.normal_(0, 0.5)
+        pool.kv.weight.normal_(0, 0.5)
+    assert mixpro.needs_class_attention(model) is False
+    probe = mixpro.ClsAttention(model)
+    assert probe.method == "latent" and pool.fused_attn
+    captured = {}
+    hook = pool.register_forward_pre_hook(lambda m, a: captured.update(x=a[0].detach()))
+    x = torch.randn(3, 3, 32, 32)
+    model(x)
+    hook.remove()
+    got = probe.attention
+    # slow reference: the latent query's softmax row per head, from attn_pool's own input
+    tokens = captured["x"]
+    e, h = pool.kv.out_features // 2, pool.num_heads
+    d = e // h
+    q = pool.q(pool.latent[0, 0])
+    k = tokens @ pool.kv.weight[:e].T + pool.kv.bias[:e]
+    rows = [((k[:, :, i * d:(i + 1) * d] @ q[i * d:(i + 1) * d]) / d ** 0.5).softmax(-1)
+            for i in range(h)]
+    ref = sum(rows) / h
+    skip = model.num_prefix_tokens if model.pool_include_prefix else 0
+    ref = ref[:, skip:]
+    assert tokens.shape[1] - skip == 64 and got.shape == ref.shape == (3, 64)
+    assert torch.allclose(got, ref, atol=1e-6), (got - ref).abs().max()
+    if not skip:  # no prefix key (the default): the row sums to 1
+        assert torch.allclose(got.sum(1), torch.ones(3), atol=1e-5)
+    else:
+        assert (got.sum(1) < 1).all()
+    assert probe.grid == (8, 8)
+    with pytest.raises(mixpro.NoClsAttentionError, match="AttentionPoolLatent"):
+        mixpro.ClsAttention(model, method="unfused")

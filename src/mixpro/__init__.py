@@ -4,6 +4,12 @@ The core (masks, labels, mixers, attention probe, loss) never imports the apps.
 """
 
 from .attention import AttentionSource, ClsAttention, NoClsAttentionError, attention_source
+from .heads import (
+    ClassAttentionClassifier,
+    check_mask_geometry,
+    needs_class_attention,
+    with_class_attention,
+)
 from .labels import (
     ALPHA_STRATEGIES,
     ConstantAlpha,
@@ -42,6 +48,7 @@ __all__ = [
     "BlockMasks",
     "BoxMasks",
     "CellMask",
+    "ClassAttentionClassifier",
     "ClsAttention",
     "ConstantAlpha",
     "CosineAlpha",
@@ -65,12 +72,15 @@ __all__ = [
     "TransMix",
     "attention_lambda",
     "attention_source",
+    "check_mask_geometry",
     "combine_lambda",
     "cosine_alpha",
     "lambda_weighted_cross_entropy",
     "make_mask_strategy",
     "mix_targets",
+    "needs_class_attention",
     "paper_recipe",
     "smooth_one_hot",
     "soft_target_cross_entropy",
+    "with_class_attention",
 ]

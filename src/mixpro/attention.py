@@ -281,8 +281,18 @@ def _class_attention(model: nn.Module, method: Method) -> _Target | None:
     return None
 
 
+def _head(model: nn.Module, method: Method) -> _Target | None:
+    """Models built by :func:`mixpro.with_class_attention` (``'ca'`` and ``'ca_swin'``)."""
+    from .heads import ClassAttentionClassifier  # heads imports this module
+
+    if not isinstance(model, ClassAttentionClassifier):
+        return None
+    attn, exact, tokens = model.class_attention_parts()
+    return _Target(attn, _layout(attn, exact, method), 1, tokens, _feature_map_grid)
+
+
 ADAPTERS: list[Callable[[nn.Module, Method], _Target | None]] = [
-    _latent, _class_attention, _vit,
+    _head, _latent, _class_attention, _vit,
 ]
 
 
