@@ -16,7 +16,7 @@ from mixpro.train import run
 def captured(monkeypatch):
     seen = {}
 
-    def fake_train(cfg, resume=False):
+    def fake_train(cfg, resume=False, overwrite=False):
         seen["cfg"], seen["resume"] = cfg, resume
         return run.Result({}, None, [], "x")
 
@@ -85,7 +85,7 @@ def test_console_script_runs_end_to_end(tmp_path):
 
 
 def test_every_recipe_key_has_a_flag_with_help(capsys):
-    from mixpro.train import config
+    from mixpro.train import recipe as config
 
     assert set(config.HELP) == set(config.FIELDS) - {"name"}
     with pytest.raises(SystemExit):

@@ -10,7 +10,7 @@ from test_data import make_fashion
 
 from mixpro.train import compare as cmp
 from mixpro.train import run
-from mixpro.train.config import ConfigError
+from mixpro.train.recipe import ConfigError
 
 TINY = {"embed_dim": 32, "depth": 1, "num_heads": 2, "mlp_ratio": 2.0}
 
@@ -55,10 +55,10 @@ def test_sweep_writes_table_and_plot_then_skips_and_resumes(tmp_path, monkeypatc
 
 
 def test_summary_statistics():
-    runs = {"a": [{"test_acc": 80.0, "best_acc": 81.0, "img_per_s": 100.0,
-                   "train_time_s": 10.0},
-                  {"test_acc": 82.0, "best_acc": 83.0, "img_per_s": 300.0,
-                   "train_time_s": 30.0}]}
+    runs = {cmp.Variant("a", ()): {0: {"test_acc": 80.0, "best_acc": 81.0, "img_per_s": 100.0,
+                                       "train_time_s": 10.0},
+                                   1: {"test_acc": 82.0, "best_acc": 83.0, "img_per_s": 300.0,
+                                       "train_time_s": 30.0}}}
     (row,) = cmp.summarize(runs)
     assert row["mean"] == 81.0 and row["std"] == pytest.approx(2 ** 0.5)
     assert row["best_mean"] == 82.0 and row["img_per_s"] == 200.0

@@ -167,7 +167,7 @@ def test_image_folder_bad_layouts(tmp_path):
     import shutil
 
     shutil.rmtree(root / "val" / "dog")
-    with pytest.raises(DatasetError, match="same folders"):
+    with pytest.raises(DatasetError, match="same class folders"):
         image_folder(root, img_size=32)
     shutil.rmtree(root / "val")
     with pytest.raises(DatasetError, match="val"):

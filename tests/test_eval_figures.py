@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import argparse
-
 import matplotlib.image as mpimg
 import numpy as np
 import pytest
 import timm
 import torch
 
-from mixpro.evaluate import figures as F
-from mixpro.evaluate.run import Normalize
+from mixpro.cli import main
+from mixpro.data.sources import Normalize
+from mixpro.plots import evaluation, paper
 
 KW = dict(img_size=32, patch_size=4, in_chans=1, depth=1, embed_dim=16, num_heads=2)
 
@@ -47,9 +46,9 @@ def _curve(name, acc):
 
 def test_occlusion_curves_one_line_per_checkpoint(tmp_path):
     res = [_curve("cutmix", np.linspace(0.9, 0.1, 10)), _curve("mixpro", np.linspace(0.9, 0.5, 10))]
-    path = F.occlusion_curves(res, tmp_path / "occ.png", title="test")
+    path = evaluation.occlusion_curves(res, tmp_path / "occ.png", title="test")
     _nontrivial(path)
-    one = F.occlusion_curves(res[:1], tmp_path / "occ1.png")
+    one = evaluation.occlusion_curves(res[:1], tmp_path / "occ1.png")
     assert mpimg.imread(path).shape[1] == mpimg.imread(one).shape[1]  # same panels
     assert not np.array_equal(mpimg.imread(path), mpimg.imread(one))  # second line drawn
 
@@ -57,13 +56,13 @@ def test_occlusion_curves_one_line_per_checkpoint(tmp_path):
 def test_paper_figures_written(tmp_path):
     model, norm = _model(), Normalize((0.5,), (0.5,))
     x, y = _images(6)
-    p6 = F.maskmix_attention_grid(x, y, model, norm, tmp_path / "f6.png", num_classes=10)
-    p4 = F.mask_strategies(x[:2], tmp_path / "f4.png", patch_size=4, mask_scale=2)
-    p1 = F.transmix_vs_maskmix(x[:2], y[:2], model, norm, tmp_path / "f1.png", num_classes=10,
+    p6 = paper.maskmix_attention_grid(x, y, model, norm, tmp_path / "f6.png", num_classes=10)
+    p4 = paper.mask_strategies(x[:2], tmp_path / "f4.png", patch_size=4, mask_scale=2)
+    p1 = paper.transmix_vs_maskmix(x[:2], y[:2], model, norm, tmp_path / "f1.png", num_classes=10,
                                classes=[f"c{i}" for i in range(10)])
     for p in (p6, p4, p1):
         _nontrivial(p)
-    p6b = F.maskmix_attention_grid(x[:4], y[:4], model, norm, tmp_path / "f6b.png",
+    p6b = paper.maskmix_attention_grid(x[:4], y[:4], model, norm, tmp_path / "f6b.png",
                                    num_classes=10)
     assert mpimg.imread(p6).shape[1] > mpimg.imread(p6b).shape[1]  # one column per pair
 
@@ -74,18 +73,16 @@ def test_figures_command_and_errors(tmp_path, capsys):
     torch.save({"model": model.state_dict(),
                 "config": {"model": "vit_tiny_patch16_224", "model_kwargs": KW,
                            "num_classes": 10}}, ck)
-    parser = argparse.ArgumentParser()
-    F.add_arguments(parser)
     out = tmp_path / "figs"
-    rc = F.run(parser.parse_args(["--checkpoint", str(ck), "--out", str(out), "--pairs", "3"]))
+    rc = main(["figures", "--checkpoint", str(ck), "--out", str(out), "--pairs", "3"])
     assert rc == 0
     names = sorted(p.name for p in out.iterdir())
     assert names == ["fig1_transmix_vs_maskmix.png", "fig4_mask_strategies.png",
                      "fig6_maskmix_attention.png"]
     capsys.readouterr()
-    rc = F.run(parser.parse_args(["--which", "fig6", "--out", str(tmp_path / "x")]))
+    rc = main(["figures", "--which", "fig6", "--out", str(tmp_path / "x")])
     err = capsys.readouterr().err
     assert rc == 2 and err == "mixpro: error: fig6 need --checkpoint (attention maps, λ_attn)\n"
-    rc = F.run(parser.parse_args(["--which", "fig4", "--out", str(tmp_path / "y"),
-                                  "--mask-scale", "3"]))
+    rc = main(["figures", "--which", "fig4", "--out", str(tmp_path / "y"),
+                                  "--mask-scale", "3"])
     assert rc == 2 and "does not tile" in capsys.readouterr().err

@@ -7,8 +7,8 @@ import timm
 import torch
 
 import mixpro
+from mixpro.data.sources import Normalize
 from mixpro.evaluate import occlusion as O
-from mixpro.evaluate.run import Normalize
 
 E1 = torch.tensor([[0.05, 0.20, 0.10, 0.15]])
 

@@ -10,6 +10,8 @@ import timm
 import torch
 from PIL import Image
 
+from mixpro.checkpoint import load_model
+from mixpro.cli import main
 from mixpro.evaluate import run as R
 
 KW = dict(img_size=32, patch_size=4, in_chans=1, depth=1, embed_dim=16, num_heads=2)
@@ -37,14 +39,12 @@ def _folder(root, classes, n=3, size=20, mode="L"):
 
 
 def _run(argv):
-    parser = __import__("argparse").ArgumentParser()
-    R.add_arguments(parser)
-    return R.run(parser.parse_args(argv))
+    return main(["eval", *argv])
 
 
 def test_load_checkpoint_roundtrip(tmp_path):
     path = _ckpt(tmp_path / "a.pt", seed=3)
-    model, config = R.load_checkpoint_model(path)
+    model, config = load_model(path)
     torch.manual_seed(3)
     ref = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10, **KW)
     x = torch.rand(2, 1, 32, 32)
@@ -54,7 +54,7 @@ def test_load_checkpoint_roundtrip(tmp_path):
     ck = torch.load(path, weights_only=True)
     ck["rng"] = {"numpy": np.random.get_state(), "python": __import__("random").getstate()}
     torch.save(ck, tmp_path / "last.pt")
-    again, _ = R.load_checkpoint_model(tmp_path / "last.pt")
+    again, _ = load_model(tmp_path / "last.pt")
     assert torch.equal(again(x), ref(x))
 
 

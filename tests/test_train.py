@@ -12,11 +12,12 @@ import torch
 import torch.multiprocessing as mp
 from test_data import make_fashion
 
+from mixpro import checkpoint as ckpt_io
 from mixpro.data import DatasetError
-from mixpro.train import checkpoint as ckpt_io
-from mixpro.train import config as C
+from mixpro.methods import METHODS, build_mixer
+from mixpro.train import recipe as C
 from mixpro.train import run
-from mixpro.train.config import ConfigError, TrainError, load_recipe
+from mixpro.train.recipe import ConfigError, TrainError, load_recipe
 
 TINY = {"embed_dim": 32, "depth": 1, "num_heads": 2, "mlp_ratio": 2.0}
 
@@ -73,13 +74,13 @@ def test_unknown_keys_and_bad_values_name_the_key(tmp_path):
 def test_method_registry_builds_every_method():
     cfg = load_recipe(None)
     x, y = torch.randn(4, 1, 32, 32), torch.arange(4)
-    for name in C.METHODS:
-        cfg.method = name
-        mixer = C.make_mixer(cfg, 10, 4, torch.Generator().manual_seed(0))
+    for name in METHODS:
+        mixer = build_mixer(name, cfg.mix_options(), num_classes=10, patch_size=4,
+                            generator=torch.Generator().manual_seed(0))
         batch = mixer(x, y)
         assert batch.images.shape == x.shape
-    assert C.make_mixer(load_recipe(None, {"method": "none"}), 10, 4,
-                        torch.Generator()).needs_attention is False
+    assert build_mixer("none", cfg.mix_options(), num_classes=10, patch_size=4,
+                       generator=torch.Generator()).needs_attention is False
 
 
 # -- a run end to end -------------------------------------------------------------------
@@ -190,8 +191,10 @@ def test_resume_refuses_corrupt_and_mismatched_checkpoints(data_dir, tmp_path):
     assert (out / "last.pt").read_bytes() == good  # never overwritten
     bad = tmp_path / "bad.pt"
     bad.write_bytes(good[: len(good) // 2])
-    with pytest.raises(ckpt_io.CheckpointError, match="corrupt"):
+    with pytest.raises(ConfigError, match="holds another run"):  # bad.pt is not r's run
         run.train(tiny(data_dir, out, epochs=2), resume=str(bad))
+    with pytest.raises(ckpt_io.CheckpointError, match="corrupt"):
+        run.train(tiny(data_dir, tmp_path / "fresh", epochs=2), resume=str(bad))
     with pytest.raises(ckpt_io.CheckpointError, match="no checkpoint"):
         run.train(tiny(data_dir, tmp_path / "empty", epochs=2), resume=True)
     assert (out / "last.pt").read_bytes() == good

@@ -1,15 +1,21 @@
-"""Training data for the apps: the embedded Fashion-MNIST (idx files) and ImageFolder trees.
+"""Every dataset the apps use; the apps ask here and never assemble datasets themselves.
 
-* :mod:`mixpro.data.fashion_mnist` — idx reader and an in-memory, batch-indexed dataset.
-* :mod:`mixpro.data.folder` — ImageFolder (``train/``, ``val/``) with timm's transforms.
+* :mod:`.fashion_mnist` — the embedded Fashion-MNIST (idx reader, in-memory batch dataset,
+  held-out class split).
+* :mod:`.folder` — ImageFolder trees (``train/``, ``val/``) with timm's transforms.
+* :mod:`.glyphs` — typeset letters, the far-OOD set for Fashion-MNIST.
+* :mod:`.sources` — what the apps call: :func:`training_data` (train + test splits, classes,
+  normalisation), :func:`eval_data`, :func:`ood_data`, :class:`Normalize`.
 
-Both raise :class:`DatasetError` (a one-line user error) for missing or corrupt data.
+All raise :class:`DatasetError` (a one-line user error) for missing or corrupt data.
 """
 
 from __future__ import annotations
 
+from ..errors import UserError
 
-class DatasetError(ValueError):
+
+class DatasetError(UserError):
     """A dataset is missing, unreadable or corrupt (reported as one line by the CLI)."""
 
 

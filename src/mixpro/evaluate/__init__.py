@@ -2,12 +2,12 @@
 
 * :mod:`.metrics` — top-k, logit subsets, RMS calibration error, AURRA, OOD AUPRC (pure).
 * :mod:`.occlusion` — random / salient / non-salient PatchDrop and the accuracy sweep.
-* :mod:`.run` — the ``mixpro eval`` command (``add_arguments``, ``run``, ``main``).
-* :mod:`.figures` — every PNG and the ``mixpro figures`` command (same three functions).
+* :mod:`.run` — ``mixpro eval``: :class:`~.run.EvalOptions`, :func:`~.run.evaluate_checkpoints`.
+* :mod:`.report` — the text table.
+* :mod:`.figures` — ``mixpro figures``: :func:`~.figures.make_figures`.
 
-The commands (:mod:`.run`, :mod:`.figures`) are not imported here, so that
-``python -m mixpro.evaluate.run`` runs cleanly. The app imports the core (``mixpro``); the core
-never imports the app.
+The commands (:mod:`.run`, :mod:`.figures`) are not imported here. The app imports the core
+(``mixpro``); the core never imports the app.
 """
 
 from .metrics import (

@@ -1,12 +1,15 @@
 """``mixpro train`` and ``mixpro compare``: the training app built on the mixpro core.
 
-* :mod:`.config` — recipes (YAML) + CLI overrides, validation, the method registry.
+* :mod:`.recipe` — recipes (YAML) + overrides and their validation.
 * :mod:`.engine` — one training epoch and one evaluation pass.
-* :mod:`.checkpoint` — atomic checkpoints and resume.
 * :mod:`.distributed` — torchrun / DDP set-up (NCCL on GPUs, gloo on CPU).
-* :mod:`.run` — the train entry point; :mod:`.compare` — methods × seeds sweeps.
+* :mod:`.run` — the train entry point :func:`mixpro.train.run.train`;
+  :mod:`.compare` — methods × variants × seeds sweeps.
+
+Checkpoints are :mod:`mixpro.checkpoint`'s, datasets :mod:`mixpro.data`'s, mixers
+:mod:`mixpro.methods`', plots :mod:`mixpro.plots`'.
 """
 
-from .config import ConfigError, Recipe, TrainError, load_recipe
+from .recipe import ConfigError, Recipe, TrainError, load_recipe
 
 __all__ = ["ConfigError", "Recipe", "TrainError", "load_recipe"]

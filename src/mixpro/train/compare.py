@@ -1,10 +1,14 @@
-"""``mixpro compare``: several methods × seeds with one recipe, in-process and resumable.
+"""``mixpro compare``: methods × grid variants × seeds with one recipe, in-process, resumable.
 
-Owns the sweep: one run per (method, seed) in ``<output>/<method>-seed<seed>``; a run with a
-``final.json`` is skipped, one with a ``last.pt`` resumes from it, others start fresh. Then the
-summary table (top-1 mean ± std over seeds, best-epoch top-1, training images/s) as
-``results.md`` and ``results.csv`` and the bar plot ``compare.png`` — the analogue of the
-paper's Table 2.
+Owns the sweep: one run per (method, variant, seed) in ``<output>/<label>-seed<seed>`` (the
+label is the method, plus the variant's ``key-value`` name when ``--grid`` is given); a run
+with a ``final.json`` is never redone, one with a ``last.pt`` resumes from it, others start
+fresh. A grid key that a method does not use is dropped for that method (its variants would
+be identical runs), so ``--methods none maskmix --grid mask_scale=1,2`` runs ``none`` once.
+Then the table (per variant: top-1 mean ± std over seeds, n, the per-seed values and the paired
+difference to the reference variant with its 95 % t interval, :mod:`mixpro.sweep`) as
+``results.md`` and ``results.csv``, and the bar plot ``compare.png``: the paper's Tables 2
+and 6–10 as one command.
 """
 
 from __future__ import annotations
@@ -15,44 +19,144 @@ import statistics
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mixpro import sweep
+from mixpro.methods import METHODS
+
 from . import run
-from .config import METHODS, ConfigError, load_recipe
+from .recipe import FIELDS, ConfigError, check_used, load_recipe, parse_value, suggest
 
 DEFAULT_RECIPE = "fashion_mnist_limited"
 DEFAULT_METHODS = ("none", "cutmix", "transmix", "mixpro")
+SET_BY_COMPARE = ("method", "seed", "output")
 
 
-def _stats(values: list[float]) -> tuple[float, float]:
-    mean = statistics.fmean(values)
-    return mean, statistics.stdev(values) if len(values) > 1 else 0.0
+@dataclass(frozen=True)
+class Variant:
+    """One column of the sweep: a method and the grid values it uses."""
+
+    method: str
+    assignment: tuple[tuple[str, str], ...]  # (key, value text) in grid order
+
+    @property
+    def label(self) -> str:
+        if not self.assignment:
+            return self.method
+        return f"{self.method}_{sweep.variant_name(dict(self.assignment))}"
+
+    @property
+    def overrides(self) -> dict[str, Any]:
+        return {k: parse_value(v) for k, v in self.assignment}
 
 
-def summarize(results: Mapping[str, list[dict]]) -> list[dict[str, Any]]:
-    """One row per method: ``method, n, mean, std, best_mean, img_per_s, train_time_s``."""
+def variants(methods: Sequence[str], grid: Mapping[str, Sequence[str]]) -> list[Variant]:
+    """Methods × the grid's product, each restricted to the keys the method uses, deduplicated,
+    in order (method outermost, then the grid's first key)."""
+    out: list[Variant] = []
+    for m in methods:
+        for combo in sweep.expand_grid(grid):
+            used = tuple((k, v) for k, v in combo.items()
+                         if not (k in _MIX_KEYS and k not in METHODS[m].keys))
+            var = Variant(m, used)
+            if var not in out:
+                out.append(var)
+    return out
+
+
+_MIX_KEYS = frozenset(k for m in METHODS.values() for k in m.keys)
+
+
+def _check(methods: Sequence[str], seeds: Sequence[int], grid: Mapping[str, Sequence[str]],
+           overrides: Mapping[str, Any]) -> None:
+    for key in SET_BY_COMPARE:
+        if key in overrides or key in grid:
+            raise ConfigError(f"compare sets {key} itself; use --methods/--seeds/--output-dir")
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ConfigError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
+    if len(set(methods)) != len(methods) or len(set(seeds)) != len(seeds):
+        raise ConfigError("--methods and --seeds must not repeat")
+    for key in grid:
+        if key not in FIELDS:
+            raise ConfigError(f"--grid: unknown recipe key {key!r}{suggest(key)}")
+        if key in overrides:
+            raise ConfigError(f"{key} is both swept (--grid) and fixed (--{key} / --set)")
+    for key in list(overrides) + list(grid):
+        if key in _MIX_KEYS and all(key not in METHODS[m].keys for m in methods):
+            check_used(methods[0], [key])  # no method of the sweep uses it: the same error
+
+
+def summarize(results: Mapping[Variant, Mapping[int, dict]], reference: str | None = None,
+              ) -> list[dict[str, Any]]:
+    """One row per variant: ``variant, method, <grid keys>, n, mean, std, seeds, values,
+    delta, delta_low, delta_high, best_mean, img_per_s, train_time_s`` (accuracies in %)."""
+    rows_in = [{"variant": v.label, "seed": s, "value": r["test_acc"]}
+               for v, runs in results.items() for s, r in runs.items()]
+    labels = [v.label for v in results]
+    if reference is not None and reference not in labels:
+        raise ConfigError(f"--reference {reference!r} is not a variant of this sweep; "
+                          f"choose one of {', '.join(labels)}")
+    stats = {s["variant"]: s for s in sweep.summarize_variants(rows_in, reference=reference)}
     rows = []
-    for method, runs in results.items():
-        mean, std = _stats([r["test_acc"] for r in runs])
+    for v, runs in results.items():
+        st = stats[v.label]
+        d = st["vs_reference"]
         rows.append({
-            "method": method, "n": len(runs), "mean": mean, "std": std,
-            "best_mean": statistics.fmean(r["best_acc"] for r in runs),
-            "img_per_s": statistics.fmean(r["img_per_s"] for r in runs),
-            "train_time_s": statistics.fmean(r["train_time_s"] for r in runs),
+            "variant": v.label, "method": v.method, **dict(v.assignment),
+            "n": st["n"], "mean": st["mean"], "std": st["std"] or 0.0,
+            "seeds": st["seeds"], "values": st["values"], "reference": st["reference"],
+            "delta": d["mean"] if d else None,
+            "delta_low": d["ci_low"] if d else None, "delta_high": d["ci_high"] if d else None,
+            "best_mean": statistics.fmean(r["best_acc"] for r in runs.values()),
+            "img_per_s": statistics.fmean(r["img_per_s"] for r in runs.values()),
+            "train_time_s": statistics.fmean(r["train_time_s"] for r in runs.values()),
         })
     return rows
 
 
+def _fmt(v: float | None, plus: bool = False) -> str:
+    if v is None:
+        return "—"
+    return f"{v:+.2f}" if plus else f"{v:.2f}"
+
+
 def markdown(rows: Sequence[Mapping[str, Any]], title: str) -> str:
+    """The results table (Markdown)."""
+    ref = rows[0]["reference"] if rows else ""
     lines = [f"### {title}", "",
-             "| method | runs | top-1 (%) mean ± std | best-epoch top-1 (%) | train img/s "
-             "| train time / run (s) |",
-             "|---|---:|---:|---:|---:|---:|"]
+             f"| variant | runs | top-1 (%) mean ± std | per seed | Δ vs {ref} (95 % CI, "
+             "paired) | best-epoch top-1 (%) | train img/s | train time / run (s) |",
+             "|---|---:|---:|---|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['method']} | {r['n']} | {r['mean']:.2f} ± {r['std']:.2f} | "
-                     f"{r['best_mean']:.2f} | {r['img_per_s']:.0f} | {r['train_time_s']:.0f} |")
+        if r["variant"] == r["reference"]:
+            delta = "reference"
+        elif r["delta"] is None:
+            delta = "—"
+        elif r["delta_low"] is None:
+            delta = f"{_fmt(r['delta'], True)} (n = 1)"
+        else:
+            delta = (f"{_fmt(r['delta'], True)} [{_fmt(r['delta_low'], True)}, "
+                     f"{_fmt(r['delta_high'], True)}]")
+        per_seed = ", ".join(f"{v:.2f}" for v in r["values"])
+        lines.append(f"| {r['variant']} | {r['n']} | {r['mean']:.2f} ± {r['std']:.2f} | "
+                     f"{per_seed} | {delta} | {r['best_mean']:.2f} | {r['img_per_s']:.0f} | "
+                     f"{r['train_time_s']:.0f} |")
     return "\n".join(lines) + "\n"
+
+
+def write_csv(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (" ".join(map(str, v)) if isinstance(v, list) else v)
+                        for k, v in r.items()})
 
 
 def compare(
@@ -62,49 +166,52 @@ def compare(
     seeds: Sequence[int],
     output: str | Path | None = None,
     overrides: Mapping[str, Any] | None = None,
+    grid: Sequence[str] | Mapping[str, Sequence[str]] = (),
+    reference: str | None = None,
 ) -> list[dict[str, Any]]:
     """Run (or continue) the sweep and write ``results.md``, ``results.csv``, ``compare.png``
-    into ``output`` (default ``runs/compare-<recipe>``). Returns the table rows."""
+    into ``output`` (default ``runs/compare-<recipe>``). ``grid``: ``["key=v1,v2", ...]`` (the
+    CLI's ``--grid``) or a parsed mapping. Returns the table rows."""
     overrides = dict(overrides or {})
-    for key in ("method", "seed", "output"):
-        if key in overrides:
-            raise ConfigError(f"compare sets {key} itself; use --methods/--seeds/--output-dir")
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise ConfigError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
-    if len(set(methods)) != len(methods) or len(set(seeds)) != len(seeds):
-        raise ConfigError("--methods and --seeds must not repeat")
+    try:
+        grid_map = dict(grid) if isinstance(grid, Mapping) else sweep.parse_grid(list(grid))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    _check(methods, seeds, grid_map, overrides)
+    todo = variants(methods, grid_map)
     # validate every config before the first run starts
     configs = {}
-    for m in methods:
+    for v in todo:
         for s in seeds:
-            configs[m, s] = load_recipe(recipe, {**overrides, "method": m, "seed": s})
+            configs[v, s] = load_recipe(recipe, {**overrides, **v.overrides, "method": v.method,
+                                                 "seed": s}, check_ignored=False)
     name = next(iter(configs.values())).name
     out = Path(output) if output else Path("runs") / f"compare-{name}"
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    results: dict[str, list[dict]] = {m: [] for m in methods}
-    for (m, s), cfg in configs.items():
-        cfg.output = str(out / f"{m}-seed{s}")
+    results: dict[Variant, dict[int, dict]] = {v: {} for v in todo}
+    for (v, s), cfg in configs.items():
+        cfg.output = str(out / f"{v.label}-seed{s}")
         final = Path(cfg.output) / run.FINAL
         if final.is_file():
-            print(f"compare: {m} seed {s} already finished, skipped", file=sys.stderr)
-            results[m].append(json.loads(final.read_text()))
+            print(f"compare: {v.label} seed {s} already finished, skipped", file=sys.stderr)
+            results[v][s] = json.loads(final.read_text())
             continue
         resume = (Path(cfg.output) / "last.pt").is_file()
-        print(f"compare: {m} seed {s} ({'resuming' if resume else 'starting'})", file=sys.stderr)
-        results[m].append(run.train(cfg, resume=resume).summary)
-    rows = summarize(results)
-    title = (f"mixpro compare: recipe {name}, seeds {', '.join(map(str, seeds))} "
+        print(f"compare: {v.label} seed {s} ({'resuming' if resume else 'starting'})",
+              file=sys.stderr)
+        results[v][s] = run.train(cfg, resume=resume).summary
+    rows = summarize(results, reference)
+    sweep_text = "; grid " + " × ".join(f"{k} ∈ {{{', '.join(vs)}}}" for k, vs in
+                                        grid_map.items()) if grid_map else ""
+    title = (f"mixpro compare: recipe {name}, seeds {', '.join(map(str, seeds))}{sweep_text} "
              f"(final-epoch top-1 on the test set)")
     (out / "results.md").write_text(markdown(rows, title))
-    with open(out / "results.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    from .. import figures
+    write_csv(rows, out / "results.csv")
+    from mixpro.plots.compare import compare_bars
 
-    figures.compare_bars(rows, out / "compare.png", title=f"{name}: top-1 mean ± std")
+    compare_bars([{**r, "method": r["variant"]} for r in rows], out / "compare.png",
+                 title=f"{name}: top-1 mean ± std")
     print(markdown(rows, title))
     print(f"sweep time this invocation: {time.perf_counter() - t0:.0f} s; results in {out}")
     return rows

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -26,14 +27,19 @@ from timm.scheduler import create_scheduler_v2
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 
 import mixpro
+from mixpro import checkpoint as ckpt_io
+from mixpro import models
+from mixpro.data.sources import TrainingData, is_fashion_mnist, training_data
+from mixpro.methods import METHODS, build_mixer
 
-from ..data import DatasetError
-from . import checkpoint as ckpt_io
 from . import distributed
-from .config import MASK_METHODS, ConfigError, Recipe, TrainError, make_mixer
 from .engine import StepContext, TrainingDiverged, evaluate, train_one_epoch
+from .recipe import ConfigError, Recipe, TrainError
 
 FINAL = "final.json"
+# every file a run writes into its output folder
+ARTEFACTS = ("last.pt", "best.pt", "metrics.jsonl", FINAL, "config.yaml", "curves.png",
+             "alpha_epoch.png", "alpha_hist.png", "tb")
 
 
 @dataclass
@@ -81,42 +87,17 @@ def auto_threads(world: int = 1, workers: int = 0) -> int:
 def auto_workers(cfg: Recipe, world: int) -> int:
     if cfg.workers is not None:
         return cfg.workers
-    if cfg.data == "fashion_mnist":
+    if is_fashion_mnist(cfg.data):
         return 0  # in memory, batched indexing: workers only add overhead
     return max(1, min(8, (os.cpu_count() or 1) // world - 1))
 
 
-def _datasets(cfg: Recipe):
-    if cfg.data == "fashion_mnist":
-        from ..data.fashion_mnist import CLASSES, MEAN, STD, class_split, fashion_mnist
-
-        train, test = fashion_mnist(
-            cfg.data_dir, img_size=cfg.img_size, in_chans=cfg.in_channels,
-            translate=cfg.translate, hflip=cfg.hflip, train_subset=cfg.train_subset,
-            subset_seed=cfg.subset_seed, holdout_classes=cfg.holdout_classes)
-        kept, _ = class_split(cfg.holdout_classes)
-        return train, test, [CLASSES[c] for c in kept], list(MEAN) * cfg.in_channels, \
-            list(STD) * cfg.in_channels, True
-    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-
-    from ..data.folder import image_folder
-
-    mean, std = IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-    if cfg.in_channels == 1:
-        mean, std = (sum(mean) / 3,), (sum(std) / 3,)
-    train, test, classes = image_folder(
-        cfg.data, img_size=cfg.img_size, in_chans=cfg.in_channels, auto_augment=cfg.aa,
-        re_prob=cfg.re_prob, hflip=cfg.hflip, interpolation=cfg.interpolation,
-        crop_pct=cfg.crop_pct, mean=mean, std=std)
-    if cfg.train_subset is not None:
-        from torch.utils.data import Subset
-
-        n = len(train)
-        if cfg.train_subset > n:
-            raise DatasetError(f"train_subset {cfg.train_subset} > {n} training images")
-        g = torch.Generator().manual_seed(cfg.subset_seed)
-        train = Subset(train, torch.randperm(n, generator=g)[: cfg.train_subset].tolist())
-    return train, test, classes, list(mean), list(std), False
+def _datasets(cfg: Recipe) -> TrainingData:
+    return training_data(
+        cfg.data, img_size=cfg.img_size, in_chans=cfg.in_channels, data_dir=cfg.data_dir,
+        translate=cfg.translate, hflip=cfg.hflip, auto_augment=cfg.aa, re_prob=cfg.re_prob,
+        interpolation=cfg.interpolation, crop_pct=cfg.crop_pct, train_subset=cfg.train_subset,
+        subset_seed=cfg.subset_seed, holdout_classes=cfg.holdout_classes)
 
 
 def _loaders(cfg: Recipe, train, test, batched: bool, info: distributed.DistInfo):
@@ -140,45 +121,23 @@ def _loaders(cfg: Recipe, train, test, batched: bool, info: distributed.DistInfo
 
 
 def _model(cfg: Recipe, num_classes: int) -> tuple[torch.nn.Module, dict]:
-    if not timm.is_model(cfg.model):
-        close = timm.list_models(f"*{cfg.model.split('_')[0]}*")[:5]
-        hint = f" (e.g. {', '.join(close)})" if close else ""
-        raise ConfigError(f"unknown model {cfg.model!r}: not a timm model name{hint}")
-    kwargs = dict(cfg.model_kwargs)
-    kwargs.update(img_size=cfg.img_size, in_chans=cfg.in_channels)
-    if cfg.patch_size is not None:
-        kwargs["patch_size"] = cfg.patch_size
-    extra = dict(drop_path_rate=cfg.drop_path, drop_rate=cfg.drop_rate)
     try:
-        try:
-            model = timm.create_model(cfg.model, pretrained=False, num_classes=num_classes,
-                                      **kwargs, **extra)
-        except TypeError as e:
-            if "img_size" not in str(e):
-                raise
-            # ConvNets take no img_size / patch_size
-            kwargs = {k: v for k, v in kwargs.items() if k not in ("img_size", "patch_size")}
-            model = timm.create_model(cfg.model, pretrained=False, num_classes=num_classes,
-                                      **kwargs, **extra)
-    except (TypeError, ValueError, AssertionError, RuntimeError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ConfigError(f"cannot build model {cfg.model} with {kwargs}: {msg}") from None
-    return model, kwargs
-
-
-def _patch_size(model: torch.nn.Module, cfg: Recipe) -> int | None:
-    ps = getattr(getattr(model, "patch_embed", None), "patch_size", None)
-    if ps is None:
-        return cfg.patch_size
-    return int(ps[0]) if isinstance(ps, tuple | list) else int(ps)
+        return models.create_model(
+            cfg.model, num_classes=num_classes, img_size=cfg.img_size,
+            in_chans=cfg.in_channels, patch_size=cfg.patch_size, model_kwargs=cfg.model_kwargs,
+            drop_path_rate=cfg.drop_path, drop_rate=cfg.drop_rate)
+    except models.ModelError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _check_geometry(cfg: Recipe, patch: int | None) -> None:
-    if cfg.method in MASK_METHODS + ("transmix",) and patch is None:
+    needs_patch = METHODS[cfg.method].patch
+    if needs_patch and patch is None:
         raise ConfigError(f"method {cfg.method} needs a patch size; set patch_size")
     if patch is not None and cfg.img_size % patch:
         raise ConfigError(f"img_size {cfg.img_size} is not a multiple of patch_size {patch}")
-    if cfg.method in MASK_METHODS and cfg.img_size % (patch * cfg.mask_scale):
+    uses_cells = needs_patch and "mask_scale" in METHODS[cfg.method].keys
+    if uses_cells and cfg.img_size % (patch * cfg.mask_scale):
         grid = cfg.img_size // patch
         ok = [s for s in range(1, grid + 1) if grid % s == 0]
         raise ConfigError(
@@ -215,7 +174,37 @@ def seed_epoch(cfg: Recipe, epoch: int, rank: int, mixer_gen: torch.Generator,
         gen.manual_seed(s + 2)
 
 
-def prepare(cfg: Recipe, resume: bool | str = False) -> Prepared:
+def check_output(out: Path, resume_path: Path | None, overwrite: bool) -> list[Path]:
+    """Check the output folder before any work; returns the old run's files that
+    ``overwrite`` will remove (only once every other check has passed).
+
+    A folder holding any run artefact is refused without ``--resume`` or ``--overwrite``;
+    ``--resume A.pt`` into a folder that holds another run than ``A.pt``'s is refused.
+    """
+    if resume_path is not None and overwrite:
+        raise ConfigError("--resume and --overwrite contradict each other: choose one")
+    for parent in [out, *out.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                what = "is a file" if parent == out else f"is under the file {parent}"
+                raise ConfigError(f"--output {out} {what}; choose a folder")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise ConfigError(f"--output {out}: {parent} is not writable")
+            break
+    held = [out / a for a in ARTEFACTS if (out / a).exists()] if out.is_dir() else []
+    if resume_path is None:
+        if held and not overwrite:
+            raise ConfigError(f"{out} already holds a run ({held[0].name}): pass --resume to "
+                              "continue it, --overwrite to start afresh, or choose another "
+                              "--output")
+        return held
+    if held and resume_path.resolve().parent != out.resolve():
+        raise ConfigError(f"--output {out} holds another run ({held[0].name}) than the "
+                          f"checkpoint {resume_path} you resume; choose an empty --output")
+    return []
+
+
+def prepare(cfg: Recipe, resume: bool | str = False, overwrite: bool = False) -> Prepared:
     """Build data, model, mixer, optimiser, scheduler, EMA; check everything; load the
     checkpoint when resuming. Raises :class:`TrainError` on any user error."""
     info = distributed.setup(cfg.device)
@@ -224,12 +213,8 @@ def prepare(cfg: Recipe, resume: bool | str = False) -> Prepared:
     if info.device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {cfg.device} requested but CUDA is not available")
     out = _output(cfg)
-    resume_path: Path | None = None
-    if resume:
-        resume_path = out / "last.pt" if resume is True else Path(resume)
-    elif (out / "last.pt").exists() or (out / FINAL).exists():
-        raise ConfigError(f"{out} already holds a run: pass --resume to continue it, or "
-                          "choose another --output")
+    resume_path = (out / "last.pt" if resume is True else Path(resume)) if resume else None
+    stale = check_output(out, resume_path, overwrite)
     if cfg.tensorboard:
         import importlib.util
 
@@ -237,13 +222,18 @@ def prepare(cfg: Recipe, resume: bool | str = False) -> Prepared:
             raise ConfigError("tensorboard: true needs the tensorboard package "
                               "(pip install tensorboard)") from None
 
-    train_data, test_data, classes, mean, std, batched = _datasets(cfg)
+    data = _datasets(cfg)
+    train_data, test_data, classes = data.train, data.test, data.classes
     num_classes = len(classes)
     torch.manual_seed(cfg.seed)
     model, model_kwargs = _model(cfg, num_classes)
-    patch = _patch_size(model, cfg)
+    patch = models.patch_size(model) or cfg.patch_size
     mixer_gen = torch.Generator().manual_seed(cfg.seed)
-    mixer = make_mixer(cfg, num_classes, patch or 1, mixer_gen)
+    try:
+        mixer = build_mixer(cfg.method, cfg.mix_options(), num_classes=num_classes,
+                            patch_size=patch or 1, generator=mixer_gen)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"method {cfg.method}: {e}") from None
     probe = None
     if mixer.needs_attention:
         try:
@@ -253,7 +243,7 @@ def prepare(cfg: Recipe, resume: bool | str = False) -> Prepared:
     _check_geometry(cfg, patch)
     model.to(info.device)
 
-    train_loader, test_loader, sampler = _loaders(cfg, train_data, test_data, batched, info)
+    train_loader, test_loader, sampler = _loaders(cfg, train_data, test_data, data.batched, info)
     steps = len(train_loader)
     if steps == 0:
         raise ConfigError(f"batch_size {cfg.batch_size} x {info.world} ranks is larger than "
@@ -279,12 +269,12 @@ def prepare(cfg: Recipe, resume: bool | str = False) -> Prepared:
 
     recipe = cfg.to_dict()
     model_config = {"model": cfg.model, "model_kwargs": model_kwargs, "num_classes": num_classes,
-                    "classes": classes, "mean": mean, "std": std, "recipe": recipe}
+                    "classes": classes, "mean": data.mean, "std": data.std, "recipe": recipe}
     prep = Prepared(cfg=cfg, info=info, out=out, model=model, ctx=None, train_loader=train_loader,
                     test_loader=test_loader, train_sampler=sampler, train_data=train_data,
                     mixer_gen=mixer_gen, model_config=model_config, owns_group=owns)
     if resume_path is not None:
-        ck = ckpt_io.read(resume_path)
+        ck = ckpt_io.read(resume_path, training=True)
         ckpt_io.check_matches(ck, recipe, resume_path)
         ckpt_io.load_states(ck, resume_path, model=model, optimizer=optimizer,
                             scheduler=scheduler, scaler=scaler, ema=ema,
@@ -302,6 +292,8 @@ def prepare(cfg: Recipe, resume: bool | str = False) -> Prepared:
         epochs=cfg.epochs, steps_per_epoch=steps, sched_per_step=cfg.sched_per_step,
         max_steps=cfg.max_steps, progress=cfg.progress)
     if info.is_main:
+        for path in stale:  # --overwrite: the old run goes only now that all checks passed
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
         if cfg.tensorboard:
@@ -359,13 +351,13 @@ def _finish(p: Prepared, wall: float) -> dict:
         "wall_s_this_process": wall, "output": str(p.out),
     }
     if p.info.is_main:
-        from .. import figures
+        from mixpro.plots import training as plots
 
-        figures.train_curves(m, p.out / "curves.png", title=p.cfg.run_name)
+        plots.train_curves(m, p.out / "curves.png", title=p.cfg.run_name)
         if any(r.get("alpha_mean") is not None for r in m):
-            figures.alpha_per_epoch(m, p.out / "alpha_epoch.png", title=p.cfg.run_name)
+            plots.alpha_per_epoch(m, p.out / "alpha_epoch.png", title=p.cfg.run_name)
         if p.alpha_last:
-            figures.alpha_histogram(p.alpha_last, p.out / "alpha_hist.png",
+            plots.alpha_histogram(p.alpha_last, p.out / "alpha_hist.png",
                                     title=f"{p.cfg.run_name}: α of the last batch")
         tmp = p.out / (FINAL + ".tmp")
         tmp.write_text(json.dumps(summary, indent=2))
@@ -373,10 +365,13 @@ def _finish(p: Prepared, wall: float) -> dict:
     return summary
 
 
-def train(cfg: Recipe, resume: bool | str = False) -> Result:
-    """Run (or continue) the training ``cfg`` describes; see :func:`prepare` for the checks."""
+def train(cfg: Recipe, resume: bool | str = False, overwrite: bool = False) -> Result:
+    """Run (or continue) the training ``cfg`` describes; see :func:`prepare` for the checks.
+
+    ``resume``: True (``<output>/last.pt``) or a checkpoint path; ``overwrite``: replace the
+    files of a run already in the output folder."""
     t_start = time.perf_counter()
-    p = prepare(cfg, resume)
+    p = prepare(cfg, resume, overwrite)
     try:
         ctx, info = p.ctx, p.info
         if p.start_epoch > 0 and info.is_main:

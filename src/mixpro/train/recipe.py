@@ -1,32 +1,35 @@
-"""Recipes: a flat dataclass of every training knob, loaded from YAML with CLI overrides.
+"""Recipes: a flat dataclass of every training knob, loaded from YAML with overrides.
 
-Owns: :class:`Recipe` (fields, defaults = the embedded Fashion-MNIST default), loading a recipe
-by name (``src/mixpro/recipes/<name>.yaml``) or path, overrides (``--key value`` flags made
-from the fields, or ``--set key=value``), type/range validation with one-line
-:class:`ConfigError` s naming the key, and the method registry :data:`METHODS`
-(name → mixer factory).
+Owns: :class:`Recipe` (fields, defaults = the embedded Fashion-MNIST default, one help text
+per key in :data:`HELP`), loading a recipe by name (``src/mixpro/recipes/<name>.yaml``) or
+path with overrides, and type/range validation with one-line :class:`ConfigError` s naming the
+key. The mixing keys are :class:`mixpro.methods.MixOptions`' fields
+(:meth:`Recipe.mix_options`); which method uses which key is said there. The command-line
+flags made from these fields live in :mod:`mixpro.cli`.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
+import math
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
 import mixpro
+from mixpro.errors import UserError
+from mixpro.methods import METHODS, OPTION_NAMES, MixOptions, ignored_options
+from mixpro.strategies import MASK_STRATEGIES
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
 
-class TrainError(ValueError):
+class TrainError(UserError):
     """A user error of the training app (printed as ``mixpro: error: ...``, exit 2)."""
 
 
@@ -62,6 +65,7 @@ class Recipe:
     drop_rate: float = 0.0
     # mixing
     method: str = "mixpro"
+    mask_strategy: str = "grid"
     mask_scale: int = 2
     beta: float = 1.0
     mask_mode: str = "batch"
@@ -70,6 +74,7 @@ class Recipe:
     alpha: str = "cosine"
     alpha_detach: bool = True
     pal_label_smoothing: float | None = None
+    attention_norm: str = "paper"
     mixup_alpha: float = 0.8
     cutmix_alpha: float = 1.0
     switch_prob: float = 0.5
@@ -107,6 +112,10 @@ class Recipe:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def mix_options(self) -> MixOptions:
+        """The mixing keys of this recipe as :class:`mixpro.methods.MixOptions`."""
+        return MixOptions(**{k: getattr(self, k) for k in OPTION_NAMES})
+
     @property
     def in_channels(self) -> int:
         if self.in_chans is not None:
@@ -139,7 +148,8 @@ HELP: dict[str, str] = {
     "patch_size": "ViT patch size (null: the model's own)",
     "drop_path": "stochastic depth rate",
     "drop_rate": "dropout rate",
-    "method": "none | mixup | cutmix | mixup_cutmix | transmix | maskmix | mixpro | paper",
+    "method": " | ".join(METHODS),
+    "mask_strategy": "where pixels come from (MaskMix/MixPro): " + " | ".join(MASK_STRATEGIES),
     "mask_scale": "MaskMix cell side in patches",
     "beta": "MaskMix: tau ~ Beta(beta, beta)",
     "mask_mode": "MaskMix: batch (paper) | positions (official) | elem",
@@ -148,6 +158,8 @@ HELP: dict[str, str] = {
     "alpha": "PAL factor: cosine | equal | linear | parabolic | learnable | none",
     "alpha_detach": "detach alpha (paper: unspecified; official: not detached)",
     "pal_label_smoothing": "smoothing of PAL targets (null: label_smoothing; 0: official)",
+    "attention_norm": "MixPro lambda_attn: paper (Eq. 5, sum of m*a) | renormalize (official "
+                      "code: sum(m*a)/sum(a))",
     "mixup_alpha": "Mixup Beta parameter (mixup, mixup_cutmix, transmix, paper)",
     "cutmix_alpha": "CutMix Beta parameter (cutmix, mixup_cutmix, transmix, paper)",
     "switch_prob": "probability of CutMix instead of Mixup when both are on",
@@ -185,7 +197,7 @@ FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(Re
 _HINTS = typing.get_type_hints(Recipe)
 
 
-def _allowed(key: str) -> tuple[tuple[type, ...], bool]:
+def allowed_types(key: str) -> tuple[tuple[type, ...], bool]:
     hint = _HINTS[key]
     args = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     optional = type(None) in args
@@ -196,8 +208,8 @@ def _allowed(key: str) -> tuple[tuple[type, ...], bool]:
 def coerce(key: str, value: Any) -> Any:
     """Check (and widen int → float) ``value`` for recipe field ``key``."""
     if key not in FIELDS:
-        raise ConfigError(f"unknown recipe key {key!r}{_suggest(key)}")
-    kinds, optional = _allowed(key)
+        raise ConfigError(f"unknown recipe key {key!r}{suggest(key)}")
+    kinds, optional = allowed_types(key)
     if value is None:
         if optional:
             return None
@@ -212,7 +224,7 @@ def coerce(key: str, value: Any) -> Any:
     return value
 
 
-def _suggest(key: str) -> str:
+def suggest(key: str) -> str:
     import difflib
 
     close = difflib.get_close_matches(key, list(FIELDS), n=1)
@@ -262,20 +274,32 @@ def _number_like(value: Any) -> Any:
     return value
 
 
-def load_recipe(recipe: str | None = None, overrides: Mapping[str, Any] | None = None) -> Recipe:
+def load_recipe(recipe: str | None = None, overrides: Mapping[str, Any] | None = None, *,
+                check_ignored: bool = True) -> Recipe:
     """Recipe ``recipe`` (name or path; None = ``fashion_mnist``) with ``overrides``,
-    validated. Raises :class:`ConfigError` naming the offending key."""
+    validated. Raises :class:`ConfigError` naming the offending key, also for a mixing key
+    given in ``overrides`` that the recipe's method does not use (``check_ignored``)."""
     values: dict[str, Any] = dict(read_yaml(recipe or "fashion_mnist"))
     values.update(overrides or {})
     checked = {}
     for key, value in values.items():
-        kinds, _ = _allowed(key) if key in FIELDS else ((), False)
+        kinds, _ = allowed_types(key) if key in FIELDS else ((), False)
         if (int in kinds or float in kinds) and str not in kinds:
             value = _number_like(value)
         checked[key] = coerce(key, value)
     cfg = Recipe(**checked)
     validate(cfg)
+    if check_ignored:
+        check_used(cfg.method, overrides or {})
     return cfg
+
+
+def check_used(method: str, keys: Mapping[str, Any] | list[str]) -> None:
+    """:class:`ConfigError` if ``method`` ignores one of the mixing ``keys`` given."""
+    unused = ignored_options(method, [k for k in keys if k != "method"])
+    if unused:
+        raise ConfigError(f"method {method} does not use {', '.join(unused)}; drop "
+                          f"{'it' if len(unused) == 1 else 'them'} or pick a method that does")
 
 
 def _check(ok: bool, message: str) -> None:
@@ -292,7 +316,24 @@ def validate(cfg: Recipe) -> None:
            f"{cfg.batch_size}")
     _check(cfg.eval_batch_size >= 1, "eval_batch_size must be >= 1")
     _check(cfg.eval_every >= 1, "eval_every must be >= 1")
+    for key in ("lr", "warmup_lr", "min_lr", "weight_decay", "ema_decay", "beta",
+                "mixup_alpha", "cutmix_alpha", "crop_pct"):
+        v = getattr(cfg, key)
+        _check(math.isfinite(v), f"{key} must be a finite number, got {v}")
     _check(cfg.lr > 0, f"lr must be > 0, got {cfg.lr}")
+    _check(cfg.warmup_lr >= 0, f"warmup_lr must be >= 0, got {cfg.warmup_lr}")
+    _check(0 <= cfg.min_lr <= cfg.lr, f"min_lr must be in [0, lr={cfg.lr}], got {cfg.min_lr}")
+    _check(cfg.weight_decay >= 0, f"weight_decay must be >= 0, got {cfg.weight_decay}")
+    _check(0 < cfg.ema_decay < 1, f"ema_decay must be in (0, 1), got {cfg.ema_decay}")
+    _check(cfg.beta > 0, f"beta must be > 0, got {cfg.beta}")
+    _check(cfg.mixup_alpha >= 0 and cfg.cutmix_alpha >= 0,
+           "mixup_alpha and cutmix_alpha must be >= 0")
+    _check(0 < cfg.crop_pct <= 1, f"crop_pct must be in (0, 1], got {cfg.crop_pct}")
+    _check(cfg.mask_strategy in MASK_STRATEGIES,
+           f"mask_strategy must be one of {', '.join(sorted(MASK_STRATEGIES))}, got "
+           f"{cfg.mask_strategy!r}")
+    _check(cfg.attention_norm in ("paper", "renormalize"),
+           f"attention_norm must be paper or renormalize, got {cfg.attention_norm!r}")
     _check(0 <= cfg.warmup_epochs < cfg.epochs or cfg.warmup_epochs == 0,
            f"warmup_epochs ({cfg.warmup_epochs}) must be smaller than epochs ({cfg.epochs})")
     _check(cfg.img_size >= 1, "img_size must be >= 1")
@@ -328,96 +369,3 @@ def validate(cfg: Recipe) -> None:
     for key in ("threads", "workers"):
         v = getattr(cfg, key)
         _check(v is None or v >= (1 if key == "threads" else 0), f"{key} is out of range: {v}")
-
-
-# ------------------------------------------------------------------------------------------
-# method registry: name -> factory(cfg, num_classes, patch_size, generator) -> mixer
-# ------------------------------------------------------------------------------------------
-
-MixerFactory = Callable[[Recipe, int, int, torch.Generator], Any]
-
-
-def _maskmix_args(c: Recipe, k: int, p: int, g: torch.Generator) -> dict[str, Any]:
-    return dict(num_classes=k, patch_size=p, mask_scale=c.mask_scale, beta=c.beta,
-                mode=c.mask_mode, pairing=c.pairing, rounding=c.rounding,
-                label_smoothing=c.label_smoothing, generator=g)
-
-
-def _timm_args(c: Recipe, k: int, g: torch.Generator) -> dict[str, Any]:
-    return dict(prob=c.mix_prob, label_smoothing=c.label_smoothing, num_classes=k, generator=g)
-
-
-METHODS: dict[str, MixerFactory] = {
-    "none": lambda c, k, p, g: mixpro.NoMix(num_classes=k, label_smoothing=c.label_smoothing),
-    "mixup": lambda c, k, p, g: mixpro.Mixup(mixup_alpha=c.mixup_alpha, cutmix_alpha=0.0,
-                                             **_timm_args(c, k, g)),
-    "cutmix": lambda c, k, p, g: mixpro.CutMix(cutmix_alpha=c.cutmix_alpha,
-                                               **_timm_args(c, k, g)),
-    "mixup_cutmix": lambda c, k, p, g: mixpro.Mixup(
-        mixup_alpha=c.mixup_alpha, cutmix_alpha=c.cutmix_alpha, switch_prob=c.switch_prob,
-        **_timm_args(c, k, g)),
-    "transmix": lambda c, k, p, g: mixpro.TransMix(
-        mixup_alpha=c.mixup_alpha, cutmix_alpha=c.cutmix_alpha, switch_prob=c.switch_prob,
-        patch_size=p, ratio=c.transmix_ratio, **_timm_args(c, k, g)),
-    "maskmix": lambda c, k, p, g: mixpro.MaskMix(**_maskmix_args(c, k, p, g)),
-    "mixpro": lambda c, k, p, g: mixpro.MixPro(
-        **_maskmix_args(c, k, p, g), alpha=c.alpha, alpha_detach=c.alpha_detach,
-        pal_label_smoothing=c.pal_label_smoothing),
-    "paper": lambda c, k, p, g: mixpro.paper_recipe(
-        num_classes=k, patch_size=p, mask_scale=c.mask_scale, maskmix_prob=c.maskmix_prob,
-        mixup_alpha=c.mixup_alpha, cutmix_alpha=c.cutmix_alpha, switch_prob=c.switch_prob,
-        label_smoothing=c.label_smoothing, alpha=c.alpha, generator=g),
-}
-MASK_METHODS = ("maskmix", "mixpro", "paper")
-
-
-def make_mixer(cfg: Recipe, num_classes: int, patch_size: int, generator: torch.Generator):
-    """The mixer of ``cfg.method`` (a :class:`mixpro.Mixer` or :class:`mixpro.RandomChoice`)."""
-    try:
-        return METHODS[cfg.method](cfg, num_classes, patch_size, generator)
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"method {cfg.method}: {e}") from None
-
-
-# ------------------------------------------------------------------------------------------
-# command line: one flag per recipe key
-# ------------------------------------------------------------------------------------------
-
-
-def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--recipe``, ``--set key=value`` and one ``--<key>`` flag per :class:`Recipe` field
-    (values parsed as YAML: ``--lr 1e-3``, ``--model-kwargs '{depth: 2}'``,
-    ``--clip-grad null``)."""
-    parser.add_argument("--recipe", default=None,
-                        help=f"recipe name ({', '.join(available_recipes())}) or a YAML path")
-    parser.add_argument("--set", dest="set_", action="append", default=[], metavar="KEY=VALUE",
-                        help="override any recipe key (repeatable)")
-    group = parser.add_argument_group("recipe keys (override the recipe)")
-    for name in FIELDS:
-        if name == "name":
-            continue
-        flag = "--" + name.replace("_", "-")
-        kinds, optional = _allowed(name)
-        text = HELP[name]
-        if kinds == (bool,):
-            group.add_argument(flag, dest=name, default=None, help=text,
-                               action=argparse.BooleanOptionalAction)
-        elif kinds == (str,) and not optional:  # names and paths stay strings
-            group.add_argument(flag, dest=name, default=None, type=str, metavar="V", help=text)
-        else:
-            group.add_argument(flag, dest=name, default=None, type=parse_value, metavar="V",
-                               help=text)
-
-
-def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """The recipe overrides given on the command line (flags, then ``--set``)."""
-    out = {k: getattr(args, k) for k in FIELDS if getattr(args, k, None) is not None}
-    for item in args.set_:
-        key, sep, text = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
-        key = key.strip().replace("-", "_")
-        if key not in FIELDS:
-            raise ConfigError(f"unknown recipe key {key!r}{_suggest(key)}")
-        out[key] = parse_value(text)
-    return out

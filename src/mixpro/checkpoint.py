@@ -1,0 +1,282 @@
+"""The checkpoint format: written by ``mixpro train``, read by every app.
+
+Owns the file format, its atomic writing, its validated reading and rebuilding the model it
+describes. ``last.pt`` / ``best.pt`` hold::
+
+    {"version": 2,
+     "model": <plain timm state dict>,            # timm.create_model(...).load_state_dict
+     "config": {"model": timm_name, "model_kwargs": {...}, "num_classes": K,
+                "mean": [...], "std": [...], "classes": [...], "recipe": {...}},
+     "epoch": completed_epochs, "metrics": [per-epoch dicts], "best_acc": float,
+     "optimizer", "scheduler", "scaler", "ema", "mixer", "rng", "alpha_last"}   # last.pt only
+
+Everything in a version-2 file loads with ``torch.load(weights_only=True)`` (the RNG states
+are stored as tensors and lists); version-1 files (numpy RNG states pickled) are read with the
+full unpickler, as older ``mixpro train`` runs wrote them. Writes go to ``<file>.tmp``, are
+fsynced, then ``os.replace`` d onto the file (atomic on POSIX): a crash or a full disk never
+leaves a half-written checkpoint in place of a good one, nor a ``.tmp`` behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import pickle
+import random
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import UserError
+from .models import ModelError, build_model
+
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+TRAINING_KEYS = ("model", "config", "epoch", "metrics", "optimizer", "scheduler")
+# recipe keys that must match between a checkpoint and the run resuming it
+MUST_MATCH = ("model", "model_kwargs", "img_size", "patch_size", "in_chans", "method", "data",
+              "train_subset", "subset_seed", "holdout_classes", "batch_size", "epochs", "seed",
+              "ema", "opt", "sched", "mask_scale")
+# keys newer than some checkpoints: their value when a checkpoint lacks them
+MISSING_MEANS: dict[str, Any] = {"holdout_classes": []}
+PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile wrappers
+
+
+class CheckpointError(UserError):
+    """An unreadable, corrupt or mismatched checkpoint, or one that cannot be written."""
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+# -- writing -------------------------------------------------------------------------------
+
+
+def _atomic(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        io_error = isinstance(e, OSError) or (
+            isinstance(e, RuntimeError) and "write" in str(e).lower())  # torch's zip writer
+        if not io_error:
+            raise
+        full = getattr(e, "errno", None) == errno.ENOSPC or "No space" in str(e)
+        reason = "the disk is full" if full else _first_line(e)
+        raise CheckpointError(f"cannot write {path}: {reason}") from None
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to ``path + '.tmp'``, fsync, then ``os.replace`` onto ``path``.
+
+    Raises:
+        CheckpointError: the file cannot be written (disk full, permissions); the ``.tmp`` is
+            removed and an existing ``path`` is left as it was.
+    """
+    _atomic(Path(path), lambda f: torch.save(obj, f))
+
+
+def atomic_write_text(text: str, path: str | os.PathLike) -> None:
+    """Write ``text`` to ``path`` atomically (same guarantees as :func:`atomic_save`)."""
+    _atomic(Path(path), lambda f: f.write(text.encode()))
+
+
+def rng_state() -> dict[str, Any]:
+    """torch, numpy, python (and CUDA) RNG states, as tensors and lists (weights-only safe)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, pstate, pgauss = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "python": [version, list(pstate), pgauss],
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore what :func:`rng_state` returned (also the pickled form of version 1)."""
+    torch.set_rng_state(state["torch"])
+    npst = state["numpy"]
+    if isinstance(npst, Mapping):
+        npst = (npst["kind"], npst["keys"].numpy().astype(np.uint32), npst["pos"],
+                npst["has_gauss"], npst["gauss"])
+    np.random.set_state(npst)
+    version, pstate, pgauss = state["python"]
+    random.setstate((version, tuple(pstate), pgauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# -- reading -------------------------------------------------------------------------------
+
+
+def read(path: str | os.PathLike, *, training: bool = False) -> dict[str, Any]:
+    """Load a checkpoint on the CPU, tensors-only where the file allows it.
+
+    ``training=True`` also requires the training state (``last.pt``: optimizer, scheduler,
+    metrics) and a format version this code writes. Raises :class:`CheckpointError` when the
+    file is missing, corrupt, or not a ``mixpro train`` checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path} (the file does not exist)")
+    ckpt, err = None, None
+    for weights_only in (True, False):
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=weights_only)
+            break
+        except pickle.UnpicklingError as e:
+            err = e
+            if weights_only and "Weights only load failed" in str(e):
+                continue  # a version-1 file: numpy RNG states need the full unpickler
+            break
+        except (RuntimeError, OSError, EOFError, zipfile.BadZipFile, ValueError,
+                AttributeError, ImportError, IndexError, KeyError, TypeError) as e:
+            err = e
+            break
+    if ckpt is None:
+        raise CheckpointError(f"cannot read checkpoint {path}: corrupt or not a checkpoint "
+                              f"({_first_line(err)})")
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict) \
+            or not isinstance(ckpt.get("config"), dict):
+        raise CheckpointError(f"checkpoint {path} lacks the 'model' state dict or the 'config' "
+                              "dict (written by mixpro train?)")
+    if training:
+        missing = [k for k in TRAINING_KEYS if k not in ckpt]
+        if missing:
+            raise CheckpointError(f"checkpoint {path} is not a mixpro train checkpoint with a "
+                                  f"training state (lacks {', '.join(missing)}; best.pt holds "
+                                  "weights only: resume from last.pt)")
+        if ckpt.get("version") not in READABLE_VERSIONS:
+            raise CheckpointError(f"checkpoint {path} has format version {ckpt.get('version')}, "
+                                  f"expected one of {READABLE_VERSIONS}")
+    return ckpt
+
+
+def check_matches(ckpt: Mapping[str, Any], recipe: Mapping[str, Any],
+                  path: str | os.PathLike, keys: tuple[str, ...] = MUST_MATCH) -> None:
+    """The run must be the one the checkpoint was written by (``keys`` of the recipe)."""
+    saved = ckpt["config"].get("recipe", {})
+    for key in keys:
+        then = saved.get(key, MISSING_MEANS.get(key))
+        if then != recipe.get(key):
+            raise CheckpointError(
+                f"checkpoint {path} does not match this run: {key} is {then!r} in "
+                f"the checkpoint and {recipe.get(key)!r} now"
+            )
+
+
+def strip_prefixes(state_dict: Mapping[str, Any],
+                   prefixes: tuple[str, ...] = PREFIXES) -> dict[str, Any]:
+    """Keys without DDP's ``module.`` and ``torch.compile``'s ``_orig_mod.`` prefixes."""
+    out = {}
+    for k, v in state_dict.items():
+        changed = True
+        while changed:
+            changed = False
+            for pre in prefixes:
+                if k.startswith(pre):
+                    k, changed = k[len(pre):], True
+        out[k] = v
+    return out
+
+
+def load_weights(model: nn.Module, state_dict: Mapping[str, Any], path: str | os.PathLike,
+                 arch: str = "the model") -> None:
+    """Load ``state_dict`` strictly; :class:`CheckpointError` naming the first mismatch."""
+    own = model.state_dict()
+    sd = strip_prefixes(state_dict)
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    shapes = [
+        f"{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in sd and hasattr(sd[k], "shape") and tuple(sd[k].shape) != tuple(v.shape)
+    ]
+    if missing or unexpected or shapes:
+        first = (shapes or [f"missing {k}" for k in missing] or
+                 [f"unexpected {k}" for k in unexpected])[0]
+        raise CheckpointError(
+            f"checkpoint {path} does not match model {arch}: {len(missing)} missing, "
+            f"{len(unexpected)} unexpected, {len(shapes)} mismatched tensors (e.g. {first})"
+        )
+    model.load_state_dict(sd, strict=True)
+
+
+def load_model(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model a checkpoint describes and load its weights (eval mode, CPU).
+
+    Returns ``(model, config)``; ``config`` is the checkpoint's ``config`` dict (``mean``,
+    ``std`` and ``classes`` optional). Raises :class:`CheckpointError`.
+    """
+    ckpt = read(path)
+    config = ckpt["config"]
+    try:
+        model = build_model(config)
+    except ModelError as e:
+        raise CheckpointError(f"checkpoint {path}: {e}") from None
+    load_weights(model, ckpt["model"], path, str(config.get("model")))
+    return model.eval(), config
+
+
+def load_states(ckpt: Mapping[str, Any], path: str | os.PathLike, *, model: nn.Module,
+                optimizer, scheduler, scaler, ema, mixer_params: list[nn.Parameter]) -> None:
+    """Restore every training state of ``last.pt``; :class:`CheckpointError` on mismatches."""
+    try:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        if scaler is not None and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        if ema is not None:
+            if ckpt.get("ema") is None:
+                raise CheckpointError(f"checkpoint {path} has no EMA weights")
+            ema.module.load_state_dict(ckpt["ema"])
+        saved_mixer = ckpt.get("mixer") or []
+        if len(saved_mixer) != len(mixer_params):
+            raise CheckpointError(f"checkpoint {path} has {len(saved_mixer)} mixer parameters, "
+                                  f"the run {len(mixer_params)}")
+        with torch.no_grad():
+            for p, v in zip(mixer_params, saved_mixer, strict=True):
+                p.copy_(v)
+    except (RuntimeError, KeyError, ValueError) as e:
+        if isinstance(e, CheckpointError):
+            raise
+        raise CheckpointError(f"checkpoint {path} does not fit this run: "
+                              f"{_first_line(e)}") from None
+    if "rng" in ckpt:
+        set_rng_state(ckpt["rng"])
+
+
+__all__ = [
+    "FORMAT_VERSION",
+    "MUST_MATCH",
+    "CheckpointError",
+    "atomic_save",
+    "atomic_write_text",
+    "check_matches",
+    "load_model",
+    "load_states",
+    "load_weights",
+    "read",
+    "rng_state",
+    "set_rng_state",
+    "strip_prefixes",
+]

@@ -1,0 +1,249 @@
+"""The paper's image figures, drawn from a model and a few images.
+
+Owns:
+
+* :func:`maskmix_attention_grid` — original pairs, the MaskMix mixed image and the model's
+  cls attention on it, titled with λ_area, λ_attn, α and λ (paper Fig. 6).
+* :func:`mask_strategies` — box (CutMix), block, random 1× and MaskMix k× masks on the same
+  pair at the same τ (paper Fig. 4).
+* :func:`transmix_vs_maskmix` — TransMix and MaskMix on the same pair with patch borders and
+  the token sources drawn; red tokens hold pixels of both images (paper Fig. 1).
+
+``normalize`` arguments map ``[0, 1]`` images to the model's input (e.g.
+:class:`mixpro.data.sources.Normalize`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from matplotlib.colors import ListedColormap
+from torch import nn
+
+import mixpro
+from mixpro.masks import BlockMasks, BoxMasks, GridMasks
+
+from ._common import plt, save
+
+__all__ = ["mask_strategies", "maskmix_attention_grid", "transmix_vs_maskmix"]
+
+Normalizer = Callable[[torch.Tensor], torch.Tensor]
+
+
+# -- helpers for image figures -------------------------------------------------------------
+
+
+def _show(ax, img: torch.Tensor, title: str = "", fontsize: float = 9) -> None:
+    """Show a ``[0, 1]`` image ``(C, H, W)`` (grey for C = 1)."""
+    arr = img.detach().cpu().clamp(0, 1)
+    if arr.shape[0] == 1:
+        ax.imshow(arr[0].numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    else:
+        ax.imshow(arr.permute(1, 2, 0).numpy(), interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=fontsize)
+
+
+def _grid_lines(ax, size: tuple[int, int], step: tuple[int, int], color="white", lw=0.6):
+    h, w = size
+    for y in range(0, h + 1, step[0]):
+        ax.axhline(y - 0.5, color=color, lw=lw)
+    for x in range(0, w + 1, step[1]):
+        ax.axvline(x - 0.5, color=color, lw=lw)
+
+
+def _labels(batch, classes: Sequence[str] | None, i: int) -> str:
+    a, b = int(batch.labels[i]), int(batch.labels[batch.partner[i]])
+    if classes:
+        return f"{classes[a]} + {classes[b]}"
+    return f"class {a} + class {b}"
+
+
+def _lam_title(batch, i: int) -> str:
+    parts = [f"λ_area={float(batch.lam_area[i]):.2f}"]
+    if batch.lam_attn is not None:
+        parts.append(f"λ_attn={float(batch.lam_attn[i]):.2f}")
+    if batch.alpha is not None:
+        parts.append(f"α={float(batch.alpha[i]):.2f}")
+    if batch.lam is not None:
+        parts.append(f"λ={float(batch.lam[i]):.2f}")
+    return "\n".join([", ".join(parts[:2]), ", ".join(parts[2:])])
+
+
+def _patch(model: nn.Module) -> tuple[int, int]:
+    ps = model.patch_embed.patch_size
+    return int(ps[0]), int(ps[1])
+
+
+@torch.no_grad()
+def _relabel(batch, model: nn.Module, probe, normalize: Normalizer) -> torch.Tensor:
+    """Relabel ``batch`` with the model's attention on its normalised images (the probe's map
+    must come from the forward on ``batch.images``); the batch keeps its ``[0, 1]`` images."""
+    shown = batch.images
+    batch.images = normalize(shown)
+    try:
+        logits = model(batch.images)
+        batch.targets(logits, probe.attention)
+    finally:
+        batch.images = shown
+    return probe.attention
+
+
+# -- Fig. 6 --------------------------------------------------------------------------------
+
+
+def maskmix_attention_grid(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    model: nn.Module,
+    normalize: Normalizer,
+    path: str | Path,
+    *,
+    num_classes: int,
+    mask_scale: int = 2,
+    classes: Sequence[str] | None = None,
+    seed: int = 0,
+    beta: float = 4.0,
+) -> Path:
+    """Fig. 6: rows = image i, image j, MaskMix (MixPro) mixed image, cls attention overlay.
+
+    ``images (2n, C, H, W)`` in [0, 1], ``labels (2n,)``; column ``i`` mixes sample ``i`` with
+    sample ``2n-1-i``. Titles carry λ_area, λ_attn, α (cosine PAL) and λ of each mixed image.
+    τ ~ Beta(``beta``, ``beta``) per pair (4: mostly 0.3–0.7, so both images show).
+    """
+    n = images.shape[0] // 2
+    g = torch.Generator().manual_seed(seed)
+    mixer = mixpro.MixPro(num_classes=num_classes, patch_size=_patch(model),
+                          mask_scale=mask_scale, mode="elem", beta=beta, generator=g)
+    model.eval()
+    with mixpro.ClsAttention(model) as probe:
+        batch = mixer(images, labels)
+        attn = _relabel(batch, model, probe, normalize)
+    gh, gw = model.patch_embed.grid_size
+    h, w = images.shape[-2:]
+    fig, axes = plt.subplots(4, n, figsize=(2.6 * n, 11.4), squeeze=False)
+    for c in range(n):
+        j = int(batch.partner[c])
+        _show(axes[0, c], images[c], f"i: {_name(classes, labels[c])}", 10)
+        _show(axes[1, c], images[j], f"j: {_name(classes, labels[j])}", 10)
+        _show(axes[2, c], batch.images[c], _lam_title(batch, c), 9)
+        _show(axes[3, c], batch.images[c])
+        amap = attn[c].view(1, 1, gh, gw)
+        amap = torch.nn.functional.interpolate(amap, size=(h, w), mode="nearest")[0, 0]
+        axes[3, c].imshow(amap.numpy(), cmap="jet", alpha=0.5, interpolation="nearest")
+    for r, lab in enumerate(["image i", "image j", "MaskMix", "cls attention"]):
+        axes[r, 0].set_ylabel(lab, fontsize=11)
+    fig.suptitle(f"MaskMix ({mask_scale}× patch cells, τ ~ Beta({beta:g}, {beta:g})) mixed images "
+                 "and the model's cls attention on them", fontsize=12)
+    fig.tight_layout()
+    return save(fig, path, tight=False)
+
+
+# -- Fig. 4 --------------------------------------------------------------------------------
+
+
+def mask_strategies(
+    images: torch.Tensor,
+    path: str | Path,
+    *,
+    patch_size: int,
+    mask_scale: int = 2,
+    ratio: float = 0.5,
+    seed: int = 0,
+) -> Path:
+    """Fig. 4: the same pair mixed by box, block, random 1× and MaskMix ``k×`` masks at τ.
+
+    ``images (2, C, H, W)`` in [0, 1]. Top row: the mask (white = image i); bottom: the mix.
+    """
+    strategies = {
+        "Region (CutMix box)": BoxMasks(),
+        "Block (BEiT)": BlockMasks(patch=patch_size),
+        f"Random 1× ({patch_size} px)": GridMasks(patch_size),
+        f"MaskMix {mask_scale}× ({mask_scale * patch_size} px)": GridMasks(mask_scale * patch_size),
+    }
+    size = tuple(images.shape[-2:])
+    partner = torch.tensor([1, 0])
+    fig, axes = plt.subplots(2, len(strategies) + 2, figsize=(2.7 * (len(strategies) + 2), 6.2))
+    _show(axes[0, 0], images[0], "image i", 11)
+    _show(axes[0, 1], images[1], "image j", 11)
+    axes[1, 0].axis("off")
+    axes[1, 1].axis("off")
+    for k, (name, strat) in enumerate(strategies.items()):
+        g = torch.Generator().manual_seed(seed)
+        mask = strat(torch.tensor([ratio]), size, device=torch.device("cpu"), generator=g)
+        pm = mask.pixel_mask()[0].float()
+        mixed = mask.apply(images, partner)[0]
+        _show(axes[0, k + 2], pm, f"{name}\nλ_area={float(mask.lam_area()[0]):.2f}", 10)
+        _grid_lines(axes[0, k + 2], size, (patch_size, patch_size), color="tab:gray", lw=0.4)
+        _show(axes[1, k + 2], mixed)
+        _grid_lines(axes[1, k + 2], size, (patch_size, patch_size), color="tab:gray", lw=0.4)
+    fig.suptitle(f"Mask strategies at τ = {ratio} (white = from image i; grid = "
+                 f"{patch_size}-px patches)", fontsize=12)
+    fig.tight_layout()
+    return save(fig, path, tight=False)
+
+
+# -- Fig. 1 --------------------------------------------------------------------------------
+
+
+def transmix_vs_maskmix(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    model: nn.Module,
+    normalize: Normalizer,
+    path: str | Path,
+    *,
+    num_classes: int,
+    mask_scale: int = 2,
+    classes: Sequence[str] | None = None,
+    seed: int = 0,
+) -> Path:
+    """Fig. 1: TransMix (CutMix box, attention λ) vs MixPro (MaskMix, PAL) on one pair.
+
+    ``images (2, C, H, W)`` in [0, 1]. Top: mixed images with patch borders. Bottom: token
+    sources (yellow = image i, blue = image j, red = pixels of both in one token).
+    """
+    p = _patch(model)
+    gh, gw = model.patch_embed.grid_size
+    size = tuple(images.shape[-2:])
+    mixers = {
+        "TransMix (CutMix box)": mixpro.TransMix(
+            mixup_alpha=0.0, cutmix_alpha=1.0, num_classes=num_classes, patch_size=p,
+            generator=torch.Generator().manual_seed(seed)),
+        f"MixPro (MaskMix {mask_scale}×)": mixpro.MixPro(
+            num_classes=num_classes, patch_size=p, mask_scale=mask_scale,
+            generator=torch.Generator().manual_seed(seed)),
+    }
+    cmap = ListedColormap(["#3b6fd1", "#e0262b", "#f2c81b"])  # j, both, i
+    fig, axes = plt.subplots(2, 3, figsize=(9.6, 8.6))
+    _show(axes[0, 0], images[0], f"image i: {_name(classes, labels[0])}", 11)
+    _show(axes[1, 0], images[1], f"image j: {_name(classes, labels[1])}", 11)
+    model.eval()
+    with mixpro.ClsAttention(model) as probe:
+        for k, (name, mixer) in enumerate(mixers.items()):
+            batch = mixer(images, labels)
+            _relabel(batch, model, probe, normalize)
+            _show(axes[0, k + 1], batch.images[0], f"{name}\n{_lam_title(batch, 0)}", 10)
+            _grid_lines(axes[0, k + 1], size, p, color="tab:orange", lw=0.6)
+            frac = batch.token_fraction((gh, gw))[0].view(gh, gw)
+            src = torch.where(frac >= 1 - 1e-6, 2, torch.where(frac <= 1e-6, 0, 1))
+            mixed_tokens = int((src == 1).sum())
+            axes[1, k + 1].imshow(src.numpy(), cmap=cmap, vmin=0, vmax=2,
+                                  interpolation="nearest")
+            _grid_lines(axes[1, k + 1], (gh, gw), (1, 1), color="white", lw=0.8)
+            axes[1, k + 1].set_xticks([])
+            axes[1, k + 1].set_yticks([])
+            axes[1, k + 1].set_title(
+                f"token sources: {mixed_tokens} of {gh * gw} tokens mix both", fontsize=10)
+    fig.suptitle("TransMix vs MixPro on the same pair (yellow = i, blue = j, red = both)",
+                 fontsize=12)
+    fig.tight_layout()
+    return save(fig, path, tight=False)
+
+
+def _name(classes: Sequence[str] | None, label: torch.Tensor) -> str:
+    return classes[int(label)] if classes else f"class {int(label)}"
