@@ -39,7 +39,6 @@ from .loss import soft_target_cross_entropy
 from .masks import (
     Blend,
     BoxMasks,
-    CellMask,
     GridMasks,
     Identity,
     MaskGenerator,
@@ -583,7 +582,7 @@ class Mixup(Mixer):
             return Blend(lam.to(dev)), partner, "mixup", lam, None
         mask = self.boxes(lam, size, device=dev, generator=self.generator)
         if self.mode == "pair":
-            mask = CellMask(mask.cells[mirror.to(dev)], mask.row_edges, mask.col_edges)
+            mask = mask.select(mirror.to(dev))
         lam_cut = mask.lam_area() if self.correct_lam or self.cutmix_minmax else lam.to(dev)
         relabel = self._relabel(images)
         if bool(use_cut.all()):
