@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from mixpro import bench
@@ -29,6 +32,12 @@ def test_bench_runs_and_writes_markdown_and_json(tmp_path, monkeypatch):
     assert names == ["copy", "official_numpy_loop", "mixup", "cutmix", "transmix", "maskmix",
                      "mixpro"]
     assert all(r["mix_ms"] > 0 for r in mix["rows"])
+    jobs = [r["job"] for r in mix["libraries"]]
+    assert jobs == ["Mixup, batch", "CutMix, batch", "Mixup, elem", "CutMix, elem",
+                    "CutMix, pair", "Mixup+CutMix, elem"]
+    for r in mix["libraries"]:
+        assert r["mixpro_x_copy"] > 0 and r["timm_x_copy"] > 0
+        assert (r["torchvision_ms"] is None) == ("elem" in r["job"] or "pair" in r["job"])
     step = bench.bench_step(
         model_name="vit_tiny_patch16_224", img_size=16, batch=4, num_classes=5, device=cpu,
         repeats=1, warmup=0, amp=False,
@@ -42,16 +51,66 @@ def test_bench_runs_and_writes_markdown_and_json(tmp_path, monkeypatch):
               "step": step}
     md = bench.to_markdown(result)
     assert "official_numpy_loop" in md and "mixpro (extra no-grad forward)" in md
-    # the CLI entry writes both files (mix section only, to stay fast)
+    assert "| CutMix, elem |" in md and "timm (clone + mix)" in md
+    # run() writes both files (mix section only, to stay fast)
     monkeypatch.setattr(bench, "bench_mix", lambda **kw: mix)
-    assert bench.main(["--device", "cpu", "--skip-step", "--repeats", "1", "--output",
-                       str(tmp_path)]) == 0
+    opts = bench.BenchOptions(device="cpu", skip_step=True, repeats=1, output=str(tmp_path))
+    bench.run(opts)
     data = json.loads((tmp_path / "bench-cpu.json").read_text())
     assert data["environment"]["device"] == "cpu" and len(data["mix"]) == 3
     # the recorded command reproduces the run: every option that differs from the defaults
     assert data["command"] == (f"mixpro bench --device cpu --repeats 1 --skip-step "
                                f"--output {tmp_path}") and data["repeats"] == 1
     assert (tmp_path / "bench-cpu.md").read_text().startswith("# mixpro bench")
+    # the developer entry parses the same flags into the same options
+    (tmp_path / "bench-cpu.json").unlink()
+    assert bench.main(["--device", "cpu", "--skip-step", "--repeats", "1", "--output",
+                       str(tmp_path)]) == 0
+    assert json.loads((tmp_path / "bench-cpu.json").read_text())["command"] == data["command"]
+
+
+def test_library_jobs_mix_like_timm_and_leave_the_input_alone():
+    x, y = torch.randn(6, 3, 16, 16), torch.tensor([0, 1, 2, 3, 4, 0])
+    x0 = x.clone()
+    jobs = bench.library_jobs(x, y, 5)
+    for job, libs in jobs.items():
+        assert set(libs) == ({"mixpro", "timm", "torchvision"} if "batch" in job
+                             else {"mixpro", "timm"}), job
+        for lib, fn in libs.items():
+            images, targets = fn()
+            assert images.shape == x.shape and targets.shape == (6, 5), (job, lib)
+            assert torch.allclose(targets.sum(1), torch.ones(6), atol=1e-5), (job, lib)
+            assert torch.equal(x, x0), (job, lib)  # timm gets a clone
+
+
+def test_bench_options_match_the_cli_flags_and_validate():
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    dests = {a.dest: a.default for a in parser._actions if a.dest != "help"}
+    fields = {f.name: f.default for f in dataclasses.fields(bench.BenchOptions)}
+    assert dests == fields
+    # the lead's construction in cli.py: fields picked from a Namespace with extra attributes
+    args = parser.parse_args(["--img-size", "64", "--amp", "--warmup", "0"])
+    args.func = print
+    opts = bench.BenchOptions(**{f.name: getattr(args, f.name)
+                                 for f in dataclasses.fields(bench.BenchOptions)})
+    assert opts == bench.options_from_args(args)
+    assert opts.img_size == 64 and opts.amp and opts.warmup == 0 and opts.batch is None
+    assert bench.command_line(opts) == "mixpro bench --img-size 64 --warmup 0 --amp"
+    assert bench.command_line(bench.BenchOptions()) == "mixpro bench"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        opts.amp = False
+    for kw, err, name in ((dict(repeats=0), ValueError, "repeats"),
+                          (dict(warmup=-1), ValueError, "warmup"),
+                          (dict(batch="8"), TypeError, "batch"),
+                          (dict(amp=1), TypeError, "amp"),
+                          (dict(device=0), TypeError, "device")):
+        with pytest.raises(err, match=name):
+            bench.BenchOptions(**kw)
+    with pytest.raises(TypeError, match="options must be a BenchOptions"):
+        bench.run(args)
+    with pytest.raises(ValueError, match="--device"):
+        bench.run(bench.BenchOptions(device="tpu"))
 
 
 def test_mixpro_bench_subcommand(tmp_path, monkeypatch, capsys):

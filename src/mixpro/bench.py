@@ -7,7 +7,11 @@ reported as medians and as ratios to a baseline measured in the same run:
    copy of the batch (the memory-traffic floor) and a straightforward per-sample numpy loop
    with int64 pixel masks (the official MixPro code's approach, written here from its
    description, used only as a yardstick); plus the cost of turning logits + attention into
-   targets.
+   targets. In the same interleaved run, **the same jobs in timm and torchvision**: images
+   *and* soft targets (ours through :class:`~mixpro.TimmStyle`) for Mixup/CutMix per batch
+   and per sample (``elem``/``pair``). timm mixes in place, so its timing is *clone + mix*
+   (ours are out of place); torchvision ``transforms.v2.MixUp``/``CutMix`` are batch-level
+   only and out of place.
 2. **step** — a full training step (mix, forward, relabel, backward, optimiser) of a timm DeiT
    for none / CutMix / TransMix / MixPro, and MixPro with the alternative ways of getting
    attention: our cls-row probe, un-fusing the last block, an extra no-grad forward on the
@@ -19,6 +23,7 @@ CUDA timings use CUDA events after synchronisation; CPU timings use ``perf_count
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as _dt
 import json
 import math
@@ -28,6 +33,7 @@ import shlex
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,9 +47,55 @@ from . import (
     MixPro,
     Mixup,
     NoMix,
+    TimmStyle,
     TransMix,
     soft_target_cross_entropy,
 )
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """Options of ``mixpro bench`` (field names are the CLI's ``dest`` names).
+
+    Attributes:
+        device: ``'cpu'`` or ``'cuda[:N]'``; None = CUDA if available.
+        model: timm model of the training-step section.
+        img_size: step image size (None = 224).
+        batch: step batch (None = 32 on CPU, 128 on CUDA).
+        repeats: timed repeats (None = 5 on CPU, 20 on CUDA).
+        warmup: warm-up rounds before timing.
+        amp: bfloat16 autocast in the step.
+        skip_step: only the mix section.
+        output: folder for ``bench-<device>.{md,json}``.
+    """
+
+    device: str | None = None
+    model: str = "deit_tiny_patch16_224"
+    img_size: int | None = None
+    batch: int | None = None
+    repeats: int | None = None
+    warmup: int = 2
+    amp: bool = False
+    skip_step: bool = False
+    output: str = "benchmarks/results"
+
+    def __post_init__(self) -> None:
+        for name in ("img_size", "batch", "repeats", "warmup"):
+            v = getattr(self, name)
+            if v is None and name != "warmup":
+                continue
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise TypeError(f"{name} must be an int, got {v!r}")
+            if v < (0 if name == "warmup" else 1):
+                raise ValueError(f"{name} must be >= {0 if name == 'warmup' else 1}, got {v}")
+        for name in ("amp", "skip_step"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        for name in ("model", "output"):
+            if not isinstance(getattr(self, name), str):
+                raise TypeError(f"{name} must be a str, got {getattr(self, name)!r}")
+        if self.device is not None and not isinstance(self.device, str):
+            raise TypeError(f"device must be a str or None, got {self.device!r}")
 
 
 def official_numpy_maskmix(
@@ -115,11 +167,61 @@ def _mixers(num_classes: int, patch: int, scale: int) -> dict[str, object]:
     }
 
 
+# The same job in each library: (job, our mixer, timm.data.Mixup keywords, torchvision class)
+_JOBS: tuple[tuple[str, dict, dict, str | None], ...] = (
+    ("Mixup, batch", dict(mixup_alpha=1.0, cutmix_alpha=0.0), dict(mixup_alpha=1.0,
+                                                                   cutmix_alpha=0.0), "MixUp"),
+    ("CutMix, batch", dict(mixup_alpha=0.0, cutmix_alpha=1.0), dict(mixup_alpha=0.0,
+                                                                    cutmix_alpha=1.0), "CutMix"),
+    ("Mixup, elem", dict(mixup_alpha=1.0, cutmix_alpha=0.0, mode="elem"),
+     dict(mixup_alpha=1.0, cutmix_alpha=0.0, mode="elem"), None),
+    ("CutMix, elem", dict(mixup_alpha=0.0, cutmix_alpha=1.0, mode="elem"),
+     dict(mixup_alpha=0.0, cutmix_alpha=1.0, mode="elem"), None),
+    ("CutMix, pair", dict(mixup_alpha=0.0, cutmix_alpha=1.0, mode="pair"),
+     dict(mixup_alpha=0.0, cutmix_alpha=1.0, mode="pair"), None),
+    ("Mixup+CutMix, elem", dict(mixup_alpha=1.0, cutmix_alpha=1.0, mode="elem"),
+     dict(mixup_alpha=1.0, cutmix_alpha=1.0, mode="elem"), None),
+)
+LIBRARIES = ("mixpro", "timm", "torchvision")
+
+
+def library_jobs(
+    x: torch.Tensor, y: torch.Tensor, num_classes: int
+) -> dict[str, dict[str, Callable[[], object]]]:
+    """``{job: {library: fn}}``: each fn turns ``(x, y)`` into mixed images + soft targets.
+
+    Ours through :class:`~mixpro.TimmStyle` (out of place); timm's ``Mixup`` on a clone of
+    ``x`` (it mixes in place: the clone is part of its timing); torchvision
+    ``transforms.v2.MixUp``/``CutMix`` (batch-level jobs only, out of place; skipped when
+    torchvision is not installed).
+    """
+    from timm.data import Mixup as TimmMixup
+
+    try:
+        from torchvision.transforms import v2 as tv2
+    except ImportError:  # torchvision is optional
+        tv2 = None
+    jobs: dict[str, dict[str, Callable[[], object]]] = {}
+    for job, ours_kw, timm_kw, tv_name in _JOBS:
+        ours = TimmStyle(Mixup(num_classes=num_classes, label_smoothing=0.1, **ours_kw))
+        theirs = TimmMixup(num_classes=num_classes, label_smoothing=0.1, **timm_kw)
+        fns: dict[str, Callable[[], object]] = {
+            "mixpro": lambda f=ours: f(x, y),
+            "timm": lambda f=theirs: f(x.clone(), y),
+        }
+        if tv2 is not None and tv_name is not None:
+            tv = getattr(tv2, tv_name)(alpha=1.0, num_classes=num_classes)
+            fns["torchvision"] = lambda f=tv: f(x, y)
+        jobs[job] = fns
+    return jobs
+
+
 def bench_mix(
     *, batch: int, channels: int, size: int, patch: int, scale: int, device: torch.device,
     repeats: int, warmup: int, num_classes: int = 1000,
 ) -> dict:
-    """Mix cost per batch of each method, against the copy floor and the official loop."""
+    """Mix cost per batch of each method, against the copy floor and the official loop, and
+    the same jobs in timm and torchvision (all interleaved in one run)."""
     gen = torch.Generator(device="cpu").manual_seed(0)
     x = torch.randn(batch, channels, size, size, generator=gen).to(device)
     y = torch.randint(0, num_classes, (batch,), generator=gen).to(device)
@@ -130,6 +232,9 @@ def bench_mix(
         "official_numpy_loop": lambda: official_numpy_maskmix(x, patch * scale, rng),
     }
     fns.update({k: (lambda m=m: m(x, y)) for k, m in mixers.items()})
+    jobs = library_jobs(x, y, num_classes)
+    for job, libs in jobs.items():
+        fns.update({f"{lib} | {job}": fn for lib, fn in libs.items()})
     med = interleaved(fns, device, repeats, warmup)
     # relabel cost: targets from logits + attention, on a fixed mixed batch per method
     logits = torch.randn(batch, num_classes, device=device)
@@ -142,13 +247,23 @@ def bench_mix(
     med_t = interleaved(tgt, device, repeats, warmup)
     rows = []
     for k, v in med.items():
+        if " | " in k:
+            continue
         rows.append({
             "method": k, "mix_ms": 1e3 * v, "x_copy": v / med["copy"],
             "speedup_vs_official": med["official_numpy_loop"] / v,
             "targets_ms": 1e3 * med_t[k] if k in med_t else None,
         })
+    compare = []
+    for job in jobs:
+        row: dict = {"job": job}
+        for lib in LIBRARIES:
+            v = med.get(f"{lib} | {job}")
+            row[f"{lib}_ms"] = None if v is None else 1e3 * v
+            row[f"{lib}_x_copy"] = None if v is None else v / med["copy"]
+        compare.append(row)
     return {"batch": batch, "shape": [channels, size, size], "patch": patch,
-            "mask_scale": scale, "rows": rows}
+            "mask_scale": scale, "rows": rows, "libraries": compare}
 
 
 def bench_step(
@@ -272,6 +387,20 @@ def to_markdown(result: dict) -> str:
             lines.append(f"| {r['method']} | {r['mix_ms']:.2f} | {r['x_copy']:.2f} | "
                          f"{r['speedup_vs_official']:.1f} | {t} |")
         lines.append("")
+        if mix.get("libraries"):
+            lines += ["Same job in timm and torchvision (mixed images + soft targets, × the "
+                      "plain copy above; timm mixes in place, so its time is clone + mix; "
+                      "torchvision has batch-level MixUp/CutMix only):", "",
+                      "| job | mixpro | timm (clone + mix) | torchvision |",
+                      "|---|---:|---:|---:|"]
+            for r in mix["libraries"]:
+                cells = [
+                    "—" if r[f"{lib}_ms"] is None
+                    else f"{r[f'{lib}_ms']:.2f} ms ({r[f'{lib}_x_copy']:.2f}×)"
+                    for lib in LIBRARIES
+                ]
+                lines.append(f"| {r['job']} | " + " | ".join(cells) + " |")
+            lines.append("")
     step = result.get("step")
     if step:
         lines += [f"## Training step: {step['model']}, {step['img_size']}², B={step['batch']}, "
@@ -286,40 +415,52 @@ def to_markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+_DEFAULTS = BenchOptions()
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    p.add_argument("--model", default="deit_tiny_patch16_224", help="timm model for the step")
-    p.add_argument("--img-size", type=int, default=None, help="step image size (default 224)")
-    p.add_argument("--batch", type=int, default=None,
+    """The ``mixpro bench`` flags; their ``dest`` names are :class:`BenchOptions`' fields."""
+    d = _DEFAULTS
+    p.add_argument("--device", default=d.device,
+                   help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--model", default=d.model, help="timm model for the step")
+    p.add_argument("--img-size", type=int, default=d.img_size,
+                   help="step image size (default 224)")
+    p.add_argument("--batch", type=int, default=d.batch,
                    help="step batch (default: 32 on CPU, 128 on CUDA)")
-    p.add_argument("--repeats", type=int, default=None, help="timed repeats (default 5/20)")
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--amp", action="store_true", help="bfloat16 autocast in the step")
-    p.add_argument("--skip-step", action="store_true", help="only the mix section")
-    p.add_argument("--output", default="benchmarks/results", help="folder for .md and .json")
+    p.add_argument("--repeats", type=int, default=d.repeats, help="timed repeats (default 5/20)")
+    p.add_argument("--warmup", type=int, default=d.warmup)
+    p.add_argument("--amp", action="store_true", default=d.amp,
+                   help="bfloat16 autocast in the step")
+    p.add_argument("--skip-step", action="store_true", default=d.skip_step,
+                   help="only the mix section")
+    p.add_argument("--output", default=d.output, help="folder for .md and .json")
 
 
-def command_line(args: argparse.Namespace) -> str:
-    """The ``mixpro bench`` command that reproduces ``args`` (options that differ from the
-    defaults), recorded with the results."""
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
+def options_from_args(args: argparse.Namespace) -> BenchOptions:
+    """:class:`BenchOptions` from parsed ``mixpro bench`` flags (other attributes ignored)."""
+    return BenchOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(BenchOptions)})
+
+
+def command_line(options: BenchOptions) -> str:
+    """The ``mixpro bench`` command that reproduces ``options`` (fields that differ from the
+    defaults, in field order), recorded with the results."""
     parts = ["mixpro", "bench"]
-    for action in parser._actions:
-        if not action.option_strings or action.dest == "help":
+    for f in dataclasses.fields(BenchOptions):
+        value = getattr(options, f.name)
+        if value == getattr(_DEFAULTS, f.name):
             continue
-        value = getattr(args, action.dest, action.default)
-        if value == action.default:
-            continue
-        flag = action.option_strings[0]
-        parts += [flag] if action.nargs == 0 else [flag, str(value)]
+        flag = "--" + f.name.replace("_", "-")
+        parts += [flag] if isinstance(value, bool) else [flag, str(value)]
     return shlex.join(parts)
 
 
-def run(args: argparse.Namespace, command: str | None = None) -> dict:
-    """Run the benchmark for ``args``; ``command`` (default: rebuilt from ``args``) is recorded
-    with the results."""
-    name = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+def run(options: BenchOptions, command: str | None = None) -> dict:
+    """Run the benchmark for ``options``; ``command`` (default: rebuilt from ``options``) is
+    recorded with the results. Writes ``bench-<device>.{json,md}`` under ``options.output``."""
+    if not isinstance(options, BenchOptions):
+        raise TypeError(f"options must be a BenchOptions, got {type(options).__name__}")
+    name = options.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
@@ -329,21 +470,21 @@ def run(args: argparse.Namespace, command: str | None = None) -> dict:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda asked for, but CUDA is not available")
     cuda = device.type == "cuda"
-    repeats = args.repeats or (20 if cuda else 5)
-    result = {"command": command or command_line(args), "environment": environment(device),
-              "repeats": repeats, "warmup": args.warmup, "mix": []}
+    repeats = options.repeats or (20 if cuda else 5)
+    result = {"command": command or command_line(options), "environment": environment(device),
+              "repeats": repeats, "warmup": options.warmup, "mix": []}
     for spec in (dict(batch=128, channels=3, size=224, patch=16, scale=2),
                  dict(batch=128, channels=3, size=224, patch=14, scale=4),
                  dict(batch=128, channels=1, size=32, patch=4, scale=2)):
-        result["mix"].append(bench_mix(device=device, repeats=repeats, warmup=args.warmup,
+        result["mix"].append(bench_mix(device=device, repeats=repeats, warmup=options.warmup,
                                        **spec))
-    if not args.skip_step:
+    if not options.skip_step:
         result["step"] = bench_step(
-            model_name=args.model, img_size=args.img_size or 224,
-            batch=args.batch or (128 if cuda else 32), num_classes=1000, device=device,
-            repeats=repeats, warmup=args.warmup, amp=args.amp,
+            model_name=options.model, img_size=options.img_size or 224,
+            batch=options.batch or (128 if cuda else 32), num_classes=1000, device=device,
+            repeats=repeats, warmup=options.warmup, amp=options.amp,
         )
-    out = Path(args.output)
+    out = Path(options.output)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"bench-{device.type}"
     (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -354,8 +495,7 @@ def run(args: argparse.Namespace, command: str | None = None) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="mixpro bench", description=__doc__.splitlines()[0])
     add_arguments(p)
-    args = p.parse_args(argv)
-    print(to_markdown(run(args)))
+    print(to_markdown(run(options_from_args(p.parse_args(argv)))))
     return 0
 
 
