@@ -304,3 +304,12 @@ def test_bad_arguments_are_named():
         mixpro.with_class_attention(_build("convnext", "ca"))
     with pytest.raises(ValueError, match="image_size"):
         _build("convnext", "ca").token_grid(50)
+
+
+def test_default_head_width_is_capped_at_768():
+    wide = timm.create_model("resnet50", pretrained=False, layers=(1, 1, 1, 1), num_classes=5)
+    model = mixpro.with_class_attention(wide)
+    assert model.num_features == 768 and isinstance(model.proj, torch.nn.Linear)
+    assert model.proj.in_features == 2048 and model.blocks[0].attn.num_heads == 24
+    narrow = _build("vit_avg", "ca")
+    assert narrow.num_features == 32 and isinstance(narrow.proj, torch.nn.Identity)
