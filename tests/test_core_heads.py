@@ -313,3 +313,21 @@ def test_default_head_width_is_capped_at_768():
     assert model.proj.in_features == 2048 and model.blocks[0].attn.num_heads == 24
     narrow = _build("vit_avg", "ca")
     assert narrow.num_features == 32 and isinstance(narrow.proj, torch.nn.Identity)
+
+
+def test_models_without_timm_feature_api_are_refused():
+    class Plain(torch.nn.Module):
+        num_classes = 5
+        feature_info = [dict(num_chs=8, reduction=8, module="conv")]
+
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 8, 8, 8)
+
+        def forward_intermediates(self, x):
+            return [self.conv(x)]
+
+    with pytest.raises(TypeError, match="forward_intermediates"):
+        mixpro.with_class_attention(Plain())
+    with pytest.raises(TypeError, match="feature_info"):
+        mixpro.with_class_attention(torch.nn.Linear(2, 5), num_classes=5)

@@ -30,6 +30,7 @@ mask cell is a whole number of attention tokens.
 
 from __future__ import annotations
 
+import inspect
 from typing import Literal
 
 import torch
@@ -197,11 +198,13 @@ class ClassAttentionClassifier(nn.Module):
         self, backbone: nn.Module, num_classes: int, depth: int, num_heads: int | None,
         embed_dim: int | None, mlp_ratio: float, init_values: float, drop_path_rate: float,
     ) -> None:
-        if not (callable(getattr(backbone, "forward_intermediates", None))
+        if not (_accepts(getattr(backbone, "forward_intermediates", None),
+                         ("indices", "norm", "output_fmt", "intermediates_only"))
                 and callable(getattr(backbone, "prune_intermediate_layers", None))):
             raise TypeError(
-                f"model: {type(backbone).__name__} has no forward_intermediates / "
-                "prune_intermediate_layers (timm >= 1.0 models have them)"
+                f"model: {type(backbone).__name__} has no forward_intermediates(indices, norm, "
+                "output_fmt, intermediates_only) / prune_intermediate_layers (timm >= 1.0 "
+                "models have them)"
             )
         cait = _timm_class("timm.models.cait", "LayerScaleBlockClassAttn")
         width = int(backbone.feature_info[-1]["num_chs"])
@@ -314,6 +317,18 @@ def _timm_class(module: str, name: str) -> type | None:
         return getattr(importlib.import_module(module), name, None)
     except ImportError:
         return None
+
+
+def _accepts(fn: object, names: tuple[str, ...]) -> bool:
+    """``fn`` is callable with these keyword arguments."""
+    if not callable(fn):
+        return False
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    return var_kw or all(n in params for n in names)
 
 
 def _native_heads(model: nn.Module) -> int | None:
