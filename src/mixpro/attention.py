@@ -282,12 +282,13 @@ def _class_attention(model: nn.Module, method: Method) -> _Target | None:
 
 
 def _head(model: nn.Module, method: Method) -> _Target | None:
-    """Models built by :func:`mixpro.with_class_attention` (``'ca'`` and ``'ca_swin'``)."""
-    from .heads import ClassAttentionClassifier  # heads imports this module
-
-    if not isinstance(model, ClassAttentionClassifier):
+    """Models that declare their class attention: ``model.class_attention_parts()`` returns
+    (attention module, exact layout ``'qkv'``/``'q_k'``, a module whose input is the feature map
+    in its ``fmt``, ``'NCHW'`` or ``'NHWC'``) -- :func:`mixpro.with_class_attention`'s models."""
+    parts = getattr(model, "class_attention_parts", None)
+    if not callable(parts):
         return None
-    attn, exact, tokens = model.class_attention_parts()
+    attn, exact, tokens = parts()
     return _Target(attn, _layout(attn, exact, method), 1, tokens, _feature_map_grid)
 
 
