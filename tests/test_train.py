@@ -122,10 +122,10 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(data_dir, tmp_path, mo
     full = run.train(tiny(data_dir, tmp_path / "full", **kw))
     real = run.train_one_epoch
 
-    def killed_in_epoch_2(ctx, loader, epoch):
+    def killed_in_epoch_2(ctx, loader, epoch, *rest):
         if epoch == 1:
             raise KeyboardInterrupt
-        return real(ctx, loader, epoch)
+        return real(ctx, loader, epoch, *rest)
 
     monkeypatch.setattr(run, "train_one_epoch", killed_in_epoch_2)
     with pytest.raises(KeyboardInterrupt):

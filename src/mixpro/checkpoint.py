@@ -44,7 +44,7 @@ MUST_MATCH = ("model", "model_kwargs", "img_size", "patch_size", "in_chans", "me
               "train_subset", "subset_seed", "holdout_classes", "batch_size", "epochs", "seed",
               "ema", "opt", "sched", "mask_scale")
 # keys newer than some checkpoints: their value when a checkpoint lacks them
-MISSING_MEANS: dict[str, Any] = {"holdout_classes": []}
+MISSING_MEANS: dict[str, Any] = {"holdout_classes": [], "mask_strategy": "grid"}
 PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile wrappers
 
 

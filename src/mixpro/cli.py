@@ -260,6 +260,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as e:
         print(f"mixpro: error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:
+        from .train.run import Stopped
+
+        if not isinstance(e, Stopped):
+            raise
+        print(f"mixpro: {e}", file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
         print("mixpro: interrupted; continue with --resume", file=sys.stderr)
         return 130

@@ -82,3 +82,10 @@ def agree(ok: bool, info: DistInfo) -> bool:
 def barrier(info: DistInfo) -> None:
     if info.distributed:
         dist.barrier()
+
+
+def any_rank(flag: bool, info: DistInfo) -> bool:
+    """True when any rank says ``flag`` (so that all ranks stop at the same step)."""
+    if not info.distributed:
+        return flag
+    return all_sum([float(flag)], info)[0] > 0

@@ -2,8 +2,9 @@
 
 Owns the inner loop: mix → forward (the probe fills its attention) → targets → soft-target
 loss → backward (AMP scaler, gradient clipping) → optimizer and per-step scheduler → EMA, and
-the per-epoch statistics (mean loss, images/s, mean α, the last batch's α). Evaluation is
-sharded over ranks and summed.
+the per-epoch statistics (mean loss, images/s, mean α, the last batch's α), kept in an
+:class:`EpochState` so that an epoch can stop after any step and continue from it. Evaluation
+is sharded over ranks and summed.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import contextlib
 import math
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -57,22 +58,41 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN/inf."""
 
 
-def train_one_epoch(ctx: StepContext, loader: Iterable, epoch: int) -> dict:
-    """Train one epoch. Returns ``{"train_loss", "img_per_s", "alpha_mean", "lr", "steps",
-    "alpha_last" (list of the last attention-labelled batch's α, or None)}``."""
+@dataclass
+class EpochState:
+    """Where an epoch stands: steps done and the running statistics (a mid-epoch checkpoint
+    stores it, so a resumed epoch reports the same numbers as an uninterrupted one)."""
+
+    step: int = 0
+    loss_sum: float = 0.0
+    seen: int = 0
+    alpha_sum: float = 0.0
+    alpha_n: int = 0
+    alpha_last: list[float] | None = None
+    elapsed: float = 0.0
+
+
+def train_one_epoch(ctx: StepContext, loader: Iterable, epoch: int,
+                    state: EpochState | None = None,
+                    after_step: Callable[[EpochState], bool] | None = None) -> dict:
+    """Train the rest of one epoch from ``state`` (default: its start); ``loader`` yields
+    exactly the remaining batches. ``after_step(state)`` runs after every step; when it returns
+    True the epoch stops there (preemption) and the result has ``complete: False``.
+
+    Returns ``{"train_loss", "img_per_s", "alpha_mean", "lr", "steps", "alpha_last",
+    "complete", "state"}``."""
     model, mixer, dev = ctx.model, ctx.mixer, ctx.dist.device
     mixer_params = mixer.parameters()
     model.train()
     n_steps = ctx.steps_per_epoch
-    loss_sum, seen, alpha_sum, alpha_n, alpha_last = 0.0, 0, 0.0, 0, None
-    bar = tqdm(total=n_steps, desc=f"epoch {epoch + 1}/{ctx.epochs}", unit="step",
-               disable=not (ctx.progress and ctx.dist.is_main), file=sys.stderr, leave=True,
-               dynamic_ncols=True)
-    t0 = time.perf_counter()
-    step = 0
-    for step, (images, labels) in enumerate(loader):
-        if step >= n_steps:
-            break
+    st = state or EpochState()
+    bar = tqdm(total=n_steps, initial=st.step, desc=f"epoch {epoch + 1}/{ctx.epochs}",
+               unit="step", disable=not (ctx.progress and ctx.dist.is_main), file=sys.stderr,
+               leave=True, dynamic_ncols=True)
+    t0 = time.perf_counter() - st.elapsed
+    complete = True
+    for images, labels in loader:
+        step = st.step
         images = images.to(dev, non_blocking=True)
         labels = labels.to(dev, non_blocking=True)
         mixer.set_progress(min(1.0, (epoch + step / n_steps) / ctx.epochs))
@@ -80,6 +100,8 @@ def train_one_epoch(ctx: StepContext, loader: Iterable, epoch: int) -> dict:
         with _autocast(dev, ctx.amp_dtype):
             logits = model(batch.images)
         logits = logits.float()
+        if not bool(torch.isfinite(logits).all()):
+            raise TrainingDiverged(f"non-finite logits at epoch {epoch + 1}, step {step}")
         attention = ctx.probe.attention if batch.needs_attention else None
         loss = mixpro.soft_target_cross_entropy(logits, batch.targets(logits, attention))
         loss_value = float(loss.detach())
@@ -109,30 +131,40 @@ def train_one_epoch(ctx: StepContext, loader: Iterable, epoch: int) -> dict:
         if ctx.ema is not None:
             ctx.ema.update(model, step=num_updates)
         b = labels.shape[0]
-        loss_sum += loss_value * b
-        seen += b
+        st.loss_sum += loss_value * b
+        st.seen += b
         if batch.needs_attention and batch.alpha is not None:
             alpha = batch.alpha.detach().float().cpu()
-            alpha_sum += float(alpha.sum())
-            alpha_n += alpha.numel()
-            alpha_last = alpha.tolist()
-        elapsed = time.perf_counter() - t0
-        bar.set_postfix(loss=f"{loss_sum / seen:.3f}",
-                        img_s=f"{seen * ctx.dist.world / elapsed:.0f}",
-                        alpha=f"{alpha_sum / alpha_n:.3f}" if alpha_n else "-", refresh=False)
+            st.alpha_sum += float(alpha.sum())
+            st.alpha_n += alpha.numel()
+            st.alpha_last = alpha.tolist()
+        st.step = step + 1
+        st.elapsed = time.perf_counter() - t0
+        bar.set_postfix(loss=f"{st.loss_sum / st.seen:.3f}",
+                        img_s=f"{st.seen * ctx.dist.world / max(st.elapsed, 1e-9):.0f}",
+                        alpha=f"{st.alpha_sum / st.alpha_n:.3f}" if st.alpha_n else "-",
+                        refresh=False)
         bar.update(1)
+        if after_step is not None and after_step(st) and st.step < n_steps:
+            complete = False
+            break
     bar.close()
-    elapsed = time.perf_counter() - t0
-    loss_sum, seen, alpha_sum, alpha_n = all_sum([loss_sum, seen, alpha_sum, alpha_n], ctx.dist)
+    st.elapsed = time.perf_counter() - t0
+    if not complete:
+        return {"complete": False, "state": st, "steps": st.step}
+    loss_sum, seen, alpha_sum, alpha_n = all_sum([st.loss_sum, st.seen, st.alpha_sum,
+                                                  st.alpha_n], ctx.dist)
     if not ctx.sched_per_step:
         ctx.scheduler.step(epoch + 1)
     return {
         "train_loss": loss_sum / max(seen, 1),
-        "img_per_s": seen / elapsed,
+        "img_per_s": seen / max(st.elapsed, 1e-9),
         "alpha_mean": alpha_sum / alpha_n if alpha_n else None,
         "lr": ctx.optimizer.param_groups[0]["lr"],
-        "steps": step + 1,
-        "alpha_last": alpha_last,
+        "steps": st.step,
+        "alpha_last": st.alpha_last,
+        "complete": True,
+        "state": st,
     }
 
 

@@ -108,6 +108,7 @@ class Recipe:
     tensorboard: bool = False
     progress: bool = True
     max_steps: int | None = None  # stop each epoch after this many steps (smoke tests)
+    checkpoint_every_steps: int | None = None  # mid-epoch recovery checkpoints
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -191,6 +192,8 @@ HELP: dict[str, str] = {
     "tensorboard": "also write TensorBoard scalars",
     "progress": "show tqdm progress bars",
     "max_steps": "stop each epoch after this many steps (smoke tests)",
+    "checkpoint_every_steps": "also save a step-exact last.pt every N steps (null: each epoch "
+                              "only); --resume continues from it bit for bit",
 }
 
 FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(Recipe)}
@@ -265,12 +268,13 @@ def parse_value(text: str) -> Any:
 
 
 def _number_like(value: Any) -> Any:
-    # YAML 1.1 reads "1e-3" as a string; accept it as a number.
+    # YAML 1.1 reads "1e-3" (and "inf", "nan") as strings; accept them as numbers.
     if isinstance(value, str):
-        try:
-            return float(value) if any(c in value for c in ".eE") else int(value)
-        except ValueError:
-            return value
+        for kind in (int, float):
+            try:
+                return kind(value)
+            except ValueError:
+                pass
     return value
 
 
@@ -365,6 +369,8 @@ def validate(cfg: Recipe) -> None:
         except DatasetError as e:
             raise ConfigError(str(e)) from None
     _check(cfg.max_steps is None or cfg.max_steps >= 1, "max_steps must be >= 1")
+    _check(cfg.checkpoint_every_steps is None or cfg.checkpoint_every_steps >= 1,
+           "checkpoint_every_steps must be >= 1 or null")
     _check(cfg.clip_grad is None or cfg.clip_grad > 0, "clip_grad must be > 0 or null")
     for key in ("threads", "workers"):
         v = getattr(cfg, key)

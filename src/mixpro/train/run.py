@@ -8,11 +8,16 @@ to resume) and raises a one-line :class:`~.config.TrainError` before a single st
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import json
 import os
 import random
 import shutil
+import signal
 import sys
+import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,10 +38,14 @@ from mixpro.data.sources import TrainingData, is_fashion_mnist, training_data
 from mixpro.methods import METHODS, build_mixer
 
 from . import distributed
-from .engine import StepContext, TrainingDiverged, evaluate, train_one_epoch
+from .engine import EpochState, StepContext, TrainingDiverged, evaluate, train_one_epoch
 from .recipe import ConfigError, Recipe, TrainError
 
 FINAL = "final.json"
+# recipe keys a resumed run must share with its checkpoint: what the model, the data order and
+# the learning-rate schedule depend on (the scheduler's state is restored, not rebuilt)
+RESUME_MUST_MATCH = ckpt_io.MUST_MATCH + ("lr", "min_lr", "warmup_epochs", "warmup_lr",
+                                          "max_steps", "sched_per_step", "mask_strategy")
 # every file a run writes into its output folder
 ARTEFACTS = ("last.pt", "best.pt", "metrics.jsonl", FINAL, "config.yaml", "curves.png",
              "alpha_epoch.png", "alpha_hist.png", "tb")
@@ -57,7 +66,10 @@ class Prepared:
     train_data: Any
     mixer_gen: torch.Generator
     model_config: dict
+    batches: EpochBatches | None = None
     start_epoch: int = 0
+    position: dict | None = None  # a mid-epoch checkpoint's step, statistics and RNG states
+    position_rng: dict | None = None
     metrics: list[dict] = field(default_factory=list)
     best_acc: float = -1.0
     alpha_last: list[float] | None = None
@@ -100,24 +112,40 @@ def _datasets(cfg: Recipe) -> TrainingData:
         subset_seed=cfg.subset_seed, holdout_classes=cfg.holdout_classes)
 
 
+class EpochBatches:
+    """The index batches of one epoch from step ``start`` up to ``stop`` (exclusive): a
+    resumed epoch skips the batches already trained without loading them, and the loader
+    never fetches a batch past ``max_steps``."""
+
+    def __init__(self, batches: BatchSampler, stop: int) -> None:
+        self.batches, self.start, self.stop = batches, 0, stop
+
+    def __iter__(self):
+        return itertools.islice(iter(self.batches), self.start, self.stop)
+
+    def __len__(self) -> int:
+        return max(0, min(self.stop, len(self.batches)) - self.start)
+
+
 def _loaders(cfg: Recipe, train, test, batched: bool, info: distributed.DistInfo):
     workers = auto_workers(cfg, info.world)
     sampler = DistributedSampler(train, num_replicas=info.world, rank=info.rank, shuffle=True,
                                  seed=cfg.seed, drop_last=True)
+    full = BatchSampler(sampler, cfg.batch_size, drop_last=True)
+    steps = len(full) if cfg.max_steps is None else min(len(full), cfg.max_steps)
+    batches = EpochBatches(full, steps)
     shard = range(info.rank, len(test), info.world)
     pin = info.device.type == "cuda"
     common = dict(num_workers=workers, pin_memory=pin, persistent_workers=workers > 0)
     if batched:  # dataset[list_of_indices] -> a whole batch
-        tl = DataLoader(train, batch_size=None,
-                        sampler=BatchSampler(sampler, cfg.batch_size, drop_last=True), **common)
+        tl = DataLoader(train, batch_size=None, sampler=batches, **common)
         vl = DataLoader(test, batch_size=None,
                         sampler=BatchSampler(shard, cfg.eval_batch_size, drop_last=False),
                         **common)
     else:
-        tl = DataLoader(train, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
-                        **common)
+        tl = DataLoader(train, batch_sampler=batches, **common)
         vl = DataLoader(test, batch_size=cfg.eval_batch_size, sampler=list(shard), **common)
-    return tl, vl, sampler
+    return tl, vl, sampler, batches
 
 
 def _model(cfg: Recipe, num_classes: int) -> tuple[torch.nn.Module, dict]:
@@ -188,8 +216,12 @@ def check_output(out: Path, resume_path: Path | None, overwrite: bool) -> list[P
             if not parent.is_dir():
                 what = "is a file" if parent == out else f"is under the file {parent}"
                 raise ConfigError(f"--output {out} {what}; choose a folder")
-            if not os.access(parent, os.W_OK | os.X_OK):
-                raise ConfigError(f"--output {out}: {parent} is not writable")
+            try:  # the one real test of writability (root passes os.access everywhere)
+                with tempfile.TemporaryFile(dir=parent):
+                    pass
+            except OSError as e:
+                raise ConfigError(f"--output {out}: cannot write in {parent} "
+                                  f"({e.strerror or e})") from None
             break
     held = [out / a for a in ARTEFACTS if (out / a).exists()] if out.is_dir() else []
     if resume_path is None:
@@ -243,13 +275,12 @@ def prepare(cfg: Recipe, resume: bool | str = False, overwrite: bool = False) ->
     _check_geometry(cfg, patch)
     model.to(info.device)
 
-    train_loader, test_loader, sampler = _loaders(cfg, train_data, test_data, data.batched, info)
-    steps = len(train_loader)
+    train_loader, test_loader, sampler, batches = _loaders(cfg, train_data, test_data,
+                                                           data.batched, info)
+    steps = batches.stop
     if steps == 0:
         raise ConfigError(f"batch_size {cfg.batch_size} x {info.world} ranks is larger than "
                           f"the {len(train_data)} training images")
-    if cfg.max_steps is not None:
-        steps = min(steps, cfg.max_steps)
     try:
         optimizer = create_optimizer_v2(model, opt=cfg.opt, lr=cfg.lr,
                                         weight_decay=cfg.weight_decay)
@@ -269,13 +300,21 @@ def prepare(cfg: Recipe, resume: bool | str = False, overwrite: bool = False) ->
 
     recipe = cfg.to_dict()
     model_config = {"model": cfg.model, "model_kwargs": model_kwargs, "num_classes": num_classes,
+                    "world_size": info.world,
                     "classes": classes, "mean": data.mean, "std": data.std, "recipe": recipe}
     prep = Prepared(cfg=cfg, info=info, out=out, model=model, ctx=None, train_loader=train_loader,
                     test_loader=test_loader, train_sampler=sampler, train_data=train_data,
-                    mixer_gen=mixer_gen, model_config=model_config, owns_group=owns)
+                    mixer_gen=mixer_gen, model_config=model_config, owns_group=owns,
+                    batches=batches)
     if resume_path is not None:
         ck = ckpt_io.read(resume_path, training=True)
-        ckpt_io.check_matches(ck, recipe, resume_path)
+        ckpt_io.check_matches(ck, recipe, resume_path, RESUME_MUST_MATCH)
+        then = ck["config"].get("world_size", 1)
+        if then != info.world:
+            raise ckpt_io.CheckpointError(
+                f"checkpoint {resume_path} was trained on {then} process(es) (global batch "
+                f"{then * cfg.batch_size}); this run has {info.world} (global batch "
+                f"{info.world * cfg.batch_size}): resume with the same world size")
         ckpt_io.load_states(ck, resume_path, model=model, optimizer=optimizer,
                             scheduler=scheduler, scaler=scaler, ema=ema,
                             mixer_params=mixer.parameters())
@@ -283,6 +322,8 @@ def prepare(cfg: Recipe, resume: bool | str = False, overwrite: bool = False) ->
         prep.metrics = list(ck["metrics"])
         prep.best_acc = float(ck.get("best_acc", -1.0))
         prep.alpha_last = ck.get("alpha_last")
+        prep.position = ck.get("position")
+        prep.position_rng = ck.get("rng")
     if info.distributed:
         ddp_ids = [info.device.index] if info.device.type == "cuda" else None
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ddp_ids)
@@ -307,11 +348,14 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
-def _save(p: Prepared, epoch: int) -> None:
-    """Rank 0: ``last.pt`` (everything), ``best.pt`` (weights) and ``metrics.jsonl``."""
+def _save(p: Prepared, epoch: int, state: EpochState | None = None) -> None:
+    """Rank 0: ``last.pt`` (everything). At the end of an epoch also ``best.pt`` (weights) and
+    ``metrics.jsonl``; in the middle of one (``state``: the epoch's progress) ``last.pt``
+    also holds the step, the epoch's running statistics and every RNG state, so that a
+    resumed run continues bit for bit."""
     ctx = p.ctx
     model = _unwrap(ctx.model)
-    state = {
+    ckpt = {
         "version": ckpt_io.FORMAT_VERSION,
         "model": model.state_dict(),
         "config": p.model_config,
@@ -325,17 +369,73 @@ def _save(p: Prepared, epoch: int) -> None:
         "mixer": [t.detach().cpu() for t in ctx.mixer.parameters()],
         "rng": ckpt_io.rng_state(),
         "alpha_last": p.alpha_last,
+        "position": None,
     }
-    ckpt_io.atomic_save(state, p.out / "last.pt")
+    if state is not None:
+        gen = getattr(p.train_data, "generator", None)
+        ckpt["position"] = {
+            "step": state.step, "stats": dataclasses.asdict(state),
+            "mixer_gen": p.mixer_gen.get_state(),
+            "data_gen": gen.get_state() if isinstance(gen, torch.Generator) else None,
+        }
+        ckpt_io.atomic_save(ckpt, p.out / "last.pt")
+        return
+    ckpt_io.atomic_save(ckpt, p.out / "last.pt")
     acc = p.metrics[-1]["test_acc"]
     if acc is not None and acc >= p.best_acc:
         p.best_acc = p.metrics[-1]["test_acc"]
-        state["best_acc"] = p.best_acc
-        ckpt_io.atomic_save({k: state[k] for k in ("version", "model", "config", "epoch",
-                                                   "metrics", "best_acc")}, p.out / "best.pt")
-    tmp = p.out / "metrics.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(m) + "\n" for m in p.metrics))
-    os.replace(tmp, p.out / "metrics.jsonl")
+        ckpt["best_acc"] = p.best_acc
+        ckpt_io.atomic_save({k: ckpt[k] for k in ("version", "model", "config", "epoch",
+                                                  "metrics", "best_acc")}, p.out / "best.pt")
+    ckpt_io.atomic_write_text("".join(json.dumps(m) + "\n" for m in p.metrics),
+                              p.out / "metrics.jsonl")
+
+
+def _restore_position(p: Prepared) -> EpochState:
+    """After :func:`seed_epoch`: put every RNG where the mid-epoch checkpoint left it and
+    skip the batches already trained. Returns the epoch's progress."""
+    pos = p.position
+    ckpt_io.set_rng_state(p.position_rng)
+    p.mixer_gen.set_state(pos["mixer_gen"])
+    gen = getattr(p.train_data, "generator", None)
+    if pos.get("data_gen") is not None and isinstance(gen, torch.Generator):
+        gen.set_state(pos["data_gen"])
+    p.batches.start = int(pos["step"])
+    return EpochState(**pos["stats"])
+
+
+class Stopped(Exception):  # noqa: N818 - not an error: the run was asked to stop
+    """SIGTERM or SIGINT arrived; a step-exact checkpoint was saved (``signum``, ``out``)."""
+
+    def __init__(self, signum: int, out: Path, epoch: int, step: int) -> None:
+        name = signal.Signals(signum).name
+        super().__init__(f"stopped by {name} at epoch {epoch + 1}, step {step}; step-exact "
+                         f"checkpoint in {out / 'last.pt'}: continue with --resume")
+        self.signum = signum
+
+
+class _StopSignals:
+    """Catches SIGTERM (what cluster schedulers send before killing a job) and SIGINT while
+    training: the current step finishes, then the run saves and stops."""
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._catch)
+        return self
+
+    def _catch(self, signum: int, frame: Any) -> None:
+        if self.signum and signum == signal.SIGINT:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
 
 
 def _finish(p: Prepared, wall: float) -> dict:
@@ -359,9 +459,7 @@ def _finish(p: Prepared, wall: float) -> dict:
         if p.alpha_last:
             plots.alpha_histogram(p.alpha_last, p.out / "alpha_hist.png",
                                     title=f"{p.cfg.run_name}: α of the last batch")
-        tmp = p.out / (FINAL + ".tmp")
-        tmp.write_text(json.dumps(summary, indent=2))
-        os.replace(tmp, p.out / FINAL)
+        ckpt_io.atomic_write_text(json.dumps(summary, indent=2), p.out / FINAL)
     return summary
 
 
@@ -369,51 +467,80 @@ def train(cfg: Recipe, resume: bool | str = False, overwrite: bool = False) -> R
     """Run (or continue) the training ``cfg`` describes; see :func:`prepare` for the checks.
 
     ``resume``: True (``<output>/last.pt``) or a checkpoint path; ``overwrite``: replace the
-    files of a run already in the output folder."""
+    files of a run already in the output folder. SIGTERM / SIGINT finish the current step,
+    save a step-exact ``last.pt`` and raise :class:`Stopped`; ``checkpoint_every_steps`` saves
+    one every N steps."""
     t_start = time.perf_counter()
     p = prepare(cfg, resume, overwrite)
     try:
-        ctx, info = p.ctx, p.info
-        if p.start_epoch > 0 and info.is_main:
-            print(f"resuming {p.out} after epoch {p.start_epoch}/{cfg.epochs}", file=sys.stderr)
-        for epoch in range(p.start_epoch, cfg.epochs):
-            seed_epoch(cfg, epoch, info.rank, p.mixer_gen, p.train_data)
-            p.train_sampler.set_epoch(epoch)
-            t0 = time.perf_counter()
-            try:
-                stats = train_one_epoch(ctx, p.train_loader, epoch)
-            except TrainingDiverged as e:
-                raise TrainError(f"training diverged ({e}); last good checkpoint kept "
-                                 f"in {p.out}") from None
-            epoch_time = time.perf_counter() - t0
-            row = {"epoch": epoch + 1, "train_loss": stats["train_loss"],
-                   "test_acc": None, "test_loss": None,
-                   "alpha_mean": stats["alpha_mean"], "lr": stats["lr"],
-                   "img_per_s": stats["img_per_s"], "epoch_time": epoch_time}
-            if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-                test = evaluate(ctx.model, p.test_loader, info, ctx.amp_dtype)
-                row.update(test_acc=test["acc"], test_loss=test["loss"])
-                if ctx.ema is not None:
-                    row["test_acc_ema"] = evaluate(ctx.ema.module, p.test_loader, info)["acc"]
-            if stats["alpha_last"] is not None:
-                p.alpha_last = stats["alpha_last"]
-            p.metrics.append(row)
-            if info.is_main:
-                _save(p, epoch + 1)
-                if p.writer is not None:
-                    for k, v in row.items():
-                        if isinstance(v, float):  # skipped evaluations are None
-                            p.writer.add_scalar(k, v, epoch + 1)
-                alpha = f", mean α {row['alpha_mean']:.3f}" if row["alpha_mean"] is not None \
-                    else ""
-                acc = f"test acc {row['test_acc']:.2f}%, " if row["test_acc"] is not None else ""
-                print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {row['train_loss']:.4f}, "
-                      f"{acc}{row['img_per_s']:.0f} img/s{alpha}", file=sys.stderr)
-            distributed.barrier(info)
-        summary = _finish(p, time.perf_counter() - t_start)
-        if p.writer is not None:
-            p.writer.close()
-        return Result(summary, _unwrap(ctx.model), p.metrics, p.out)
+        with _StopSignals() as signals:
+            return _epochs(p, signals, t_start)
     finally:
         if p.owns_group:
             distributed.cleanup()
+
+
+def _epochs(p: Prepared, signals: _StopSignals, t_start: float) -> Result:
+    cfg, ctx, info = p.cfg, p.ctx, p.info
+    if p.start_epoch > 0 or p.position:
+        if info.is_main:
+            where = f", step {p.position['step']}" if p.position else ""
+            print(f"resuming {p.out} after epoch {p.start_epoch}/{cfg.epochs}{where}",
+                  file=sys.stderr)
+    every = cfg.checkpoint_every_steps
+    for epoch in range(p.start_epoch, cfg.epochs):
+        seed_epoch(cfg, epoch, info.rank, p.mixer_gen, p.train_data)
+        p.train_sampler.set_epoch(epoch)
+        state = None
+        if p.position is not None:
+            state = _restore_position(p)
+            p.position = None
+
+        def after_step(st: EpochState, epoch: int = epoch) -> bool:
+            stop = distributed.any_rank(bool(signals.signum), info)
+            due = every is not None and (epoch * ctx.steps_per_epoch + st.step) % every == 0
+            if (stop or due) and st.step < ctx.steps_per_epoch:
+                if info.is_main:
+                    _save(p, epoch, st)
+                distributed.barrier(info)
+            if stop:
+                raise Stopped(signals.signum or signal.SIGTERM, p.out, epoch, st.step)
+            return False
+
+        try:
+            stats = train_one_epoch(ctx, p.train_loader, epoch, state, after_step)
+        except TrainingDiverged as e:
+            raise TrainError(f"training diverged ({e}); last good checkpoint kept "
+                             f"in {p.out}") from None
+        finally:
+            p.batches.start = 0
+        st = stats["state"]
+        row = {"epoch": epoch + 1, "train_loss": stats["train_loss"],
+               "test_acc": None, "test_loss": None,
+               "alpha_mean": stats["alpha_mean"], "lr": stats["lr"],
+               "img_per_s": stats["img_per_s"], "epoch_time": st.elapsed,
+               "steps": stats["steps"]}
+        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+            test = evaluate(ctx.model, p.test_loader, info, ctx.amp_dtype)
+            row.update(test_acc=test["acc"], test_loss=test["loss"])
+            if ctx.ema is not None:
+                row["test_acc_ema"] = evaluate(ctx.ema.module, p.test_loader, info)["acc"]
+        if stats["alpha_last"] is not None:
+            p.alpha_last = stats["alpha_last"]
+        p.metrics.append(row)
+        if info.is_main:
+            _save(p, epoch + 1)
+            if p.writer is not None:
+                for k, v in row.items():
+                    if isinstance(v, float):  # skipped evaluations are None
+                        p.writer.add_scalar(k, v, epoch + 1)
+            alpha = f", mean α {row['alpha_mean']:.3f}" if row["alpha_mean"] is not None \
+                else ""
+            acc = f"test acc {row['test_acc']:.2f}%, " if row["test_acc"] is not None else ""
+            print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {row['train_loss']:.4f}, "
+                  f"{acc}{row['img_per_s']:.0f} img/s{alpha}", file=sys.stderr)
+        distributed.barrier(info)
+    summary = _finish(p, time.perf_counter() - t_start)
+    if p.writer is not None:
+        p.writer.close()
+    return Result(summary, _unwrap(ctx.model), p.metrics, p.out)
