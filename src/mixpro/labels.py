@@ -39,11 +39,18 @@ def mix_targets(
 ) -> torch.Tensor:
     """Soft targets ``λ·smooth(y_i) + (1-λ)·smooth(y_partner[i])``: ``(B, num_classes)``.
 
-    ``lam`` is ``(B,)`` (or broadcastable); gradients through ``lam`` are kept.
+    ``lam`` is ``(B,)`` (or broadcastable); gradients through ``lam`` are kept. Built as
+    ``s/C`` everywhere plus ``λ·(1-s)`` scattered onto ``y_i`` and ``(1-λ)·(1-s)`` onto
+    ``y_partner[i]`` (two ``(B, 1)`` scatters instead of mixing two ``(B, C)`` one-hots).
     """
-    y = smooth_one_hot(labels, num_classes, smoothing)
-    lam = lam.to(y.dtype).reshape(-1, 1)
-    return torch.lerp(y.index_select(0, partner), y, lam)
+    b = labels.shape[0]
+    off = smoothing / num_classes
+    gap = 1.0 - smoothing  # on - off
+    lam = lam.to(torch.float32).reshape(-1, 1).expand(b, 1)
+    idx = labels.long()[:, None]
+    out = torch.full((b, num_classes), off, device=labels.device)
+    out.scatter_add_(1, idx, lam * gap)  # in place on a fresh tensor: autograd reaches λ
+    return out.scatter_add_(1, idx.index_select(0, partner), (1.0 - lam) * gap)
 
 
 AttentionNorm = Literal["paper", "renormalize"]

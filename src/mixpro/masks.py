@@ -27,6 +27,7 @@ from functools import lru_cache
 from itertools import pairwise
 from typing import Literal, Protocol, runtime_checkable
 
+import numpy as np
 import torch
 
 from . import _checks
@@ -243,6 +244,8 @@ class CellMask:
 
     def pixel_mask(self) -> torch.Tensor:
         """Bool ``(Bm, 1, H, W)``, True = pixel from sample ``i`` (built on request only)."""
+        if "pixel" in self._cache:
+            return self._cache["pixel"]
         if self.per_pixel:
             return self.cells.unsqueeze(1)
         dev = self.cells.device
@@ -496,6 +499,9 @@ class GridMasks:
         return CellMask(cells.view(-1, gh, gw).to(device), rows, cols)
 
 
+_BOX_CELLS = [[[True, True, True], [True, False, True], [True, True, True]]]
+
+
 @dataclass(frozen=True)
 class BoxMasks:
     """CutMix boxes: a box of about ``1 - ratio`` of the image comes from the partner.
@@ -614,15 +620,21 @@ class BoxMasks:
         generator: torch.Generator | None = None,
     ) -> CellMask:
         h, w = image_size
-        box = self.boxes(ratio, image_size, generator)
-        if box.shape[0] == 1:  # one box for the batch: 3x3 cells, the middle one from j
-            y0, y1, x0, x1 = box[0].tolist()
-            cells = torch.ones(1, 3, 3, dtype=torch.bool)
-            cells[0, 1, 1] = False
-            mask = CellMask(cells.to(device), (0, y0, y1, h), (0, x0, x1, w))
-            kept = torch.tensor([h * w - (y1 - y0) * (x1 - x0)], dtype=torch.float32)
-            mask._cache["lam"] = (kept / float(h * w)).to(device)
+        if ratio.shape[0] == 1:  # one box for the batch: 3x3 cells, the middle one from j
+            if ratio.device.type == "cpu":  # Python floats, no tensor round trip
+                u = rand(4, 1, device=ratio.device, generator=generator)[:, 0].tolist()
+                y0, y1, x0, x1 = self._box_py(float(ratio[0]), u, h, w)
+            else:
+                y0, y1, x0, x1 = self.boxes(ratio, image_size, generator)[0].tolist()
+            mask = CellMask(torch.tensor(_BOX_CELLS, device=device), (0, y0, y1, h),
+                            (0, x0, x1, w))
+            kept = np.float32(h * w - (y1 - y0) * (x1 - x0)) / np.float32(h * w)
+            mask._cache["lam"] = torch.tensor([kept], device=device)
+            keep = torch.ones(1, 1, h, w, dtype=torch.bool, device=device)
+            keep[..., y0:y1, x0:x1] = False
+            mask._cache["pixel"] = keep  # two calls instead of gathers through the cells
             return mask
+        box = self.boxes(ratio, image_size, generator)
         # per-sample boxes: the pixel mask from broadcast comparisons, (B, H, 1) | (B, 1, W)
         box = box.to(device)
         ys = torch.arange(h, device=device)[None, :, None]

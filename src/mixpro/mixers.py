@@ -279,13 +279,16 @@ class Mixer(ABC):
         source, partner, method, lam_area, relabel = self._sample(images)
         b = images.shape[0]
         lam_area = lam_area.to(device=images.device, dtype=torch.float32).expand(b)
-        # a sample paired with itself is unmixed whatever was drawn for it
-        own = partner == torch.arange(b, device=partner.device)
+        # a sample paired with itself is unmixed whatever was drawn for it (with flip pairing
+        # only the middle one of an odd batch)
+        if b % 2 or getattr(self, "pairing", "flip") != "flip":
+            own = partner == torch.arange(b, device=partner.device)
+            lam_area = torch.where(own, 1.0, lam_area)
         return MixedBatch(
             images=source.apply(images, partner),
             labels=labels,
             partner=partner,
-            lam_area=torch.where(own, 1.0, lam_area),
+            lam_area=lam_area,
             method=method,
             source=source,
             num_classes=self.num_classes,
@@ -561,7 +564,7 @@ class Mixup(Mixer):
             use_cut = torch.ones(n, dtype=torch.bool)
             lam = sample_beta(self.cutmix_alpha, n, generator=g)
         active = (u[1] < self.mix_prob) & self.mixup_enabled
-        return torch.where(active, lam, torch.ones_like(lam)), use_cut & active
+        return lam.masked_fill(~active, 1.0), use_cut & active
 
     def _relabel(self, images: torch.Tensor) -> AttentionRelabel | None:
         return None
