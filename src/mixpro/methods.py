@@ -7,7 +7,8 @@ else; the training app turns its recipe into :class:`MixOptions` and asks :func:
 
 Table 6's component rows are presets: ``cutmix``; ``transmix``; ``maskmix_transmix``
 (MaskMix relabelled the TransMix way, λ = 0.5·λ_attn + 0.5·λ_area, i.e. α = 0.5);
-``cutmix_pal`` (CutMix boxes with PAL); ``mixpro``.
+``cutmix_pal`` (CutMix boxes with PAL); ``mixpro``. Table 8's A is ``transmix_aligned``
+(TransMix with boxes on patch borders).
 """
 
 from __future__ import annotations
@@ -121,6 +122,13 @@ METHODS: dict[str, Method] = {
             label_smoothing=o.label_smoothing, num_classes=k, generator=g),
         _TIMM | {"mixup_alpha", "cutmix_alpha", "switch_prob", "transmix_ratio"},
         "TransMix (Table 6 row 2)", patch=True),
+    "transmix_aligned": Method(
+        lambda o, k, p, g: TransMix(
+            mixup_alpha=o.mixup_alpha, cutmix_alpha=o.cutmix_alpha, switch_prob=o.switch_prob,
+            prob=o.mix_prob, patch_size=p, ratio=o.transmix_ratio, box_align=p,
+            label_smoothing=o.label_smoothing, num_classes=k, generator=g),
+        _TIMM | {"mixup_alpha", "cutmix_alpha", "switch_prob", "transmix_ratio"},
+        "TransMix with CutMix boxes on patch borders (Table 8 A)", patch=True),
     "maskmix": Method(lambda o, k, p, g: MaskMix(**_maskmix_args(o, k, p, g)), _MASK,
                       "MaskMix with area labels", patch=True),
     "maskmix_transmix": Method(

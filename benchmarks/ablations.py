@@ -1,0 +1,111 @@
+"""The paper's ablations (Tables 6-10, Fig. 5) as ``mixpro compare`` sweeps on the
+data-limited preset, resumable across sessions.
+
+    python benchmarks/ablations.py run [STUDY ...]   # default: every study, in order
+    python benchmarks/ablations.py sync              # copy finished runs into docs/results/
+    python benchmarks/ablations.py list
+
+Runs go to ``runs/ablations/<study>/``. ``sync`` copies each finished run's ``final.json``,
+``metrics.jsonl`` and ``config.yaml`` (no checkpoints) and the study's ``results.*`` into
+``docs/results/ablations/<study>/``; ``run`` first restores those, so a committed run is never
+redone (``mixpro compare`` skips a run whose ``final.json`` exists).
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RUNS = ROOT / "runs" / "ablations"
+DOCS = ROOT / "docs" / "results" / "ablations"
+SEEDS = [0, 1, 2]
+RECIPE = "fashion_mnist_limited"
+KEEP = ("final.json", "metrics.jsonl", "config.yaml")
+
+# study -> (methods, grid, what it reproduces)
+STUDIES: dict[str, tuple[list[str], list[str], str]] = {
+    "table6": (["cutmix", "transmix", "maskmix_transmix", "cutmix_pal", "mixpro"], [],
+               "Table 6: components (CutMix, TransMix, MaskMix + TransMix labels, CutMix + PAL, "
+               "MixPro)"),
+    "table10": (["mixpro"], ["alpha=none,equal,linear,parabolic,learnable,cosine"],
+                "Table 10: alpha strategies (none = area labels)"),
+    "table7": (["maskmix"], ["mask_strategy=box,block,random_patch,grid"],
+               "Table 7: mask strategies with area labels"),
+    "fig5a": (["mixpro"], ["mask_scale=1,2,4,8"], "Fig. 5a: mask scale on the 8x8 token grid"),
+    "table8": (["transmix", "transmix_aligned", "mixpro"],
+               ["mask_strategy=misaligned,subpatch,grid"],
+               "Table 8: TransMix, A (aligned boxes), B (misaligned), C (sub-patch), MaskMix"),
+    "table9": (["maskmix"], ["mask_strategy=grid,shuffle,shuffle_own,shuffle_both"],
+               "Table 9: random shuffling patterns"),
+    "fig5b": (["mixpro"], ["beta=0.5,0.8,1,2"], "Fig. 5b: beta"),
+}
+
+
+def command(study: str) -> list[str]:
+    """The ``mixpro compare`` arguments of ``study``."""
+    methods, grid, _ = STUDIES[study]
+    args = ["compare", "--recipe", RECIPE, "--methods", *methods,
+            "--seeds", *map(str, SEEDS), "--output-dir", str(RUNS / study),
+            "--no-progress"]
+    for g in grid:
+        args += ["--grid", g]
+    return args
+
+
+def sync(study: str) -> int:
+    """Copy the finished runs of ``study`` into docs/; returns how many there are."""
+    src, dst = RUNS / study, DOCS / study
+    n = 0
+    for final in sorted(src.glob("*/final.json")):
+        out = dst / "runs" / final.parent.name
+        out.mkdir(parents=True, exist_ok=True)
+        for name in KEEP:
+            if (final.parent / name).exists():
+                shutil.copy2(final.parent / name, out / name)
+        n += 1
+    for name in ("results.md", "results.csv", "compare.png"):
+        if (src / name).exists():
+            dst.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src / name, dst / name)
+    return n
+
+
+def restore(study: str) -> None:
+    """Put the committed finished runs of ``study`` back where ``mixpro compare`` finds them."""
+    for run in sorted((DOCS / study / "runs").glob("*")):
+        out = RUNS / study / run.name
+        if not (out / "final.json").exists():
+            out.mkdir(parents=True, exist_ok=True)
+            for f in run.iterdir():
+                shutil.copy2(f, out / f.name)
+
+
+def main(argv: list[str]) -> int:
+    from mixpro.cli import main as mixpro
+
+    what, names = (argv[0] if argv else "list"), argv[1:] or list(STUDIES)
+    unknown = [n for n in names if n not in STUDIES]
+    if unknown:
+        print(f"ablations: unknown study {unknown[0]!r}; one of {', '.join(STUDIES)}")
+        return 2
+    for study in names:
+        if what == "list":
+            print(f"{study}: mixpro {' '.join(command(study))}  # {STUDIES[study][2]}")
+        elif what == "sync":
+            print(f"{study}: {sync(study)} finished runs in {DOCS / study}")
+        elif what == "run":
+            restore(study)
+            rc = mixpro(command(study))
+            sync(study)
+            if rc:
+                return rc
+        else:
+            print(__doc__)
+            return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
