@@ -172,3 +172,64 @@ def test_image_folder_bad_layouts(tmp_path):
     shutil.rmtree(root / "val")
     with pytest.raises(DatasetError, match="val"):
         image_folder(root, img_size=32)
+
+
+def test_image_folder_classes_come_from_timm_in_natural_order(tmp_path):
+    root = _png_tree(tmp_path / "imgs", classes=("c1", "c2", "c10"), n=2)
+    train, val, classes = image_folder(root, img_size=32)
+    assert classes == ["c1", "c2", "c10"]  # timm's natural sort, not alphabetical
+    assert train.reader.class_to_idx == {"c1": 0, "c2": 1, "c10": 2}
+    for ds in (train, val):
+        for path, label in ds.reader.samples:
+            assert Path(path).parent.name == classes[label]
+
+
+def test_image_folder_layout_errors_name_the_culprit(tmp_path):
+    from PIL import Image
+
+    root = _png_tree(tmp_path / "a")
+    (root / "train" / "empty").mkdir()  # an empty class folder in train/ only
+    with pytest.raises(DatasetError, match=r"class folder .*train/empty holds no images"):
+        image_folder(root, img_size=32)
+    root = _png_tree(tmp_path / "b")
+    Image.new("RGB", (8, 8)).save(root / "train" / "stray.png")
+    with pytest.raises(DatasetError, match=r"train/stray.png: an image outside a class folder"):
+        image_folder(root, img_size=32)
+    root = _png_tree(tmp_path / "c")
+    (root / "train" / "cat" / "sub").mkdir()
+    Image.new("RGB", (8, 8)).save(root / "train" / "cat" / "sub" / "x.png")
+    with pytest.raises(DatasetError, match=r"cat/sub: a nested folder"):
+        image_folder(root, img_size=32)
+    root = _png_tree(tmp_path / "d")
+    (root / "val" / "cat").rename(root / "val" / "kat")
+    with pytest.raises(DatasetError, match=r"val/kat has no counterpart in train/"):
+        image_folder(root, img_size=32)
+
+
+def test_unreadable_image_is_named_in_the_warning(tmp_path, caplog):
+    root = _png_tree(tmp_path / "imgs")
+    bad = root / "train" / "cat" / "0.png"
+    bad.write_bytes(b"not a png")
+    train, _, _ = image_folder(root, img_size=32)
+    index = [p for p, _ in train.reader.samples].index(str(bad))
+    with caplog.at_level("WARNING"):
+        x, y = train[index]
+    assert x.shape == (3, 32, 32)
+    assert str(bad) in caplog.text and "skipped unreadable image" in caplog.text
+
+
+def test_folder_run_checkpoint_names_classes_and_eval_accepts_it(tmp_path):
+    from mixpro.cli import main
+    from mixpro.train import run
+    from mixpro.train.recipe import load_recipe
+
+    root = _png_tree(tmp_path / "imgs", classes=("c1", "c2", "c10"), n=4)
+    cfg = load_recipe(None, dict(data=str(root), img_size=16, epochs=1, warmup_epochs=0,
+                                 batch_size=4, progress=False, threads=1, method="cutmix",
+                                 model_kwargs={"embed_dim": 16, "depth": 1, "num_heads": 2},
+                                 output=str(tmp_path / "r")))
+    run.train(cfg)
+    ck = torch.load(tmp_path / "r" / "best.pt", weights_only=True)
+    assert ck["config"]["classes"] == ["c1", "c2", "c10"]
+    assert main(["eval", str(tmp_path / "r" / "best.pt"), "--evals", "clean", "--calib-bin", "2",
+                 "--out", str(tmp_path / "e"), "--no-progress"]) == 0

@@ -179,6 +179,10 @@ def compare(
         raise ConfigError(str(e)) from None
     _check(methods, seeds, grid_map, overrides)
     todo = variants(methods, grid_map)
+    labels = [v.label for v in todo]
+    if reference is not None and reference not in labels:
+        raise ConfigError(f"--reference {reference!r} is not a variant of this sweep; "
+                          f"choose one of {', '.join(labels)}")
     # validate every config before the first run starts
     configs = {}
     for v in todo:
