@@ -23,7 +23,7 @@ from matplotlib.colors import ListedColormap
 from torch import nn
 
 import mixpro
-from mixpro.masks import BlockMasks, BoxMasks, GridMasks
+from mixpro.strategies import MASK_STRATEGIES, make_mask_strategy
 
 from ._common import plt, save
 
@@ -146,6 +146,15 @@ def maskmix_attention_grid(
 # -- Fig. 4 --------------------------------------------------------------------------------
 
 
+STRATEGY_TITLES = {
+    "grid": "MaskMix {k}× (grid)", "box": "Region (CutMix box)", "block": "Block (BEiT)",
+    "random_patch": "Random 1× (random_patch)", "aligned_box": "Table 8 A: aligned box",
+    "misaligned": "Table 8 B: misaligned", "subpatch": "Table 8 C: sub-patch",
+    "shuffle": "Table 9: shuffle j's patches", "shuffle_own": "Table 9: shuffle i's patches",
+    "shuffle_both": "Table 9: shuffle both", "shuffle_box": "shuffled aligned box",
+}
+
+
 def mask_strategies(
     images: torch.Tensor,
     path: str | Path,
@@ -154,35 +163,39 @@ def mask_strategies(
     mask_scale: int = 2,
     ratio: float = 0.5,
     seed: int = 0,
+    names: Sequence[str] | None = None,
 ) -> Path:
-    """Fig. 4: the same pair mixed by box, block, random 1× and MaskMix ``k×`` masks at τ.
+    """Fig. 4, extended to every ablation strategy (:data:`mixpro.strategies.MASK_STRATEGIES`,
+    or ``names``): the same pair mixed by each at τ = ``ratio``.
 
-    ``images (2, C, H, W)`` in [0, 1]. Top row: the mask (white = image i); bottom: the mix.
+    ``images (2, C, H, W)`` in [0, 1]. Per strategy: the pixel source (white = image i; for the
+    shuffles a tile may come from another position of its image) above the mixed image.
     """
-    strategies = {
-        "Region (CutMix box)": BoxMasks(),
-        "Block (BEiT)": BlockMasks(patch=patch_size),
-        f"Random 1× ({patch_size} px)": GridMasks(patch_size),
-        f"MaskMix {mask_scale}× ({mask_scale * patch_size} px)": GridMasks(mask_scale * patch_size),
-    }
+    names = list(names or MASK_STRATEGIES)
     size = tuple(images.shape[-2:])
     partner = torch.tensor([1, 0])
-    fig, axes = plt.subplots(2, len(strategies) + 2, figsize=(2.7 * (len(strategies) + 2), 6.2))
+    cols = min(6, len(names) + 1)
+    rows = -(-(len(names) + 1) // cols)
+    fig, axes = plt.subplots(2 * rows, cols, figsize=(2.6 * cols, 5.4 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
     _show(axes[0, 0], images[0], "image i", 11)
-    _show(axes[0, 1], images[1], "image j", 11)
-    axes[1, 0].axis("off")
-    axes[1, 1].axis("off")
-    for k, (name, strat) in enumerate(strategies.items()):
+    _show(axes[1, 0], images[1], "image j", 11)
+    for n, name in enumerate(names, start=1):
+        r, c = 2 * (n // cols), n % cols
+        strat = make_mask_strategy(name, patch_size=patch_size, mask_scale=mask_scale)
         g = torch.Generator().manual_seed(seed)
         mask = strat(torch.tensor([ratio]), size, device=torch.device("cpu"), generator=g)
-        pm = mask.pixel_mask()[0].float()
-        mixed = mask.apply(images, partner)[0]
-        _show(axes[0, k + 2], pm, f"{name}\nλ_area={float(mask.lam_area()[0]):.2f}", 10)
-        _grid_lines(axes[0, k + 2], size, (patch_size, patch_size), color="tab:gray", lw=0.4)
-        _show(axes[1, k + 2], mixed)
-        _grid_lines(axes[1, k + 2], size, (patch_size, patch_size), color="tab:gray", lw=0.4)
+        title = STRATEGY_TITLES.get(name, name).format(k=mask_scale)
+        _show(axes[r, c], mask.pixel_mask()[0].float(),
+              f"{title}\nλ_area={float(mask.lam_area()[0]):.2f}", 9)
+        _show(axes[r + 1, c], mask.apply(images, partner)[0])
+        for ax in (axes[r, c], axes[r + 1, c]):
+            ax.axis("on")
+            _grid_lines(ax, size, (patch_size, patch_size), color="tab:gray", lw=0.4)
     fig.suptitle(f"Mask strategies at τ = {ratio} (white = from image i; grid = "
-                 f"{patch_size}-px patches)", fontsize=12)
+                 f"{patch_size}-px patches, MaskMix cells {mask_scale * patch_size} px)",
+                 fontsize=12)
     fig.tight_layout()
     return save(fig, path, tight=False)
 
