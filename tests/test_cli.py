@@ -65,8 +65,12 @@ def test_missing_dataset_and_bad_model_from_the_cli(tmp_path, capsys):
     assert "unexpected keyword argument 'embed_dim'" in capsys.readouterr().err
     assert cli.main(["train", "--data-dir", str(data), "--model", "resnet18", "--model-kwargs",
                      "{}", "--output", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()  # cls_head auto: a head, but 32 px give 1 token
+    assert "1x1 attention grid" in err and "img_size >= 64" in err and "\n" not in err
+    assert cli.main(["train", "--data-dir", str(data), "--model", "resnet18", "--model-kwargs",
+                     "{}", "--cls-head", "none", "--output", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip()
-    assert "needs cls-token attention" in err and "Traceback" not in err
+    assert "needs cls-token attention and cls_head is none" in err and "Traceback" not in err
 
 
 def test_console_script_runs_end_to_end(tmp_path):

@@ -4,8 +4,9 @@ Owns the file format, its atomic writing, its validated reading and rebuilding t
 describes. ``last.pt`` / ``best.pt`` hold::
 
     {"version": 2,
-     "model": <plain timm state dict>,            # timm.create_model(...).load_state_dict
+     "model": <state dict>,   # timm.create_model(...), wrapped by with_class_attention if cls_head
      "config": {"model": timm_name, "model_kwargs": {...}, "num_classes": K,
+                "cls_head": None | {"mode": "ca" | "ca_swin", ...},   # missing: None
                 "mean": [...], "std": [...], "classes": [...], "recipe": {...}},
      "epoch": completed_epochs, "metrics": [per-epoch dicts], "best_acc": float,
      "optimizer", "scheduler", "scaler", "ema", "mixer", "rng", "alpha_last"}   # last.pt only
@@ -183,6 +184,25 @@ def check_matches(ckpt: Mapping[str, Any], recipe: Mapping[str, Any],
             )
 
 
+def _head_name(head: Any) -> str:
+    if not head:
+        return "no class-attention head"
+    extra = ", ".join(f"{k}={v}" for k, v in head.items() if k != "mode")
+    return f"the {head.get('mode')} head" + (f" ({extra})" if extra else "")
+
+
+def check_cls_head(ckpt: Mapping[str, Any], head: Mapping[str, Any] | None,
+                   path: str | os.PathLike) -> None:
+    """The run's resolved class-attention head (``head``; None: none) must be the checkpoint's
+    (``config['cls_head']``; missing means none, as in checkpoints from before heads)."""
+    then = ckpt["config"].get("cls_head") or None
+    if then != (dict(head) if head else None):
+        raise CheckpointError(
+            f"checkpoint {path} does not match this run: cls_head gives {_head_name(then)} in "
+            f"the checkpoint and {_head_name(head)} now"
+        )
+
+
 def strip_prefixes(state_dict: Mapping[str, Any],
                    prefixes: tuple[str, ...] = PREFIXES) -> dict[str, Any]:
     """Keys without DDP's ``module.`` and ``torch.compile``'s ``_orig_mod.`` prefixes."""
@@ -271,6 +291,7 @@ __all__ = [
     "CheckpointError",
     "atomic_save",
     "atomic_write_text",
+    "check_cls_head",
     "check_matches",
     "load_model",
     "load_states",

@@ -1,14 +1,22 @@
 """Building the timm model a run or a checkpoint describes, and reading its geometry.
 
 Owns: :func:`create_model` (a timm name + keywords → the model, with the input size, channels
-and patch size a recipe asks for; ConvNets that take no ``img_size`` get none),
-:func:`build_model` (the same from a checkpoint's model description), and the geometry
-helpers every app uses (:func:`patch_size`, :func:`image_size`, :func:`in_chans`).
-Nothing here downloads: models are built with ``pretrained=False``.
+and patch size a recipe asks for; ConvNets that take no ``img_size`` get none, and their
+``pretrained_cfg['input_size']`` is set to the recipe's instead), the class-attention head a
+recipe's ``cls_head`` gives a model (:func:`resolve_cls_head`, :func:`add_cls_head`),
+:func:`build_model` (the same from a checkpoint's model description, head included), and the
+geometry helpers every app uses (:func:`patch_size`, :func:`image_size`, :func:`in_chans`,
+:func:`token_grid`). Nothing here downloads: models are built with ``pretrained=False``.
+
+A model description (the ``config`` of a checkpoint) is ``{"model": timm name,
+"model_kwargs": {...}, "num_classes": K, "cls_head": None | {"mode": "ca" | "ca_swin",
+...}}``; ``cls_head`` holds the keywords of :func:`mixpro.with_class_attention` that rebuild
+the head (missing: no head, as in checkpoints written before heads existed).
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,6 +24,10 @@ import timm
 from torch import nn
 
 from .errors import UserError
+from .heads import ClassAttentionClassifier, needs_class_attention, with_class_attention
+
+# values of the recipe key ``cls_head``
+CLS_HEADS = ("auto", "ca", "ca_swin", "none")
 
 
 class ModelError(UserError):
@@ -70,12 +82,91 @@ def create_model(
                                       **train_kwargs)
     except (TypeError, ValueError, AssertionError, RuntimeError) as e:
         raise ModelError(f"cannot build model {name} with {kwargs}: {_first_line(e)}") from None
+    if img_size is not None and "img_size" not in kwargs:
+        _set_input_size(model, img_size)
     return model, kwargs
+
+
+def _set_input_size(model: nn.Module, img_size: int | tuple[int, int]) -> None:
+    """Record the input size of a model that takes no ``img_size`` (ConvNets) in its
+    ``pretrained_cfg['input_size']``, where :func:`image_size` (and timm) read it."""
+    if getattr(getattr(model, "patch_embed", None), "img_size", None) is not None:
+        return
+    h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
+    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+    cfg["input_size"] = (in_chans(model), int(h), int(w))
+    model.pretrained_cfg = cfg
+    if hasattr(model, "default_cfg"):
+        model.default_cfg = cfg
+
+
+def is_swin(model: nn.Module) -> bool:
+    """A timm Swin Transformer (v1, ``swin_*``): the models CA-Swin (``'ca_swin'``) converts."""
+    from timm.models.swin_transformer import SwinTransformer
+
+    return isinstance(model, SwinTransformer)
+
+
+def resolve_cls_head(model: nn.Module, cls_head: str, *, needs_attention: bool
+                     ) -> dict[str, Any] | None:
+    """The class-attention head that the recipe key ``cls_head`` gives the plain ``model``:
+    ``{"mode": "ca" | "ca_swin"}`` or None (no head).
+
+    ``'auto'``: a head only when the method ``needs_attention`` and the model has no cls
+    attention (:func:`mixpro.needs_class_attention`): ``'ca_swin'`` for Swin (v1), ``'ca'``
+    for any other model. ``'ca'``/``'ca_swin'``: always. ``'none'``: never.
+
+    Raises:
+        ModelError: an unknown ``cls_head``, or ``'ca_swin'`` for a model that is not a Swin.
+    """
+    if cls_head not in CLS_HEADS:
+        raise ModelError(f"cls_head must be one of {', '.join(CLS_HEADS)}, got {cls_head!r}")
+    if cls_head == "none":
+        return None
+    if cls_head == "auto":
+        if not (needs_attention and needs_class_attention(model)):
+            return None
+        cls_head = "ca_swin" if is_swin(model) else "ca"
+    if cls_head == "ca_swin" and not is_swin(model):
+        raise ModelError(
+            f"cls_head ca_swin re-uses the last block of a timm Swin Transformer (swin_*), and "
+            f"this model is a {type(model).__name__}: use cls_head ca (a new class-attention "
+            "head, any model) or auto")
+    return {"mode": cls_head}
+
+
+def add_cls_head(model: nn.Module, head: Mapping[str, Any] | None
+                 ) -> tuple[nn.Module, dict[str, Any] | None]:
+    """``model`` with the class-attention head ``head`` describes (``{"mode": ..., **keywords
+    of mixpro.with_class_attention}``; None: the model itself).
+
+    Returns the model and the head's full description (``'ca'``: mode, depth, num_heads,
+    embed_dim, mlp_ratio, resolved from the built head), what :func:`build_model` rebuilds it
+    from. Raises :class:`ModelError` (one line) when the head does not fit the model.
+    """
+    if not head:
+        return model, None
+    spec = dict(head)
+    mode = spec.pop("mode", None)
+    try:
+        wrapped = with_class_attention(model, mode=mode, **spec)
+    except (TypeError, ValueError) as e:
+        raise ModelError(f"cannot add the class-attention head {dict(head)} to "
+                         f"{type(model).__name__}: {_first_line(e)}") from None
+    desc: dict[str, Any] = {"mode": mode, **spec}
+    if mode == "ca":
+        default_ratio = inspect.signature(with_class_attention).parameters["mlp_ratio"].default
+        desc.update(depth=len(wrapped.blocks), num_heads=int(wrapped.blocks[-1].attn.num_heads),
+                    embed_dim=int(wrapped.num_features),
+                    mlp_ratio=float(spec.get("mlp_ratio", default_ratio)))
+    return wrapped, desc
 
 
 def build_model(description: Mapping[str, Any]) -> nn.Module:
     """The model a checkpoint's ``config`` describes: ``{"model": timm name, "model_kwargs":
-    {...}, "num_classes": K}`` (``num_classes`` optional), with random weights.
+    {...}, "num_classes": K, "cls_head": None | {"mode": ..., ...}}`` (``num_classes`` and
+    ``cls_head`` optional), with random weights. A model that takes no ``img_size`` gets the
+    ``img_size`` of the description's ``recipe`` as its ``pretrained_cfg['input_size']``.
 
     Raises:
         ModelError: the description names no timm model or does not build.
@@ -86,10 +177,18 @@ def build_model(description: Mapping[str, Any]) -> nn.Module:
     kwargs = dict(description.get("model_kwargs") or {})
     if "num_classes" in description:
         kwargs["num_classes"] = int(description["num_classes"])
+    head = description.get("cls_head")
+    if head is not None and not (isinstance(head, Mapping) and head.get("mode")):
+        raise ModelError(f"cls_head of the model description must be null or a mapping with "
+                         f"a 'mode', got {head!r}")
     try:
-        return timm.create_model(arch, pretrained=False, **kwargs)
+        model = timm.create_model(arch, pretrained=False, **kwargs)
     except Exception as e:  # noqa: BLE001 - unknown name / bad kwargs from a file
         raise ModelError(f"cannot build {arch}: {_first_line(e)}") from None
+    size = (description.get("recipe") or {}).get("img_size")
+    if isinstance(size, int) and "img_size" not in kwargs:
+        _set_input_size(model, size)
+    return add_cls_head(model, head)[0]
 
 
 def patch_size(model: nn.Module) -> int | None:
@@ -111,6 +210,23 @@ def in_chans(model: nn.Module) -> int:
     return 3
 
 
+def token_grid(model: nn.Module, image_size: tuple[int, int] | None = None
+               ) -> tuple[int, int] | None:
+    """The grid ``(gh, gw)`` of the tokens the model's cls attention reads, for
+    ``image_size`` (default :func:`image_size`): a class-attention head's last-stage grid
+    (``token_grid``), else ``patch_embed.grid_size`` (ViTs); None if the model has neither."""
+    if isinstance(model, ClassAttentionClassifier):
+        return model.token_grid(image_size or _image_size(model))
+    pe = getattr(model, "patch_embed", None)
+    if image_size is not None:
+        feat = getattr(pe, "dynamic_feat_size", None)
+        if callable(feat):
+            gh, gw = feat(tuple(image_size))
+            return int(gh), int(gw)
+    grid = getattr(pe, "grid_size", None)
+    return None if grid is None else (int(grid[0]), int(grid[1]))
+
+
 def image_size(model: nn.Module) -> tuple[int, int]:
     """Input ``(H, W)``: ``patch_embed.img_size`` of a ViT, else the timm ``pretrained_cfg``'s
     ``input_size``, else 224²."""
@@ -123,4 +239,8 @@ def image_size(model: nn.Module) -> tuple[int, int]:
     return (224, 224)
 
 
-__all__ = ["ModelError", "build_model", "create_model", "image_size", "in_chans", "patch_size"]
+_image_size = image_size
+
+
+__all__ = ["CLS_HEADS", "ModelError", "add_cls_head", "build_model", "create_model",
+           "image_size", "in_chans", "is_swin", "patch_size", "resolve_cls_head", "token_grid"]

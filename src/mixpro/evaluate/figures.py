@@ -98,9 +98,11 @@ def make_figures(options: FigureOptions) -> list[Path]:
     if o.checkpoint is not None:
         model, config = load_model(o.checkpoint)
         size, chans = models.image_size(model), models.in_chans(model)
-        patch = models.patch_size(model)
+        # MaskMix's patch: the model's patch embedding, else (ConvNets) the recipe's patch_size
+        patch = models.patch_size(model) or (config.get("recipe") or {}).get("patch_size")
         if patch is None:
-            raise FigureError(f"{o.checkpoint}: the figures need a model with a patch embedding")
+            raise FigureError(f"{o.checkpoint}: the figures need a model with a patch embedding "
+                              "or a recipe patch_size")
         try:
             mixpro.ClsAttention(model).remove()
         except mixpro.NoClsAttentionError as e:
@@ -112,6 +114,14 @@ def make_figures(options: FigureOptions) -> list[Path]:
                 or (cfg.get("recipe") or {}).get("mask_scale") or 2)
     if size[0] % (scale * patch) or size[1] % (scale * patch):
         raise FigureError(f"--mask-scale {scale} × patch {patch} does not tile {size}")
+    if model is not None and getattr(model, "token_stride", None) is not None:
+        try:  # a class-attention head: MaskMix cells must be whole last-stage tokens
+            mixpro.check_mask_geometry(model, patch, scale, size)
+        except ValueError as e:
+            msg = str(e)
+            if msg.startswith("mask_scale"):
+                msg = "--mask-scale" + msg[len("mask_scale"):]
+            raise FigureError(f"{o.checkpoint}: {msg}") from None
     data = eval_data(data_spec(o.data, config), img_size=size, in_chans=chans)
     out = Path(o.out)
     if out.exists() and not out.is_dir():
@@ -123,14 +133,16 @@ def make_figures(options: FigureOptions) -> list[Path]:
     if "fig6" in o.which:
         written.append(maskmix_attention_grid(
             images, labels, model, norm, out / "fig6_maskmix_attention.png",
-            num_classes=model.num_classes, mask_scale=scale, classes=data.classes, seed=o.seed))
+            num_classes=model.num_classes, mask_scale=scale, classes=data.classes, seed=o.seed,
+            patch_size=patch))
     if "fig4" in o.which:
         written.append(mask_strategies(images[:2], out / "fig4_mask_strategies.png",
                                        patch_size=patch, mask_scale=scale, seed=o.seed))
     if "fig1" in o.which:
         written.append(transmix_vs_maskmix(
             images[:2], labels[:2], model, norm, out / "fig1_transmix_vs_maskmix.png",
-            num_classes=model.num_classes, mask_scale=scale, classes=data.classes, seed=o.seed))
+            num_classes=model.num_classes, mask_scale=scale, classes=data.classes, seed=o.seed,
+            patch_size=patch))
     return written
 
 

@@ -5,7 +5,10 @@ DINO's attention-mass threshold, dropping in ``[0, 1]`` pixel space (black, *bef
 normalisation) and the accuracy sweep over information-loss levels with seeded repeats.
 
 Grid: the paper's 14×14 grid of 16-px patches generalises to ``g_h × g_w`` patches of
-``P_h × P_w`` px (by default the evaluated model's token grid). Information loss ``Q``:
+``P_h × P_w`` px (by default the evaluated model's token grid: the grid its cls attention
+reads, so that salient drops remove whole attention tokens; for a model with a class-attention
+head (Swin, ConvNeXt, ResNet) that is the last stage's grid of 32-px tokens, not the patch
+embedding's). Information loss ``Q``:
 
 * ``random``: ``Q = k/10``, ``k = 0..9``; ``n = k·g_h·g_w // 10`` patches drawn uniformly
   without replacement, one draw per batch (reference) or per image.
@@ -25,7 +28,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from mixpro import ClsAttention
+from mixpro import ClsAttention, models
 
 __all__ = [
     "DROP_MODES",
@@ -59,15 +62,18 @@ class OcclusionError(ValueError):
 Grid = tuple[int, int]
 
 
-def model_grid(model: nn.Module) -> Grid:
-    """The token grid ``(g_h, g_w)`` of a timm ViT-family model (``patch_embed.grid_size``)."""
-    pe = getattr(model, "patch_embed", None)
-    grid = getattr(pe, "grid_size", None)
+def model_grid(model: nn.Module, image_size: Grid | None = None) -> Grid:
+    """The grid ``(g_h, g_w)`` of the tokens the model's cls attention reads, at
+    ``image_size`` (default the model's input size): ``patch_embed.grid_size`` of a ViT, the
+    last stage's grid of a model with a class-attention head
+    (:func:`mixpro.with_class_attention`; e.g. 2×2 for a 64-px Swin)."""
+    grid = models.token_grid(model, image_size)
     if grid is None:
         raise OcclusionError(
-            f"{type(model).__name__} has no patch_embed.grid_size: pass the occlusion grid"
+            f"{type(model).__name__} has no patch_embed.grid_size or class-attention token "
+            "grid: pass the occlusion grid"
         )
-    return int(grid[0]), int(grid[1])
+    return grid
 
 
 # -- masks --------------------------------------------------------------------------------
@@ -181,9 +187,10 @@ class ClsSaliency:
     """Saliency from a timm model's cls→patch attention (head mean of the last block, through
     :class:`mixpro.ClsAttention`), on the clean image normalised with ``normalize``.
 
-    The reference uses DINO ViT-S/16 head 1 only; any checkpoint with a cls token works here
-    (the evaluated model itself by default). Raises :class:`mixpro.NoClsAttentionError` for
-    models without a cls token.
+    The reference uses DINO ViT-S/16 head 1 only; any checkpoint with a cls token or a
+    class-attention head (:func:`mixpro.with_class_attention`) works here (the evaluated model
+    itself by default); :attr:`grid` is the grid the attention covers (:func:`model_grid`).
+    Raises :class:`mixpro.NoClsAttentionError` for models without either.
     """
 
     def __init__(
@@ -198,6 +205,12 @@ class ClsSaliency:
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``images (B, C, H, W)`` in [0, 1] → (logits ``(B, K)``, attention ``(B, N)``)."""
         logits = self.model(self.normalize(images))
+        seen = self.probe.grid
+        if seen is not None and tuple(seen) != tuple(self.grid):
+            raise OcclusionError(
+                f"images {tuple(images.shape[-2:])} give the saliency model a {seen[0]}x"
+                f"{seen[1]} attention grid, not its {self.grid[0]}x{self.grid[1]} one"
+            )
         return logits, self.probe.attention
 
 

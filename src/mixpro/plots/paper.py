@@ -23,6 +23,7 @@ from matplotlib.colors import ListedColormap
 from torch import nn
 
 import mixpro
+from mixpro import models
 from mixpro.strategies import MASK_STRATEGIES, make_mask_strategy
 
 from ._common import plt, save
@@ -74,9 +75,22 @@ def _lam_title(batch, i: int) -> str:
     return "\n".join([", ".join(parts[:2]), ", ".join(parts[2:])])
 
 
-def _patch(model: nn.Module) -> tuple[int, int]:
-    ps = model.patch_embed.patch_size
-    return int(ps[0]), int(ps[1])
+def _patch(model: nn.Module, patch_size: int | None) -> int:
+    """MaskMix's patch: ``patch_size``, else the model's patch embedding."""
+    p = patch_size if patch_size is not None else models.patch_size(model)
+    if p is None:
+        raise ValueError(f"{type(model).__name__} has no patch embedding: pass patch_size")
+    return int(p)
+
+
+def _token_grid(probe: mixpro.ClsAttention, model: nn.Module,
+                images: torch.Tensor) -> tuple[int, int]:
+    """The grid of the tokens the cls attention covers, from the probe's latest forward (the
+    last stage's grid for a class-attention head, the patch grid for a ViT)."""
+    grid = probe.grid or models.token_grid(model, tuple(images.shape[-2:]))
+    if grid is None:
+        raise ValueError(f"{type(model).__name__}: cannot tell the attention's token grid")
+    return int(grid[0]), int(grid[1])
 
 
 @torch.no_grad()
@@ -108,22 +122,25 @@ def maskmix_attention_grid(
     classes: Sequence[str] | None = None,
     seed: int = 0,
     beta: float = 4.0,
+    patch_size: int | None = None,
 ) -> Path:
     """Fig. 6: rows = image i, image j, MaskMix (MixPro) mixed image, cls attention overlay.
 
     ``images (2n, C, H, W)`` in [0, 1], ``labels (2n,)``; column ``i`` mixes sample ``i`` with
     sample ``2n-1-i``. Titles carry λ_area, λ_attn, α (cosine PAL) and λ of each mixed image.
-    τ ~ Beta(``beta``, ``beta``) per pair (4: mostly 0.3–0.7, so both images show).
+    τ ~ Beta(``beta``, ``beta``) per pair (4: mostly 0.3–0.7, so both images show). MaskMix
+    cells are ``mask_scale × patch_size`` px (default: the model's patch embedding); the
+    attention is drawn on the grid it covers (the last stage's for a class-attention head).
     """
     n = images.shape[0] // 2
     g = torch.Generator().manual_seed(seed)
-    mixer = mixpro.MixPro(num_classes=num_classes, patch_size=_patch(model),
+    mixer = mixpro.MixPro(num_classes=num_classes, patch_size=_patch(model, patch_size),
                           mask_scale=mask_scale, mode="elem", beta=beta, generator=g)
     model.eval()
     with mixpro.ClsAttention(model) as probe:
         batch = mixer(images, labels)
         attn = _relabel(batch, model, probe, normalize)
-    gh, gw = model.patch_embed.grid_size
+        gh, gw = _token_grid(probe, model, images)
     h, w = images.shape[-2:]
     fig, axes = plt.subplots(4, n, figsize=(2.6 * n, 11.4), squeeze=False)
     for c in range(n):
@@ -214,14 +231,16 @@ def transmix_vs_maskmix(
     mask_scale: int = 2,
     classes: Sequence[str] | None = None,
     seed: int = 0,
+    patch_size: int | None = None,
 ) -> Path:
     """Fig. 1: TransMix (CutMix box, attention λ) vs MixPro (MaskMix, PAL) on one pair.
 
-    ``images (2, C, H, W)`` in [0, 1]. Top: mixed images with patch borders. Bottom: token
-    sources (yellow = image i, blue = image j, red = pixels of both in one token).
+    ``images (2, C, H, W)`` in [0, 1]. Top: mixed images with the borders of the tokens the
+    cls attention reads (a ViT's patches; the last stage's cells for a class-attention head).
+    Bottom: token sources (yellow = image i, blue = image j, red = pixels of both in one
+    token). MaskMix cells are ``mask_scale × patch_size`` px (default: the model's patch).
     """
-    p = _patch(model)
-    gh, gw = model.patch_embed.grid_size
+    p = _patch(model, patch_size)
     size = tuple(images.shape[-2:])
     mixers = {
         "TransMix (CutMix box)": mixpro.TransMix(
@@ -240,8 +259,10 @@ def transmix_vs_maskmix(
         for k, (name, mixer) in enumerate(mixers.items()):
             batch = mixer(images, labels)
             _relabel(batch, model, probe, normalize)
+            gh, gw = _token_grid(probe, model, images)
             _show(axes[0, k + 1], batch.images[0], f"{name}\n{_lam_title(batch, 0)}", 10)
-            _grid_lines(axes[0, k + 1], size, p, color="tab:orange", lw=0.6)
+            _grid_lines(axes[0, k + 1], size, (size[0] // gh, size[1] // gw),
+                        color="tab:orange", lw=0.6)
             frac = batch.token_fraction((gh, gw))[0].view(gh, gw)
             src = torch.where(frac >= 1 - 1e-6, 2, torch.where(frac <= 1e-6, 0, 1))
             mixed_tokens = int((src == 1).sum())

@@ -24,6 +24,7 @@ import yaml
 import mixpro
 from mixpro.errors import UserError
 from mixpro.methods import METHODS, OPTION_NAMES, MixOptions, ignored_options
+from mixpro.models import CLS_HEADS
 from mixpro.strategies import MASK_STRATEGIES
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
@@ -61,6 +62,7 @@ class Recipe:
     model_kwargs: dict = field(default_factory=lambda: {
         "embed_dim": 64, "depth": 4, "num_heads": 2, "mlp_ratio": 2.0})
     patch_size: int | None = 4  # None: the model's own
+    cls_head: str = "auto"  # auto | ca | ca_swin | none: class-attention head (no cls token)
     drop_path: float = 0.1
     drop_rate: float = 0.0
     # mixing
@@ -146,7 +148,12 @@ HELP: dict[str, str] = {
     "crop_pct": "centre-crop fraction at evaluation (ImageFolder)",
     "model": "any timm model name",
     "model_kwargs": "extra timm.create_model keywords, YAML, e.g. '{depth: 6}'",
-    "patch_size": "ViT patch size (null: the model's own)",
+    "patch_size": "ViT patch size (null: the model's own); for Swin the patch embedding (4), "
+                  "for ConvNets the unit of MaskMix cells",
+    "cls_head": "class-attention head for models without a cls token (Swin, ConvNeXt, ResNet, "
+                "pooled ViTs): auto (added when the method needs attention: ca_swin for Swin, "
+                "ca otherwise) | ca (a CaiT class-attention head) | ca_swin (CA-Swin: the last "
+                "Swin block re-used) | none",
     "drop_path": "stochastic depth rate",
     "drop_rate": "dropout rate",
     "method": " | ".join(METHODS),
@@ -343,6 +350,8 @@ def validate(cfg: Recipe) -> None:
     _check(cfg.img_size >= 1, "img_size must be >= 1")
     _check(cfg.patch_size is None or cfg.patch_size >= 1, "patch_size must be >= 1")
     _check(cfg.mask_scale >= 1, "mask_scale must be >= 1")
+    _check(cfg.cls_head in CLS_HEADS,
+           f"cls_head must be one of {', '.join(CLS_HEADS)}, got {cfg.cls_head!r}")
     for key in ("label_smoothing", "drop_path", "drop_rate", "mix_prob", "switch_prob",
                 "maskmix_prob", "transmix_ratio", "hflip", "re_prob"):
         v = getattr(cfg, key)

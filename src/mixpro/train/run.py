@@ -1,9 +1,10 @@
 """The ``mixpro train`` entry: build everything, check it, then train, checkpoint and plot.
 
 Owns the order of a run. :func:`prepare` does every check that can fail on user input
-(recipe, data, model name, cls-token support, patch/mask tiling, output folder, checkpoint
-to resume) and raises a one-line :class:`~.config.TrainError` before a single step runs;
-:func:`train` then runs the epochs. Only rank 0 writes files.
+(recipe, data, model name, class-attention head and cls-token support, patch/mask/token
+tiling, output folder, checkpoint to resume) and raises a one-line
+:class:`~.config.TrainError` before a single step runs; :func:`train` then runs the epochs.
+Only rank 0 writes files.
 """
 
 from __future__ import annotations
@@ -43,7 +44,9 @@ from .recipe import ConfigError, Recipe, TrainError
 
 FINAL = "final.json"
 # recipe keys a resumed run must share with its checkpoint: what the model, the data order and
-# the learning-rate schedule depend on (the scheduler's state is restored, not rebuilt)
+# the learning-rate schedule depend on (the scheduler's state is restored, not rebuilt).
+# cls_head is compared by the head it resolves to (checkpoint.check_cls_head), not as written:
+# 'auto' on a ViT and a checkpoint from before the key both mean no head.
 RESUME_MUST_MATCH = ckpt_io.MUST_MATCH + ("lr", "min_lr", "warmup_epochs", "warmup_lr",
                                           "max_steps", "sched_per_step", "mask_strategy")
 # every file a run writes into its output folder
@@ -155,16 +158,48 @@ def _model(cfg: Recipe, num_classes: int) -> tuple[torch.nn.Module, dict]:
             in_chans=cfg.in_channels, patch_size=cfg.patch_size, model_kwargs=cfg.model_kwargs,
             drop_path_rate=cfg.drop_path, drop_rate=cfg.drop_rate)
     except models.ModelError as e:
+        hint = ""
+        if cfg.model_kwargs and "unexpected keyword argument" in str(e):
+            hint = f" (model_kwargs: set the keywords of {cfg.model}, e.g. --model-kwargs '{{}}')"
+        raise ConfigError(f"{e}{hint}") from None
+
+
+def _cls_head(cfg: Recipe, model: torch.nn.Module, needs_attention: bool
+              ) -> tuple[torch.nn.Module, dict | None]:
+    """The model with the class-attention head the recipe's ``cls_head`` gives it, and the
+    head's description (None: no head)."""
+    try:
+        head = models.resolve_cls_head(model, cfg.cls_head, needs_attention=needs_attention)
+        return models.add_cls_head(model, head)
+    except models.ModelError as e:
         raise ConfigError(str(e)) from None
 
 
-def _check_geometry(cfg: Recipe, patch: int | None) -> None:
+def _probe(cfg: Recipe, model: torch.nn.Module) -> mixpro.ClsAttention:
+    try:
+        return mixpro.ClsAttention(model)
+    except mixpro.NoClsAttentionError as e:
+        if cfg.cls_head != "none":
+            raise ConfigError(f"method {cfg.method} needs cls-token attention: {e}") from None
+        why = str(e).split(". ")[0].split(" (")[0]
+        raise ConfigError(
+            f"method {cfg.method} needs cls-token attention and cls_head is none: {why}; set "
+            "cls_head auto (or ca) to add a class-attention head, or use an area-label "
+            "method (maskmix, cutmix)") from None
+
+
+def _check_geometry(cfg: Recipe, patch: int | None, model: torch.nn.Module | None = None,
+                    needs_attention: bool = False) -> None:
     needs_patch = METHODS[cfg.method].patch
     if needs_patch and patch is None:
         raise ConfigError(f"method {cfg.method} needs a patch size; set patch_size")
     if patch is not None and cfg.img_size % patch:
         raise ConfigError(f"img_size {cfg.img_size} is not a multiple of patch_size {patch}")
     uses_cells = needs_patch and "mask_scale" in METHODS[cfg.method].keys
+    stride = getattr(model, "token_stride", None)
+    if stride is not None:  # a class-attention head: its tokens are the last stage's
+        _check_head_geometry(cfg, model, patch, stride, needs_attention, uses_cells)
+        return
     if uses_cells and cfg.img_size % (patch * cfg.mask_scale):
         grid = cfg.img_size // patch
         ok = [s for s in range(1, grid + 1) if grid % s == 0]
@@ -172,6 +207,29 @@ def _check_geometry(cfg: Recipe, patch: int | None) -> None:
             f"mask_scale {cfg.mask_scale} x patch_size {patch} = {patch * cfg.mask_scale} px "
             f"cells do not tile img_size {cfg.img_size}; mask_scale must divide the "
             f"{grid}x{grid} token grid: one of {ok}")
+
+
+def _check_head_geometry(cfg: Recipe, model: torch.nn.Module, patch: int | None, stride: int,
+                         needs_attention: bool, uses_cells: bool) -> None:
+    """A class-attention head reads the last stage's ``stride``-px tokens: attention labels
+    need those tokens to tile the image in a grid of at least 2x2, and MaskMix cells of
+    ``mask_scale`` x ``patch_size`` px must be whole tokens."""
+    what = f"{cfg.model} with cls_head {model.mode} ({stride}-px attention tokens, its last stage)"
+    if needs_attention:
+        if cfg.img_size % stride:
+            raise ConfigError(f"img_size {cfg.img_size} is not a multiple of the {stride}-px "
+                              f"attention tokens of {what}: use a multiple of {stride}")
+        grid = model.token_grid(cfg.img_size)
+        if grid[0] < 2 or grid[1] < 2:
+            raise ConfigError(
+                f"img_size {cfg.img_size} gives {what} a {grid[0]}x{grid[1]} attention grid: "
+                f"method {cfg.method}'s attention labels need at least 2x2 tokens; use img_size "
+                f">= {2 * stride}")
+    if uses_cells:
+        try:
+            mixpro.check_mask_geometry(model, patch, cfg.mask_scale, cfg.img_size)
+        except ValueError as e:
+            raise ConfigError(f"{what}: {str(e).replace('image_size', 'img_size')}") from None
 
 
 def _amp(cfg: Recipe, device: torch.device) -> tuple[torch.dtype | None, bool]:
@@ -266,13 +324,9 @@ def prepare(cfg: Recipe, resume: bool | str = False, overwrite: bool = False) ->
                             patch_size=patch or 1, generator=mixer_gen)
     except (ValueError, TypeError) as e:
         raise ConfigError(f"method {cfg.method}: {e}") from None
-    probe = None
-    if mixer.needs_attention:
-        try:
-            probe = mixpro.ClsAttention(model)
-        except mixpro.NoClsAttentionError as e:
-            raise ConfigError(f"method {cfg.method} needs cls-token attention: {e}") from None
-    _check_geometry(cfg, patch)
+    model, head = _cls_head(cfg, model, mixer.needs_attention)
+    probe = _probe(cfg, model) if mixer.needs_attention else None
+    _check_geometry(cfg, patch, model, mixer.needs_attention)
     model.to(info.device)
 
     train_loader, test_loader, sampler, batches = _loaders(cfg, train_data, test_data,
@@ -300,7 +354,7 @@ def prepare(cfg: Recipe, resume: bool | str = False, overwrite: bool = False) ->
 
     recipe = cfg.to_dict()
     model_config = {"model": cfg.model, "model_kwargs": model_kwargs, "num_classes": num_classes,
-                    "world_size": info.world,
+                    "cls_head": head, "world_size": info.world,
                     "classes": classes, "mean": data.mean, "std": data.std, "recipe": recipe}
     prep = Prepared(cfg=cfg, info=info, out=out, model=model, ctx=None, train_loader=train_loader,
                     test_loader=test_loader, train_sampler=sampler, train_data=train_data,
@@ -309,6 +363,7 @@ def prepare(cfg: Recipe, resume: bool | str = False, overwrite: bool = False) ->
     if resume_path is not None:
         ck = ckpt_io.read(resume_path, training=True)
         ckpt_io.check_matches(ck, recipe, resume_path, RESUME_MUST_MATCH)
+        ckpt_io.check_cls_head(ck, head, resume_path)
         then = ck["config"].get("world_size", 1)
         if then != info.world:
             raise ckpt_io.CheckpointError(
