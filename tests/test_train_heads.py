@@ -171,3 +171,18 @@ def test_resolve_cls_head():
     assert resolve(vit, "ca", needs_attention=False) == {"mode": "ca"}
     with pytest.raises(models.ModelError, match="cls_head ca_swin"):
         resolve(cn, "ca_swin", needs_attention=True)
+
+
+@pytest.mark.parametrize("name, kw, head", [(SWIN, SWIN_KW, "ca_swin"),
+                                            (CONVNEXT, CONVNEXT_KW, "ca")])
+def test_bench_step_times_models_with_a_head(name, kw, head, one_thread):
+    from mixpro import bench
+
+    step = bench.bench_step(model_name=name, img_size=64, batch=4, num_classes=5,
+                            device=torch.device("cpu"), repeats=1, warmup=0, amp=False,
+                            model_kwargs=kw)
+    assert step["cls_head"] == head and step["patch"] == 4 and step["mask_scale"] == 8
+    assert len(step["rows"]) == 6 and 0 < step["probe_hook_share_of_step"] < 1
+    env = bench.environment(torch.device("cpu"))
+    md = bench.to_markdown({"command": "t", "environment": env, "mix": [], "step": step})
+    assert f"cls_head {head}" in md

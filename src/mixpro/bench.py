@@ -13,9 +13,11 @@ reported as medians and as ratios to a baseline measured in the same run:
    (ours are out of place); torchvision ``transforms.v2.MixUp``/``CutMix`` are batch-level
    only and out of place.
 2. **step** — a full training step (mix, forward, relabel, backward, optimiser) of a timm DeiT
-   for none / CutMix / TransMix / MixPro, and MixPro with the alternative ways of getting
-   attention: our cls-row probe, un-fusing the last block, an extra no-grad forward on the
-   unmixed images (OpenMixup's way). Images/s and the ratio to no mixing (Table 2's speed).
+   (or any ``--model``: Swin, ConvNeXt, ResNet get the class-attention head of ``mixpro
+   train``'s ``cls_head: auto``) for none / CutMix / TransMix / MixPro, and MixPro with the
+   alternative ways of getting attention: our cls-row probe, un-fusing the last block, an
+   extra no-grad forward on the unmixed images (OpenMixup's way). Images/s and the ratio to
+   no mixing (Table 2's speed).
 
 CUDA timings use CUDA events after synchronisation; CPU timings use ``perf_counter``.
 """
@@ -272,17 +274,33 @@ def bench_step(
 ) -> dict:
     """Training-step throughput of each method and attention source (Table 2's speed).
 
-    MaskMix cells are ``mask_scale`` × the model's patch, with the largest of 4, 2, 1 that
-    tiles its token grid.
+    Models without a cls token (Swin, ConvNeXt, ResNet, pooled ViTs) get the class-attention
+    head ``mixpro train``'s ``cls_head: auto`` gives them (CA-Swin for Swin, a CaiT head
+    otherwise), in every variant, "none" included. MaskMix cells are ``mask_scale`` × the
+    model's patch (4 for a ConvNet's stem), with the largest of 4, 2, 1 that tiles a ViT's token
+    grid, and the smallest whole number of last-stage tokens for a head.
     """
+    from . import models
+
     def build() -> torch.nn.Module:
         torch.manual_seed(0)
-        return timm.create_model(model_name, pretrained=False, img_size=img_size,
-                                 num_classes=num_classes, **(model_kwargs or {})
-                                 ).to(device).train()
+        model, _ = models.create_model(model_name, num_classes=num_classes, img_size=img_size,
+                                       model_kwargs=model_kwargs)
+        head = models.resolve_cls_head(model, "auto", needs_attention=True)
+        return models.add_cls_head(model, head)[0].to(device).train()
 
-    patch = int(build().patch_embed.patch_size[0])
-    scale = next(s for s in (4, 2, 1) if (img_size // patch) % s == 0)
+    probe_model = build()
+    head = getattr(probe_model, "mode", None)
+    patch = models.patch_size(probe_model) or 4
+    stride = getattr(probe_model, "token_stride", None)
+    if stride is None:
+        scale = next(s for s in (4, 2, 1) if (img_size // patch) % s == 0)
+    else:
+        scale = next((s for s in range(1, img_size // patch + 1)
+                      if (s * patch) % stride == 0 and img_size % (s * patch) == 0), None)
+        if scale is None:
+            raise ValueError(f"--img-size {img_size} is not a multiple of {model_name}'s "
+                             f"{stride}-px attention tokens")
 
     gen = torch.Generator(device="cpu").manual_seed(0)
     x = torch.randn(batch, 3, img_size, img_size, generator=gen).to(device)
@@ -316,7 +334,10 @@ def bench_step(
 
         return step
 
-    m = _mixers(num_classes, patch, scale)
+    # a head's tokens are last-stage cells: the same MaskMix cells in those units, so that the
+    # extra forward's attention (a copy, without the probe's grid) gets the right grid too
+    unit = stride or patch
+    m = _mixers(num_classes, unit, scale * patch // unit)
     variants = {
         "none": make_step(NoMix(num_classes=num_classes), "none"),
         "cutmix": make_step(m["cutmix"], "none"),
@@ -328,25 +349,39 @@ def bench_step(
     med = interleaved(variants, device, repeats, warmup)
     rows = [{"variant": k, "step_ms": 1e3 * v, "images_per_s": batch / v,
              "x_none": v / med["none"]} for k, v in med.items()]
-    hook = _probe_hook_seconds(build(), x, device, repeats, warmup)
+    hook = _probe_hook_seconds(probe_model, x, device, repeats, warmup)
     return {"model": model_name, "img_size": img_size, "batch": batch, "amp": amp,
-            "patch": patch, "mask_scale": scale, "rows": rows,
+            "cls_head": head, "patch": patch, "mask_scale": scale, "rows": rows,
             "probe_hook_ms": 1e3 * hook, "probe_hook_share_of_step": hook / med["none"]}
 
 
 def _probe_hook_seconds(
     model: torch.nn.Module, x: torch.Tensor, device: torch.device, repeats: int, warmup: int
 ) -> float:
-    """Time of the probe's own computation (the cls row from a captured ``qkv`` output)."""
+    """Time of the probe's own computation: the cls row from the captured outputs of the
+    hooked projections (``qkv``: ViTs, CA-Swin; ``q`` and ``k``: class-attention heads)."""
     probe = ClsAttention(model)
-    qkv = getattr(model.blocks[-1].attn, "qkv", None)
+    attn = probe._attn
+    names = {"qkv": ("qkv",), "q_k": ("q", "k")}.get(probe.method)
+    if names is None:
+        raise ValueError(f"the probe reads {type(attn).__name__} un-fused: no hook to time")
     captured: dict[str, torch.Tensor] = {}
-    handle = qkv.register_forward_hook(lambda m, i, o: captured.__setitem__("o", o.detach()))
+    handles = [getattr(attn, n).register_forward_hook(
+        lambda m, i, o, n=n: captured.__setitem__(n, o.detach())) for n in names]
     with torch.no_grad():
         model(x)
-    handle.remove()
-    return interleaved({"hook": lambda: probe._on_qkv(qkv, (), captured["o"])}, device,
-                       repeats * 5, warmup)["hook"]
+    for h in handles:
+        h.remove()
+    probe.remove()
+
+    def hook() -> None:
+        if probe.method == "qkv":
+            probe._on_qkv(attn.qkv, (), captured["qkv"])
+        else:
+            probe._on_q(attn.q, (), captured["q"])
+            probe._on_k(attn.k, (), captured["k"])
+
+    return interleaved({"hook": hook}, device, repeats * 5, warmup)["hook"]
 
 
 class _null:
@@ -403,9 +438,10 @@ def to_markdown(result: dict) -> str:
             lines.append("")
     step = result.get("step")
     if step:
-        lines += [f"## Training step: {step['model']}, {step['img_size']}², B={step['batch']}, "
-                  f"AMP {'on' if step['amp'] else 'off'}, MaskMix patch {step['patch']} × "
-                  f"mask_scale {step['mask_scale']}", "",
+        head = f", cls_head {step['cls_head']}" if step.get("cls_head") else ""
+        lines += [f"## Training step: {step['model']}{head}, {step['img_size']}², "
+                  f"B={step['batch']}, AMP {'on' if step['amp'] else 'off'}, MaskMix patch "
+                  f"{step['patch']} × mask_scale {step['mask_scale']}", "",
                   "| variant | step ms | images/s | × none |", "|---|---:|---:|---:|"]
         for r in step["rows"]:
             lines.append(f"| {r['variant']} | {r['step_ms']:.1f} | {r['images_per_s']:.1f} | "
@@ -423,7 +459,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     d = _DEFAULTS
     p.add_argument("--device", default=d.device,
                    help="cpu or cuda (default: cuda if available)")
-    p.add_argument("--model", default=d.model, help="timm model for the step")
+    p.add_argument("--model", default=d.model,
+                   help="timm model for the step; models without a cls token (swin_*, "
+                        "convnext_*, resnet*) get mixpro train's cls_head auto head")
     p.add_argument("--img-size", type=int, default=d.img_size,
                    help="step image size (default 224)")
     p.add_argument("--batch", type=int, default=d.batch,
