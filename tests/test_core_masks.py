@@ -210,14 +210,20 @@ def test_per_sample_masks_gather_one_block_of_partners_at_a_time(monkeypatch):
     monkeypatch.setattr(mixpro.masks, "_BLOCK_BYTES", 3 * c * h * w * 4)
     x, y = torch.randn(b, c, h, w), torch.arange(b) % 4
     sizes = []
-    real = torch.Tensor.index_select
+    real_select, real_getitem = torch.Tensor.index_select, torch.Tensor.__getitem__
 
-    def spy(t, dim, index):
+    def spy_select(t, dim, index):
         if t.dim() == 4:
             sizes.append(index.numel())
-        return real(t, dim, index)
+        return real_select(t, dim, index)
 
-    monkeypatch.setattr(torch.Tensor, "index_select", spy)
+    def spy_getitem(t, key):
+        if t.dim() == 4 and isinstance(key, torch.Tensor) and key.dtype == torch.int64:
+            sizes.append(key.numel())
+        return real_getitem(t, key)
+
+    monkeypatch.setattr(torch.Tensor, "index_select", spy_select)
+    monkeypatch.setattr(torch.Tensor, "__getitem__", spy_getitem)
     mixers = [mixpro.CutMix(num_classes=4, mode=m) for m in ("elem", "pair")] + [
         mixpro.Mixup(num_classes=4, mode="elem"),
         mixpro.Mixup(cutmix_alpha=1.0, num_classes=4, mode="elem"),
@@ -229,6 +235,36 @@ def test_per_sample_masks_gather_one_block_of_partners_at_a_time(monkeypatch):
         assert sizes and max(sizes) <= 3, (type(mixer).__name__, sizes)
         assert torch.equal(batch.images[batch.partner == torch.arange(b)],
                            x[batch.partner == torch.arange(b)])
+
+
+def test_block_loops_run_single_threaded_and_restore_the_thread_count(monkeypatch):
+    """Loops of calls use one intra-op thread (no OpenMP barrier per call on a busy machine);
+    the caller's thread count comes back, also after an error and when nested."""
+    n = torch.get_num_threads()
+    monkeypatch.setattr(mixpro.masks, "_BLOCK_BYTES", 2 * 3 * 8 * 8 * 4)
+    seen = []
+
+    def mix(x, other, rows):
+        seen.append(torch.get_num_threads())
+        return torch.lerp(other, x, 0.5)
+
+    x = torch.randn(6, 3, 8, 8)
+    torch.set_num_threads(2)
+    try:
+        out = mixpro.masks._mix_blocks(x, torch.arange(5, -1, -1), mix)
+        assert seen == [1, 1, 1] and torch.get_num_threads() == 2
+        assert torch.allclose(out, 0.5 * (x + x.flip(0)), atol=1e-6)
+        with mixpro.masks._single_threaded():
+            with mixpro.masks._single_threaded():
+                assert torch.get_num_threads() == 1
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError, match="boom"):
+            with mixpro.masks._single_threaded():
+                raise RuntimeError("boom")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(n)
 
 
 def test_per_pixel_masks_take_the_shortcuts():

@@ -21,7 +21,9 @@ Table 8 A) and :class:`BlockMasks` (BEiT-style block-wise masks). They share one
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from itertools import pairwise
@@ -54,12 +56,38 @@ def _use_cell_loop(images: torch.Tensor, n_cells: int) -> bool:
     )
 
 
-# Per-sample masks and blends (``where``/``lerp`` against a gathered partner) run on CPU in
-# blocks of samples of about _BLOCK_BYTES: each block's partner gather stays in cache
-# (measured on 2 CPU cores, B=128, 3x224²: gather + where over the whole batch 2.3x a plain
-# copy, in 4 MB blocks 1.35x; gather + lerp 2.1x -> 1.2x). Accelerators (launch latency
-# dominates) and autograd inputs take the whole batch in one call.
+# Per-sample masks and blends (a select/lerp against a gathered partner) run on CPU in blocks
+# of samples of about _BLOCK_BYTES: each block's partner gather stays in cache (measured on 2
+# CPU cores, B=128, 3x224²: gather + select over the whole batch 2.3x a plain copy, in 4 MB
+# blocks 1.35x; gather + lerp 2.1x -> 1.2x). Loops of calls (blocks, the per-cell loop) run
+# with one intra-op thread: with two, every call ends in an OpenMP barrier, and on a busy
+# machine (other processes, data-loader workers) each barrier waits for a descheduled thread
+# (measured at load 4 on 2 cores: 4 MB blocks 14-20x a copy with 2 threads, 1.1-1.4x with
+# one). Accelerators (launch latency dominates) and autograd inputs take the whole batch in
+# one call.
 _BLOCK_BYTES = 4 * 2**20
+
+_THREADS_LOCK = threading.Lock()
+_threads_state = {"depth": 0, "saved": 1}
+
+
+@contextmanager
+def _single_threaded() -> Iterator[None]:
+    """One intra-op thread for a loop of calls, restored afterwards (re-entrant and safe
+    across Python threads: the count is restored when the last user leaves)."""
+    with _THREADS_LOCK:
+        if _threads_state["depth"] == 0:
+            _threads_state["saved"] = torch.get_num_threads()
+            if _threads_state["saved"] != 1:
+                torch.set_num_threads(1)
+        _threads_state["depth"] += 1
+    try:
+        yield
+    finally:
+        with _THREADS_LOCK:
+            _threads_state["depth"] -= 1
+            if _threads_state["depth"] == 0 and _threads_state["saved"] != 1:
+                torch.set_num_threads(_threads_state["saved"])
 
 
 def _block_size(images: torch.Tensor) -> int:
@@ -79,12 +107,15 @@ def _mix_blocks(
     r)``, block of samples by block (``r`` is a slice; see ``_BLOCK_BYTES``)."""
     b = images.shape[0]
     k = _block_size(images)
-    if k >= b:
+    if images.device.type != "cpu":
         return mix(images, images.index_select(0, partner), slice(0, b))
-    out = torch.empty_like(images)
-    for start in range(0, b, k):
-        rows = slice(start, min(b, start + k))
-        out[rows] = mix(images[rows], images.index_select(0, partner[rows]), rows)
+    with _single_threaded():  # also one block: a 2-thread index_select can stall for seconds
+        if k >= b:
+            return mix(images, images.index_select(0, partner), slice(0, b))
+        out = torch.empty_like(images)
+        for start in range(0, b, k):
+            rows = slice(start, min(b, start + k))
+            out[rows] = mix(images[rows], images.index_select(0, partner[rows]), rows)
     return out
 
 
@@ -237,7 +268,8 @@ class CellMask:
 
     def select(self, index: torch.Tensor) -> CellMask:
         """The masks of rows ``index`` (int64 ``(n,)``), same grid; a computed λ is kept."""
-        out = CellMask(self.cells.index_select(0, index), self.row_edges, self.col_edges)
+        # advanced indexing: a 2-thread bool index_select took 1.5 s on a busy CPU (0.2 ms idle)
+        out = CellMask(self.cells[index], self.row_edges, self.col_edges)
         if "lam" in self._cache:
             out._cache["lam"] = self._cache["lam"].index_select(0, index)
         return out
@@ -300,14 +332,16 @@ class CellMask:
         src = torch.where(self.cells, own.view(b, 1, 1), partner.view(b, 1, 1))
         out = torch.empty_like(images)
         re, ce = self.row_edges, self.col_edges
-        for r in range(gh):
-            if re[r + 1] == re[r]:
-                continue
-            for c in range(gw):
-                if ce[c + 1] == ce[c]:
+        with _single_threaded():
+            for r in range(gh):
+                if re[r + 1] == re[r]:
                     continue
-                sl = (slice(None), slice(None), slice(re[r], re[r + 1]), slice(ce[c], ce[c + 1]))
-                torch.index_select(images[sl], 0, src[:, r, c], out=out[sl])
+                for c in range(gw):
+                    if ce[c + 1] == ce[c]:
+                        continue
+                    sl = (slice(None), slice(None), slice(re[r], re[r + 1]),
+                          slice(ce[c], ce[c + 1]))
+                    torch.index_select(images[sl], 0, src[:, r, c], out=out[sl])
         return out
 
 
