@@ -350,19 +350,6 @@ def test_inputs_are_never_modified():
         assert torch.equal(x, x0) and torch.equal(y, y0)
 
 
-def test_timm_style_adapter_matches_timm_targets():
-    from timm.data.mixup import mixup_target
-
-    x, y = _batch()
-    fn = mixpro.TimmStyle(mixpro.Mixup(num_classes=4, generator=torch.Generator().manual_seed(0)))
-    xm, t = fn(x, y)
-    lam = float(((xm - x.flip(0)) / (x - x.flip(0))).median())
-    assert torch.allclose(t, mixup_target(y, 4, lam=lam, smoothing=0.1), atol=1e-5)
-    with pytest.raises(ValueError, match="relabels with attention"):
-        mixpro.TimmStyle(mixpro.MixPro(num_classes=4, patch_size=4))
-    assert mixpro.TimmStyle(mixpro.MixPro(num_classes=4, patch_size=4, alpha="none"))
-
-
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64, torch.uint8])
 def test_image_dtypes_are_kept(dtype):
     g = torch.Generator().manual_seed(0)

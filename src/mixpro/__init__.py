@@ -23,7 +23,11 @@ from .labels import (
     mix_targets,
     smooth_one_hot,
 )
-from .loss import lambda_weighted_cross_entropy, soft_target_cross_entropy
+from .loss import (
+    binary_cross_entropy,
+    lambda_weighted_cross_entropy,
+    soft_target_cross_entropy,
+)
 from .masks import BlockMasks, BoxMasks, CellMask, GridMasks, ShuffledMask, ShuffleMasks
 from .mixers import (
     CutMix,
@@ -34,7 +38,6 @@ from .mixers import (
     Mixup,
     NoMix,
     RandomChoice,
-    TimmStyle,
     TransMix,
     paper_recipe,
 )
@@ -68,10 +71,10 @@ __all__ = [
     "RandomChoice",
     "ShuffleMasks",
     "ShuffledMask",
-    "TimmStyle",
     "TransMix",
     "attention_lambda",
     "attention_source",
+    "binary_cross_entropy",
     "check_mask_geometry",
     "combine_lambda",
     "cosine_alpha",

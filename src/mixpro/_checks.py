@@ -75,11 +75,19 @@ def images_and_labels(images: torch.Tensor, labels: torch.Tensor, n_classes: int
     b = images.shape[0]
     if b < 2:
         raise ValueError(f"images must hold a batch of at least 2 samples to mix, got B={b}")
-    if labels.dim() != 1 or labels.shape[0] != b:
+    if labels.dim() == 2:  # multi-label: multi-hot (or soft) rows
+        if tuple(labels.shape) != (b, n_classes):
+            raise ValueError(
+                f"multi-label labels must have shape (B, num_classes) = ({b}, {n_classes}), "
+                f"got {tuple(labels.shape)}")
+        if not labels.dtype.is_floating_point:
+            raise TypeError(f"multi-label labels must be a floating tensor, got {labels.dtype}")
+    elif labels.dim() != 1 or labels.shape[0] != b:
         raise ValueError(
-            f"labels must have shape (B,) = ({b},) matching images, got {tuple(labels.shape)}"
+            f"labels must have shape (B,) = ({b},) (class indices) or (B, num_classes) "
+            f"(multi-hot) matching images, got {tuple(labels.shape)}"
         )
-    if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.is_complex():
+    elif labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.is_complex():
         raise TypeError(f"labels must be an integer tensor of class indices, got {labels.dtype}")
     if labels.device != images.device:
         raise ValueError(f"labels are on {labels.device} but images are on {images.device}")
@@ -87,7 +95,21 @@ def images_and_labels(images: torch.Tensor, labels: torch.Tensor, n_classes: int
         label_range(labels, n_classes)
 
 
+def _bad_labels(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """Bool scalar tensor: some label lies outside ``[0, n_classes)`` (indices) or outside
+    ``[0, 1]`` / is NaN (multi-hot rows)."""
+    if labels.dim() == 2:
+        return ((labels < 0) | (labels > 1) | labels.isnan()).any()
+    return (labels < 0).any() | (labels >= n_classes).any()
+
+
 def label_range(labels: torch.Tensor, n_classes: int) -> None:
+    if labels.dim() == 2:
+        if bool(_bad_labels(labels, n_classes)):
+            lo, hi = float(labels.min()), float(labels.max())
+            raise ValueError(f"multi-label labels must lie in [0, 1] (no NaN), got range "
+                             f"[{lo}, {hi}]")
+        return
     lo, hi = int(labels.min()), int(labels.max())
     if lo < 0 or hi >= n_classes:
         raise ValueError(f"labels must lie in [0, num_classes={n_classes}), got range [{lo}, {hi}]")
@@ -104,7 +126,7 @@ def values(
     flags = [~torch.isfinite(logits).all()]
     check_labels = labels.device.type != "cpu"
     if check_labels:
-        flags.append((labels < 0).any() | (labels >= n_classes).any())
+        flags.append(_bad_labels(labels, n_classes))
     if attention is not None:
         flags.append(~torch.isfinite(attention).all() | (attention < 0).any())
     bad = torch.stack([f.to(logits.device) for f in flags]).tolist()

@@ -8,10 +8,10 @@ reported as medians and as ratios to a baseline measured in the same run:
    with int64 pixel masks (the official MixPro code's approach, written here from its
    description, used only as a yardstick); plus the cost of turning logits + attention into
    targets. In the same interleaved run, **the same jobs in timm and torchvision**: images
-   *and* soft targets (ours through :class:`~mixpro.TimmStyle`) for Mixup/CutMix per batch
-   and per sample (``elem``/``pair``). timm mixes in place, so its timing is *clone + mix*
-   (ours are out of place); torchvision ``transforms.v2.MixUp``/``CutMix`` are batch-level
-   only and out of place.
+   *and* soft targets (ours unpacked as ``x, y = mixer(x, y)``, timm's contract) for
+   Mixup/CutMix per batch and per sample (``elem``/``pair``). timm mixes in place, so its
+   timing is *clone + mix* (ours are out of place); torchvision ``transforms.v2.MixUp``/
+   ``CutMix`` are batch-level only and out of place.
 2. **step** — a full training step (mix, forward, relabel, backward, optimiser) of a timm DeiT
    (or any ``--model``: Swin, ConvNeXt, ResNet get the class-attention head of ``mixpro
    train``'s ``cls_head: auto``) for none / CutMix / TransMix / MixPro, and MixPro with the
@@ -49,7 +49,6 @@ from . import (
     MixPro,
     Mixup,
     NoMix,
-    TimmStyle,
     TransMix,
     soft_target_cross_entropy,
 )
@@ -192,7 +191,7 @@ def library_jobs(
 ) -> dict[str, dict[str, Callable[[], object]]]:
     """``{job: {library: fn}}``: each fn turns ``(x, y)`` into mixed images + soft targets.
 
-    Ours through :class:`~mixpro.TimmStyle` (out of place); timm's ``Mixup`` on a clone of
+    Ours unpacked as timm's ``x, y = mixer(x, y)`` (out of place); timm's ``Mixup`` on a clone of
     ``x`` (it mixes in place: the clone is part of its timing); torchvision
     ``transforms.v2.MixUp``/``CutMix`` (batch-level jobs only, out of place; skipped when
     torchvision is not installed).
@@ -205,10 +204,10 @@ def library_jobs(
         tv2 = None
     jobs: dict[str, dict[str, Callable[[], object]]] = {}
     for job, ours_kw, timm_kw, tv_name in _JOBS:
-        ours = TimmStyle(Mixup(num_classes=num_classes, label_smoothing=0.1, **ours_kw))
+        ours = Mixup(num_classes=num_classes, label_smoothing=0.1, **ours_kw)
         theirs = TimmMixup(num_classes=num_classes, label_smoothing=0.1, **timm_kw)
         fns: dict[str, Callable[[], object]] = {
-            "mixpro": lambda f=ours: f(x, y),
+            "mixpro": lambda f=ours: tuple(f(x, y)),
             "timm": lambda f=theirs: f(x.clone(), y),
         }
         if tv2 is not None and tv_name is not None:

@@ -39,7 +39,10 @@ def mix_targets(
 ) -> torch.Tensor:
     """Soft targets ``λ·smooth(y_i) + (1-λ)·smooth(y_partner[i])``: ``(B, num_classes)``.
 
-    ``lam`` is ``(B,)`` (or broadcastable); gradients through ``lam`` are kept. Built as
+    ``labels`` are class indices ``(B,)`` or multi-hot floats ``(B, num_classes)``
+    (multi-label); ``smooth(y) = (1-s)·y + s/C`` for both, i.e. ``on = 1-s+s/C``,
+    ``off = s/C`` (timm's ``mixup_target`` and ``BinaryCrossEntropy`` values). ``lam`` is
+    ``(B,)`` (or broadcastable); gradients through ``lam`` are kept. Index labels are built as
     ``s/C`` everywhere plus ``λ·(1-s)`` scattered onto ``y_i`` and ``(1-λ)·(1-s)`` onto
     ``y_partner[i]`` (two ``(B, 1)`` scatters instead of mixing two ``(B, C)`` one-hots).
     """
@@ -47,6 +50,9 @@ def mix_targets(
     off = smoothing / num_classes
     gap = 1.0 - smoothing  # on - off
     lam = lam.to(torch.float32).reshape(-1, 1).expand(b, 1)
+    if labels.dim() == 2:  # multi-hot rows
+        y = labels.float()
+        return off + gap * (lam * y + (1.0 - lam) * y.index_select(0, partner))
     idx = labels.long()[:, None]
     out = torch.full((b, num_classes), off, device=labels.device)
     out.scatter_add_(1, idx, lam * gap)  # in place on a fresh tensor: autograd reaches λ

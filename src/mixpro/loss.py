@@ -38,6 +38,27 @@ def soft_target_cross_entropy(
     return _reduce(-(targets.float() * logp).sum(dim=-1), reduction)
 
 
+def binary_cross_entropy(
+    logits: torch.Tensor, targets: torch.Tensor, reduction: Reduction = "mean"
+) -> torch.Tensor:
+    """Multi-label loss: ``mean_c BCE(sigmoid(z_c), t_c)`` per sample, then reduced.
+
+    With ``reduction='mean'`` this equals timm's ``BinaryCrossEntropy`` on dense targets (and
+    ``F.binary_cross_entropy_with_logits``): the mean over samples and classes.
+
+    Args:
+        logits: ``(B, C)``.
+        targets: ``(B, C)`` per-class probabilities in ``[0, 1]`` (mixed multi-hot rows).
+    """
+    if logits.shape != targets.shape or logits.dim() != 2:
+        raise ValueError(
+            f"logits and targets must both be (B, C), got {tuple(logits.shape)} "
+            f"and {tuple(targets.shape)}"
+        )
+    per = F.binary_cross_entropy_with_logits(logits.float(), targets.float(), reduction="none")
+    return _reduce(per.mean(dim=-1), reduction)
+
+
 def lambda_weighted_cross_entropy(
     logits: torch.Tensor,
     labels: torch.Tensor,

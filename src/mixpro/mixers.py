@@ -1,6 +1,7 @@
 """The objects users hold: mixers that turn a batch into a :class:`MixedBatch`.
 
-Every mixer has one call contract, ``mixer(images (B,C,H,W), labels (B,)) -> MixedBatch``, and
+Every mixer has one call contract, ``mixer(images (B,C,H,W), labels (B,) | (B,K)) -> MixedBatch``
+(``x, y = mixer(x, y)`` for timm's ``Mixup`` contract), and
 every :class:`MixedBatch` turns into soft targets with one call,
 ``batch.targets(logits (B,K), attention (B,N) | None) -> (B, K)``.
 
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from . import _checks
@@ -35,7 +37,7 @@ from .labels import (
     mix_targets,
     move_parameter,
 )
-from .loss import soft_target_cross_entropy
+from .loss import binary_cross_entropy, soft_target_cross_entropy
 from .masks import (
     Blend,
     BoxMasks,
@@ -126,7 +128,8 @@ class MixedBatch:
 
     Attributes:
         images: mixed images ``(B, C, H, W)`` (a new tensor unless ``method == 'none'``).
-        labels: the original labels ``(B,)``; sample ``i``'s partner is ``partner[i]``.
+        labels: the original labels, class indices ``(B,)`` or multi-hot float ``(B, K)``
+            (multi-label); sample ``i``'s partner is ``partner[i]``.
         partner: ``(B,)`` int64 index of the sample mixed into each image.
         lam_area: ``(B,)`` float32 share of each image's pixels from sample ``i``.
         method: ``'none'``, ``'mixup'``, ``'cutmix'``, ``'transmix'``, ``'maskmix'``, ``'mixpro'``,
@@ -139,6 +142,11 @@ class MixedBatch:
     ``flip`` pairing, ``randperm`` self-pairs) is its own image and label, so its
     ``lam_area``, ``lam_attn``, ``lam`` and token fractions are 1, whatever the mask or blend
     drew for it (:attr:`mask` still shows the drawn cells; both sources are the same image).
+
+    **timm's contract**: ``x, y = mixer(x, y)`` unpacks a batch into ``(images, area_targets())``,
+    exactly what ``timm.data.Mixup`` returns, so a mixer is a literal drop-in in a loop written
+    for timm. A mixer that relabels with attention (MixPro, TransMix, ``paper_recipe``) refuses
+    to be unpacked, on every batch (its targets need ``batch.targets(logits, attention)``).
     """
 
     images: torch.Tensor
@@ -151,6 +159,7 @@ class MixedBatch:
     label_smoothing: float
     relabel: AttentionRelabel | None = None
     progress: float = 0.0
+    mixer_needs_attention: bool = False  # the mixer (not only this batch) relabels with attention
     alpha: torch.Tensor | None = field(default=None, init=False)
     lam_attn: torch.Tensor | None = field(default=None, init=False)
     lam: torch.Tensor | None = field(default=None, init=False)
@@ -158,6 +167,21 @@ class MixedBatch:
     @property
     def batch_size(self) -> int:
         return self.labels.shape[0]
+
+    @property
+    def multi_label(self) -> bool:
+        """True for multi-hot ``(B, K)`` labels (targets and :meth:`loss` are then binary)."""
+        return self.labels.dim() == 2
+
+    def __iter__(self):
+        """``x, y = batch``: ``(images, area_targets())``, timm's ``Mixup`` return value."""
+        if self.mixer_needs_attention:
+            raise TypeError(
+                f"a {self.method} batch cannot be unpacked as (images, targets): this mixer "
+                "relabels with attention, so call batch.targets(logits, attention) after the "
+                "forward pass (area-labelled mixers, e.g. Mixup, CutMix, MaskMix, unpack as "
+                "timm's Mixup does)")
+        return iter((self.images, self.area_targets()))
 
     @property
     def self_paired(self) -> torch.Tensor:
@@ -190,7 +214,11 @@ class MixedBatch:
             attention: ``(B, N_patches)`` cls→patch attention of the same forward pass
                 (:class:`~mixpro.ClsAttention`); ignored by area-labelled batches.
 
-        Sets :attr:`alpha`, :attr:`lam_attn` and :attr:`lam`.
+        Sets :attr:`alpha`, :attr:`lam_attn` and :attr:`lam`. Multi-label batches: targets
+        are ``λ·y_i + (1-λ)·y_j`` of the (smoothed) multi-hot rows, and PAL's α compares the
+        per-class probabilities ``sigmoid(z)`` with the area target (α strategies receive
+        ``logsigmoid(z)``, whose softmax is ``sigmoid(z)`` up to a positive factor, which the
+        cosine ignores).
         """
         b, k = self.batch_size, self.num_classes
         _checks.logits(logits, b, k)
@@ -209,7 +237,8 @@ class MixedBatch:
         lam_attn = attention_lambda(attention.detach(), frac, rl.attention_norm)
         self.lam_attn = torch.where(self.self_paired, 1.0, lam_attn)
         area_targets = mix_targets(self.labels, self.partner, self.lam_area, k, rl.alpha_smoothing)
-        self.alpha = rl.alpha(logits, area_targets, self.progress)
+        scores = F.logsigmoid(logits) if self.multi_label else logits
+        self.alpha = rl.alpha(scores, area_targets, self.progress)
         self.lam = combine_lambda(self.alpha, self.lam_attn, self.lam_area)
         return mix_targets(self.labels, self.partner, self.lam, k, rl.smoothing)
 
@@ -219,8 +248,12 @@ class MixedBatch:
                            self.label_smoothing)
 
     def loss(self, logits: torch.Tensor, attention: torch.Tensor | None = None) -> torch.Tensor:
-        """Mean soft-target cross-entropy of ``logits`` against :meth:`targets`."""
-        return soft_target_cross_entropy(logits, self.targets(logits, attention))
+        """Mean soft-target cross-entropy of ``logits`` against :meth:`targets` (multi-label:
+        :func:`~mixpro.binary_cross_entropy`)."""
+        targets = self.targets(logits, attention)
+        if self.multi_label:
+            return binary_cross_entropy(logits, targets)
+        return soft_target_cross_entropy(logits, targets)
 
 
 def make_partner(
@@ -274,7 +307,9 @@ class Mixer(ABC):
         return self
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> MixedBatch:
-        """Mix ``images (B, C, H, W)`` with labels ``(B,)``; neither is modified."""
+        """Mix ``images (B, C, H, W)`` with labels ``(B,)`` (class indices) or ``(B, K)``
+        (multi-hot floats); neither is modified. ``x, y = mixer(x, y)`` gives timm's
+        ``(mixed images, soft targets)`` for area-labelled mixers (see :class:`MixedBatch`)."""
         _checks.images_and_labels(images, labels, self.num_classes)
         source, partner, method, lam_area, relabel = self._sample(images)
         b = images.shape[0]
@@ -295,6 +330,7 @@ class Mixer(ABC):
             label_smoothing=self.label_smoothing,
             relabel=relabel,
             progress=self.progress,
+            mixer_needs_attention=self.needs_attention,
         )
 
     @abstractmethod
@@ -740,7 +776,9 @@ class RandomChoice:
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> MixedBatch:
         i = int(torch.multinomial(self.p, 1, generator=self.generator))
-        return self.mixers[i](images, labels)
+        batch = self.mixers[i](images, labels)
+        batch.mixer_needs_attention = self.needs_attention  # the same on every batch
+        return batch
 
 
 def paper_recipe(
@@ -772,27 +810,3 @@ def paper_recipe(
     )
     p = _checks.probability(maskmix_prob, "maskmix_prob")
     return RandomChoice([mixpro, mixup], [p, 1.0 - p], generator=generator)
-
-
-class TimmStyle:
-    """timm's call contract for an area-labelled mixer: ``fn(x, target) -> (x_mixed, soft)``.
-
-    A literal drop-in for ``timm.data.Mixup`` in a loop written for it (``x`` is not modified;
-    the mixed images are returned). Attention-relabelled mixers (MixPro, TransMix) need the
-    logits and the probe, so they are refused: use ``batch.targets(logits, attention)``.
-    """
-
-    def __init__(self, mixer: Mixer | RandomChoice) -> None:
-        if mixer.needs_attention:
-            raise ValueError(
-                f"mixer {type(mixer).__name__} relabels with attention; TimmStyle only wraps "
-                "area-labelled mixers (Mixup, CutMix, MaskMix, NoMix)"
-            )
-        self.mixer = mixer
-
-    def __call__(
-        self, x: torch.Tensor, target: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        batch = self.mixer(x, target)
-        return batch.images, batch.area_targets()
-
