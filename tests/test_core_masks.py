@@ -15,6 +15,8 @@ from hypothesis import strategies as st
 from reference import mix_images_np, token_fraction_np, token_nearest_np
 
 import mixpro
+import mixpro._kernels
+import mixpro.sources
 from mixpro.masks import BlockMasks, BoxMasks, CellMask, GridMasks
 
 SETTINGS = settings(max_examples=40, deadline=None)
@@ -107,7 +109,7 @@ def test_grid_mask_any_cell_and_offset(ch, cw, h, w, oy, ox, bm, seed):
     partner = torch.randperm(batch, generator=torch.Generator().manual_seed(seed))
     ref = mix_images_np(x.numpy(), pm.numpy().astype(np.int64), partner.numpy())
     for loop in (True, False):  # both mixing paths
-        with mock.patch.object(mixpro.masks, "_use_cell_loop", lambda images, n, v=loop: v):
+        with mock.patch.object(mixpro.sources, "_use_cell_loop", lambda images, n, v=loop: v):
             out = mask.apply(x, partner)
         assert np.array_equal(out.numpy(), ref)
 
@@ -151,9 +153,9 @@ def test_cell_loop_and_where_paths_agree(monkeypatch):
     mask = gen(torch.rand(4), (16, 12), device=torch.device("cpu"))
     x = torch.randn(4, 3, 16, 12)
     partner = torch.tensor([3, 2, 1, 0])
-    monkeypatch.setattr(mixpro.masks, "_use_cell_loop", lambda images, n: True)
+    monkeypatch.setattr(mixpro.sources, "_use_cell_loop", lambda images, n: True)
     loop = mask.apply(x, partner)
-    monkeypatch.setattr(mixpro.masks, "_use_cell_loop", lambda images, n: False)
+    monkeypatch.setattr(mixpro.sources, "_use_cell_loop", lambda images, n: False)
     where = mask.apply(x, partner)
     assert torch.equal(loop, where)
     assert torch.equal(loop, torch.where(mask.pixel_mask(), x, x[partner]))
@@ -163,7 +165,7 @@ def test_cell_loop_and_where_paths_agree(monkeypatch):
 def test_blocked_mixing_equals_the_reference(monkeypatch, block):
     """CPU mixing goes by blocks of samples; any block size gives the reference result."""
     b, c, h, w = 7, 2, 12, 8
-    monkeypatch.setattr(mixpro.masks, "_BLOCK_BYTES", block * c * h * w * 4)
+    monkeypatch.setattr(mixpro._kernels, "_BLOCK_BYTES", block * c * h * w * 4)
     g = torch.Generator().manual_seed(block)
     x = torch.randn(b, c, h, w, generator=g)
     partner = torch.randperm(b, generator=g)
@@ -175,12 +177,12 @@ def test_blocked_mixing_equals_the_reference(monkeypatch, block):
                             partner.numpy())
         assert np.array_equal(mask.apply(x, partner).numpy(), ref)
     wt = torch.rand(b, generator=g)
-    blend = mixpro.masks.Blend(wt)
+    blend = mixpro.sources.Blend(wt)
     ref = (wt.view(-1, 1, 1, 1) * x + (1 - wt.view(-1, 1, 1, 1)) * x[partner]).numpy()
     assert np.allclose(blend.apply(x, partner).numpy(), ref, atol=1e-6)
     box = BoxMasks()(torch.rand(b, generator=g), (h, w), device=cpu, generator=g)
     use = torch.tensor([True, False, True, True, False, False, True])
-    out = mixpro.masks.Switch(use, box, blend).apply(x, partner)
+    out = mixpro.sources.Switch(use, box, blend).apply(x, partner)
     boxed = torch.where(box.pixel_mask(), x, x[partner])
     assert torch.equal(out[use], boxed[use])  # lerp with weights 0/1 is exact
     assert np.allclose(out[~use].numpy(), ref[~use.numpy()], atol=1e-6)
@@ -200,14 +202,14 @@ def test_choose_is_an_exact_select(dtype):
         x = torch.randint(0, 200, (4, 2, 5, 6), generator=g).to(dtype)
         other = torch.randint(0, 200, (4, 2, 5, 6), generator=g).to(dtype)
     for keep in (torch.rand(4, 1, 5, 6, generator=g) > 0.5, torch.rand(1, 1, 5, 6) > 0.5):
-        got = mixpro.masks._choose(keep, x, other)
+        got = mixpro._kernels._choose(keep, x, other)
         assert got.dtype == dtype and torch.equal(got, torch.where(keep, x, other))
 
 
 def test_per_sample_masks_gather_one_block_of_partners_at_a_time(monkeypatch):
     """No full partner batch is materialised on CPU: gathers are one block of samples."""
     b, c, h, w = 16, 3, 16, 16
-    monkeypatch.setattr(mixpro.masks, "_BLOCK_BYTES", 3 * c * h * w * 4)
+    monkeypatch.setattr(mixpro._kernels, "_BLOCK_BYTES", 3 * c * h * w * 4)
     x, y = torch.randn(b, c, h, w), torch.arange(b) % 4
     sizes = []
     real_select, real_getitem = torch.Tensor.index_select, torch.Tensor.__getitem__
@@ -241,7 +243,7 @@ def test_block_loops_run_single_threaded_and_restore_the_thread_count(monkeypatc
     """Loops of calls use one intra-op thread (no OpenMP barrier per call on a busy machine);
     the caller's thread count comes back, also after an error and when nested."""
     n = torch.get_num_threads()
-    monkeypatch.setattr(mixpro.masks, "_BLOCK_BYTES", 2 * 3 * 8 * 8 * 4)
+    monkeypatch.setattr(mixpro._kernels, "_BLOCK_BYTES", 2 * 3 * 8 * 8 * 4)
     seen = []
 
     def mix(x, other, rows):
@@ -251,16 +253,16 @@ def test_block_loops_run_single_threaded_and_restore_the_thread_count(monkeypatc
     x = torch.randn(6, 3, 8, 8)
     torch.set_num_threads(2)
     try:
-        out = mixpro.masks._mix_blocks(x, torch.arange(5, -1, -1), mix)
+        out = mixpro._kernels._mix_blocks(x, torch.arange(5, -1, -1), mix)
         assert seen == [1, 1, 1] and torch.get_num_threads() == 2
         assert torch.allclose(out, 0.5 * (x + x.flip(0)), atol=1e-6)
-        with mixpro.masks._single_threaded():
-            with mixpro.masks._single_threaded():
+        with mixpro._kernels._single_threaded():
+            with mixpro._kernels._single_threaded():
                 assert torch.get_num_threads() == 1
             assert torch.get_num_threads() == 1
         assert torch.get_num_threads() == 2
         with pytest.raises(RuntimeError, match="boom"):
-            with mixpro.masks._single_threaded():
+            with mixpro._kernels._single_threaded():
                 raise RuntimeError("boom")
         assert torch.get_num_threads() == 2
     finally:
@@ -284,10 +286,10 @@ def test_per_pixel_masks_take_the_shortcuts():
 
 def test_cell_loop_is_chosen_for_large_cpu_batches_only():
     big = torch.empty(128, 3, 224, 224)
-    assert mixpro.masks._use_cell_loop(big, 49)
-    assert not mixpro.masks._use_cell_loop(big, 2000)
-    assert not mixpro.masks._use_cell_loop(torch.empty(128, 1, 32, 32), 16)
-    assert not mixpro.masks._use_cell_loop(big.requires_grad_(), 49)
+    assert mixpro._kernels._use_cell_loop(big, 49)
+    assert not mixpro._kernels._use_cell_loop(big, 2000)
+    assert not mixpro._kernels._use_cell_loop(torch.empty(128, 1, 32, 32), 16)
+    assert not mixpro._kernels._use_cell_loop(big.requires_grad_(), 49)
 
 
 @SETTINGS

@@ -28,7 +28,7 @@ from .loss import (
     lambda_weighted_cross_entropy,
     soft_target_cross_entropy,
 )
-from .masks import BlockMasks, BoxMasks, CellMask, GridMasks, ShuffledMask, ShuffleMasks
+from .masks import BlockMasks, BoxMasks, GridMasks, ShuffleMasks
 from .mixers import (
     CutMix,
     MaskMix,
@@ -41,6 +41,7 @@ from .mixers import (
     TransMix,
     paper_recipe,
 )
+from .sources import CellMask, ShuffledMask
 from .strategies import MASK_STRATEGIES, make_mask_strategy
 
 __version__ = "0.1.0"

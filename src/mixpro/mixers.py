@@ -38,17 +38,8 @@ from .labels import (
     move_parameter,
 )
 from .loss import binary_cross_entropy, soft_target_cross_entropy
-from .masks import (
-    Blend,
-    BoxMasks,
-    GridMasks,
-    Identity,
-    MaskGenerator,
-    PixelSource,
-    Switch,
-    TokenMode,
-    sample_beta,
-)
+from .masks import BoxMasks, GridMasks, MaskGenerator, sample_beta
+from .sources import Blend, Identity, PixelSource, Switch, TokenMode
 
 Pairing = Literal["flip", "randperm"]
 
@@ -134,7 +125,7 @@ class MixedBatch:
         lam_area: ``(B,)`` float32 share of each image's pixels from sample ``i``.
         method: ``'none'``, ``'mixup'``, ``'cutmix'``, ``'transmix'``, ``'maskmix'``, ``'mixpro'``,
             or the mixer's custom name.
-        source: the :class:`~mixpro.masks.PixelSource` that made the images.
+        source: the :class:`~mixpro.sources.PixelSource` that made the images.
         alpha, lam_attn, lam: ``(B,)`` float32, set by :meth:`targets`. For area-labelled
             batches ``alpha`` is 0, ``lam_attn`` is None and ``lam == lam_area``.
 
