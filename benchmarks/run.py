@@ -1,8 +1,9 @@
-"""Developer entry for the benchmarks: ``python benchmarks/run.py [mixpro bench options]``."""
+"""Developer entry for the benchmarks: ``python benchmarks/run.py [mixpro bench options]``
+(the same as ``mixpro bench ...``, one-line errors included)."""
 
 import sys
 
-from mixpro.bench import main
+from mixpro.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main(["bench", *sys.argv[1:]]))

@@ -62,10 +62,12 @@ def test_bench_runs_and_writes_markdown_and_json(tmp_path, monkeypatch):
     assert data["command"] == (f"mixpro bench --device cpu --repeats 1 --skip-step "
                                f"--output {tmp_path}") and data["repeats"] == 1
     assert (tmp_path / "bench-cpu.md").read_text().startswith("# mixpro bench")
-    # the developer entry parses the same flags into the same options
+    # the CLI parses the same flags into the same options
+    from mixpro.cli import main
+
     (tmp_path / "bench-cpu.json").unlink()
-    assert bench.main(["--device", "cpu", "--skip-step", "--repeats", "1", "--output",
-                       str(tmp_path)]) == 0
+    assert main(["bench", "--device", "cpu", "--skip-step", "--repeats", "1", "--output",
+                 str(tmp_path)]) == 0
     assert json.loads((tmp_path / "bench-cpu.json").read_text())["command"] == data["command"]
 
 
@@ -84,17 +86,18 @@ def test_library_jobs_mix_like_timm_and_leave_the_input_alone():
 
 
 def test_bench_options_match_the_cli_flags_and_validate():
+    from mixpro.cli import _bench_arguments
+
     parser = argparse.ArgumentParser()
-    bench.add_arguments(parser)
+    _bench_arguments(parser)
     dests = {a.dest: a.default for a in parser._actions if a.dest != "help"}
     fields = {f.name: f.default for f in dataclasses.fields(bench.BenchOptions)}
     assert dests == fields
-    # the lead's construction in cli.py: fields picked from a Namespace with extra attributes
+    # cli.py's construction: fields picked from a Namespace with extra attributes
     args = parser.parse_args(["--img-size", "64", "--amp", "--warmup", "0"])
     args.func = print
     opts = bench.BenchOptions(**{f.name: getattr(args, f.name)
                                  for f in dataclasses.fields(bench.BenchOptions)})
-    assert opts == bench.options_from_args(args)
     assert opts.img_size == 64 and opts.amp and opts.warmup == 0 and opts.batch is None
     assert bench.command_line(opts) == "mixpro bench --img-size 64 --warmup 0 --amp"
     assert bench.command_line(bench.BenchOptions()) == "mixpro bench"
@@ -104,7 +107,9 @@ def test_bench_options_match_the_cli_flags_and_validate():
                           (dict(warmup=-1), ValueError, "warmup"),
                           (dict(batch="8"), TypeError, "batch"),
                           (dict(amp=1), TypeError, "amp"),
-                          (dict(device=0), TypeError, "device")):
+                          (dict(device=0), TypeError, "device"),
+                          (dict(recipe=3), TypeError, "recipe"),
+                          (dict(skip_mix=True, skip_step=True), ValueError, "skip_mix")):
         with pytest.raises(err, match=name):
             bench.BenchOptions(**kw)
     with pytest.raises(TypeError, match="options must be a BenchOptions"):
@@ -133,3 +138,40 @@ def test_mixpro_bench_subcommand(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "bench-cpu.md").exists()
     assert cli.main(["bench", "--device", "tpu", "--output", str(tmp_path)]) == 2
     assert "mixpro: error:" in capsys.readouterr().err
+
+
+def test_bench_step_of_a_recipe_times_its_model_and_geometry(tmp_path, monkeypatch):
+    """--recipe times the recipe's own model (here the tiny CA-Swin of the Swin preset, 1
+    channel, 32 px, mask_scale 4), and --skip-mix leaves the mix section out."""
+    from mixpro.cli import main
+
+    seen = {}
+
+    def fake_step(**kw):
+        seen.update(kw)
+        return {"model": kw["model_name"], "rows": [], "probe_hook_ms": 0.0,
+                "probe_hook_share_of_step": 0.0, "img_size": kw["img_size"],
+                "batch": kw["batch"], "amp": False, "cls_head": kw["cls_head"],
+                "patch": kw["patch_size"], "mask_scale": kw["mask_scale"]}
+
+    monkeypatch.setattr(bench, "bench_step", fake_step)
+    monkeypatch.setattr(bench, "bench_mix", lambda **kw: pytest.fail("mix section ran"))
+    assert main(["bench", "--device", "cpu", "--recipe", "fashion_mnist_limited_swin",
+                 "--skip-mix", "--repeats", "1", "--output", str(tmp_path)]) == 0
+    assert seen["model_name"] == "swin_tiny_patch4_window7_224" and seen["in_chans"] == 1
+    assert (seen["img_size"], seen["patch_size"], seen["mask_scale"]) == (32, 2, 4)
+    assert seen["cls_head"] == "ca_swin" and seen["model_kwargs"]["depths"] == [2, 2]
+    data = json.loads((tmp_path / "bench-cpu.json").read_text())
+    assert data["mix"] == [] and data["step"]["recipe"] == "fashion_mnist_limited_swin"
+
+
+def test_bench_step_runs_the_swin_preset_model_for_real():
+    """The real step section on the tiny CA-Swin (2 steps): every variant times, the probe's
+    share of a step is reported."""
+    geo = bench._recipe_step("fashion_mnist_limited_swin")
+    geo["batch"] = 4
+    out = bench.bench_step(device=torch.device("cpu"), repeats=1, warmup=0, amp=False,
+                           num_classes=10, **geo)
+    assert out["cls_head"] == "ca_swin" and out["mask_scale"] == 4
+    assert {r["variant"] for r in out["rows"]} >= {"none", "mixpro (probe)", "transmix (probe)"}
+    assert 0.0 < out["probe_hook_share_of_step"] < 1.0

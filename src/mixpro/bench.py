@@ -24,7 +24,6 @@ CUDA timings use CUDA events after synchronisation; CPU timings use ``perf_count
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime as _dt
 import json
@@ -67,6 +66,11 @@ class BenchOptions:
         warmup: warm-up rounds before timing.
         amp: bfloat16 autocast in the step.
         skip_step: only the mix section.
+        skip_mix: only the step section.
+        recipe: time the step of this ``mixpro train`` recipe's model (its model,
+            model_kwargs, img_size, in_chans, patch_size, mask_scale, batch_size, cls_head):
+            e.g. ``fashion_mnist_limited_swin``; ``model``/``img_size``/``batch`` then come from
+            the recipe.
         output: folder for ``bench-<device>.{md,json}``.
     """
 
@@ -78,6 +82,8 @@ class BenchOptions:
     warmup: int = 2
     amp: bool = False
     skip_step: bool = False
+    skip_mix: bool = False
+    recipe: str | None = None
     output: str = "benchmarks/results"
 
     def __post_init__(self) -> None:
@@ -89,14 +95,18 @@ class BenchOptions:
                 raise TypeError(f"{name} must be an int, got {v!r}")
             if v < (0 if name == "warmup" else 1):
                 raise ValueError(f"{name} must be >= {0 if name == 'warmup' else 1}, got {v}")
-        for name in ("amp", "skip_step"):
+        for name in ("amp", "skip_step", "skip_mix"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
         for name in ("model", "output"):
             if not isinstance(getattr(self, name), str):
                 raise TypeError(f"{name} must be a str, got {getattr(self, name)!r}")
-        if self.device is not None and not isinstance(self.device, str):
-            raise TypeError(f"device must be a str or None, got {self.device!r}")
+        for name in ("device", "recipe"):
+            v = getattr(self, name)
+            if v is not None and not isinstance(v, str):
+                raise TypeError(f"{name} must be a str or None, got {v!r}")
+        if self.skip_mix and self.skip_step:
+            raise ValueError("skip_mix and skip_step together leave nothing to time")
 
 
 def official_numpy_maskmix(
@@ -270,6 +280,8 @@ def bench_mix(
 def bench_step(
     *, model_name: str, img_size: int, batch: int, num_classes: int, device: torch.device,
     repeats: int, warmup: int, amp: bool, model_kwargs: dict | None = None,
+    in_chans: int = 3, patch_size: int | None = None, mask_scale: int | None = None,
+    cls_head: str = "auto",
 ) -> dict:
     """Training-step throughput of each method and attention source (Table 2's speed).
 
@@ -277,22 +289,26 @@ def bench_step(
     head ``mixpro train``'s ``cls_head: auto`` gives them (CA-Swin for Swin, a CaiT head
     otherwise), in every variant, "none" included. MaskMix cells are ``mask_scale`` × the
     model's patch (4 for a ConvNet's stem), with the largest of 4, 2, 1 that tiles a ViT's token
-    grid, and the smallest whole number of last-stage tokens for a head.
+    grid, and the smallest whole number of last-stage tokens for a head; ``patch_size``,
+    ``mask_scale``, ``in_chans`` and ``cls_head`` override that (a recipe's values).
     """
     from . import models
 
     def build() -> torch.nn.Module:
         torch.manual_seed(0)
         model, _ = models.create_model(model_name, num_classes=num_classes, img_size=img_size,
+                                       in_chans=in_chans, patch_size=patch_size,
                                        model_kwargs=model_kwargs)
-        head = models.resolve_cls_head(model, "auto", needs_attention=True)
+        head = models.resolve_cls_head(model, cls_head, needs_attention=True)
         return models.add_cls_head(model, head)[0].to(device).train()
 
     probe_model = build()
     head = getattr(probe_model, "mode", None)
     patch = models.patch_size(probe_model) or 4
     stride = getattr(probe_model, "token_stride", None)
-    if stride is None:
+    if mask_scale is not None:
+        scale = mask_scale
+    elif stride is None:
         scale = next(s for s in (4, 2, 1) if (img_size // patch) % s == 0)
     else:
         scale = next((s for s in range(1, img_size // patch + 1)
@@ -302,7 +318,7 @@ def bench_step(
                              f"{stride}-px attention tokens")
 
     gen = torch.Generator(device="cpu").manual_seed(0)
-    x = torch.randn(batch, 3, img_size, img_size, generator=gen).to(device)
+    x = torch.randn(batch, in_chans, img_size, img_size, generator=gen).to(device)
     y = torch.randint(0, num_classes, (batch,), generator=gen).to(device)
     amp_ctx = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if amp else None
 
@@ -453,32 +469,6 @@ def to_markdown(result: dict) -> str:
 _DEFAULTS = BenchOptions()
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The ``mixpro bench`` flags; their ``dest`` names are :class:`BenchOptions`' fields."""
-    d = _DEFAULTS
-    p.add_argument("--device", default=d.device,
-                   help="cpu or cuda (default: cuda if available)")
-    p.add_argument("--model", default=d.model,
-                   help="timm model for the step; models without a cls token (swin_*, "
-                        "convnext_*, resnet*) get mixpro train's cls_head auto head")
-    p.add_argument("--img-size", type=int, default=d.img_size,
-                   help="step image size (default 224)")
-    p.add_argument("--batch", type=int, default=d.batch,
-                   help="step batch (default: 32 on CPU, 128 on CUDA)")
-    p.add_argument("--repeats", type=int, default=d.repeats, help="timed repeats (default 5/20)")
-    p.add_argument("--warmup", type=int, default=d.warmup)
-    p.add_argument("--amp", action="store_true", default=d.amp,
-                   help="bfloat16 autocast in the step")
-    p.add_argument("--skip-step", action="store_true", default=d.skip_step,
-                   help="only the mix section")
-    p.add_argument("--output", default=d.output, help="folder for .md and .json")
-
-
-def options_from_args(args: argparse.Namespace) -> BenchOptions:
-    """:class:`BenchOptions` from parsed ``mixpro bench`` flags (other attributes ignored)."""
-    return BenchOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(BenchOptions)})
-
-
 def command_line(options: BenchOptions) -> str:
     """The ``mixpro bench`` command that reproduces ``options`` (fields that differ from the
     defaults, in field order), recorded with the results."""
@@ -490,6 +480,16 @@ def command_line(options: BenchOptions) -> str:
         flag = "--" + f.name.replace("_", "-")
         parts += [flag] if isinstance(value, bool) else [flag, str(value)]
     return shlex.join(parts)
+
+
+def _recipe_step(name: str) -> dict:
+    """The step geometry of a ``mixpro train`` recipe (a name or a YAML path)."""
+    from .train.recipe import load_recipe
+
+    r = load_recipe(name, {})
+    return dict(model_name=r.model, model_kwargs=r.model_kwargs, img_size=r.img_size,
+                in_chans=r.in_channels, patch_size=r.patch_size, mask_scale=r.mask_scale,
+                batch=r.batch_size, cls_head="auto" if r.cls_head == "none" else r.cls_head)
 
 
 def run(options: BenchOptions, command: str | None = None) -> dict:
@@ -510,31 +510,24 @@ def run(options: BenchOptions, command: str | None = None) -> dict:
     repeats = options.repeats or (20 if cuda else 5)
     result = {"command": command or command_line(options), "environment": environment(device),
               "repeats": repeats, "warmup": options.warmup, "mix": []}
-    for spec in (dict(batch=128, channels=3, size=224, patch=16, scale=2),
-                 dict(batch=128, channels=3, size=224, patch=14, scale=4),
-                 dict(batch=128, channels=1, size=32, patch=4, scale=2)):
+    specs = () if options.skip_mix else (dict(batch=128, channels=3, size=224, patch=16, scale=2),
+                                          dict(batch=128, channels=3, size=224, patch=14, scale=4),
+                                          dict(batch=128, channels=1, size=32, patch=4, scale=2))
+    for spec in specs:
         result["mix"].append(bench_mix(device=device, repeats=repeats, warmup=options.warmup,
                                        **spec))
     if not options.skip_step:
-        result["step"] = bench_step(
-            model_name=options.model, img_size=options.img_size or 224,
-            batch=options.batch or (128 if cuda else 32), num_classes=1000, device=device,
-            repeats=repeats, warmup=options.warmup, amp=options.amp,
-        )
+        step = dict(model_name=options.model, img_size=options.img_size or 224,
+                    batch=options.batch or (128 if cuda else 32), num_classes=1000)
+        if options.recipe is not None:
+            step.update(_recipe_step(options.recipe), num_classes=10)
+        result["step"] = bench_step(device=device, repeats=repeats, warmup=options.warmup,
+                                    amp=options.amp, **step)
+        if options.recipe is not None:
+            result["step"]["recipe"] = options.recipe
     out = Path(options.output)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"bench-{device.type}"
     (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / f"{stem}.md").write_text(to_markdown(result) + "\n")
     return result
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="mixpro bench", description=__doc__.splitlines()[0])
-    add_arguments(p)
-    print(to_markdown(run(options_from_args(p.parse_args(argv)))))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

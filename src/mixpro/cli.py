@@ -134,8 +134,10 @@ def _eval_arguments(parser: argparse.ArgumentParser) -> None:
     d = EvalOptions()
     parser.add_argument("checkpoints", nargs="+", help="checkpoints written by mixpro train")
     parser.add_argument("--data", default=None,
-                        help="'fashion-mnist' (embedded test split) or an ImageFolder (default: "
-                             "the data the checkpoint was trained on)")
+                        help="'fashion-mnist' (embedded test split), an ImageFolder, or a .tar, "
+                             "folder of tars, hfds/NAME, wds/FOLDER (their val_split from the "
+                             "checkpoint's recipe) (default: the data the checkpoint was "
+                             "trained on)")
     parser.add_argument("--data-dir", default=None,
                         help="Fashion-MNIST idx folder (default: $MIXPRO_FASHION_MNIST, then "
                              "/usr/share/datasets/fashion-mnist)")
@@ -200,9 +202,37 @@ def _figures_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=d.out, help="output folder")
 
 
+def _bench_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``mixpro bench`` flags; their ``dest`` names are :class:`~mixpro.bench.BenchOptions`'
+    fields."""
+    from .bench import BenchOptions
+
+    d = BenchOptions()
+    p.add_argument("--device", default=d.device,
+                   help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--model", default=d.model,
+                   help="timm model for the step; models without a cls token (swin_*, "
+                        "convnext_*, resnet*) get mixpro train's cls_head auto head")
+    p.add_argument("--recipe", default=d.recipe,
+                   help="time the step of this mixpro train recipe's model, geometry and batch "
+                        "(e.g. fashion_mnist_limited_swin) instead of --model")
+    p.add_argument("--img-size", type=int, default=d.img_size,
+                   help="step image size (default 224)")
+    p.add_argument("--batch", type=int, default=d.batch,
+                   help="step batch (default: 32 on CPU, 128 on CUDA)")
+    p.add_argument("--repeats", type=int, default=d.repeats, help="timed repeats (default 5/20)")
+    p.add_argument("--warmup", type=int, default=d.warmup)
+    p.add_argument("--amp", action="store_true", default=d.amp,
+                   help="bfloat16 autocast in the step")
+    p.add_argument("--skip-step", action="store_true", default=d.skip_step,
+                   help="only the mix section")
+    p.add_argument("--skip-mix", action="store_true", default=d.skip_mix,
+                   help="only the step section")
+    p.add_argument("--output", default=d.output, help="folder for .md and .json")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``mixpro`` parser with its five sub-commands."""
-    from . import bench
     from .train import compare
 
     parser = argparse.ArgumentParser(
@@ -240,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     fg.set_defaults(func=_figures)
     be = sub.add_parser("bench", allow_abbrev=False,
                         help="mix cost and training-step speed of every method, interleaved")
-    bench.add_arguments(be)
+    _bench_arguments(be)
     be.set_defaults(func=_bench)
     return parser
 
