@@ -11,6 +11,7 @@ import torch
 
 import mixpro
 from mixpro.heads import SwinClassAttentionBlock
+from mixpro.methods import METHODS, MixOptions, build_mixer
 
 # tiny configurations with random weights: 64 px images, stride 32 → a 2×2 token grid
 SWIN = ("swin_tiny_patch4_window7_224", dict(img_size=64, window_size=2, depths=(1, 1, 1, 2),
@@ -331,3 +332,35 @@ def test_models_without_timm_feature_api_are_refused():
         mixpro.with_class_attention(Plain())
     with pytest.raises(TypeError, match="feature_info"):
         mixpro.with_class_attention(torch.nn.Linear(2, 5), num_classes=5)
+
+
+AREA_METHODS = ("none", "mixup", "cutmix", "mixup_cutmix", "maskmix")
+ATTENTION_METHODS = sorted(m for m in METHODS if m not in AREA_METHODS)
+
+
+@pytest.mark.parametrize("key,mode", CASES)
+def test_every_attention_labelled_method_trains_on_every_head(key, mode, one_thread):
+    """Each method that relabels with attention (built by name, as mixpro train does, with
+    the head's token size) runs forward, targets and backward on every family and head."""
+    model = _build(key, mode).train()
+    probe = mixpro.ClsAttention(model)
+    size = SIZE.get(key, 64)
+    patch, scale = _geometry(key, model, size)
+    g = torch.Generator().manual_seed(0)
+    assert ATTENTION_METHODS == ["cutmix_pal", "maskmix_transmix", "mixpro", "paper",
+                                 "transmix", "transmix_aligned"]
+    for method in ATTENTION_METHODS:
+        mixer = build_mixer(method, MixOptions(mask_scale=scale, mixup_alpha=0.0,
+                                               maskmix_prob=1.0),
+                            num_classes=5, patch_size=patch, generator=g,
+                            token_size=model.token_stride)
+        assert mixer.needs_attention, method
+        batch = mixer(torch.randn(4, 3, size, size, generator=g),
+                      torch.randint(0, 5, (4,), generator=g))
+        logits = model(batch.images)
+        loss = batch.loss(logits, probe.attention)
+        assert torch.isfinite(loss), method
+        assert batch.lam_attn is not None and torch.isfinite(batch.lam).all(), method
+        model.zero_grad()
+        loss.backward()
+        assert METHODS[method].patch

@@ -186,3 +186,44 @@ def test_bench_step_times_models_with_a_head(name, kw, head, one_thread):
     env = bench.environment(torch.device("cpu"))
     md = bench.to_markdown({"command": "t", "environment": env, "mix": [], "step": step})
     assert f"cls_head {head}" in md
+
+
+def test_compare_gives_every_method_the_same_architecture(data_dir, tmp_path):
+    """cls_head auto in a sweep with an attention method: none and maskmix get CA-Swin too."""
+    from mixpro.train import compare as cmp
+
+    over = dict(data_dir=str(data_dir), img_size=64, model=SWIN, model_kwargs=SWIN_KW,
+                mask_scale=8, epochs=1, warmup_epochs=0, batch_size=16, eval_batch_size=80,
+                progress=False, max_steps=1, threads=1)
+    cmp.compare(None, methods=["none", "maskmix", "mixpro"], seeds=[0], output=tmp_path / "s",
+                overrides=over)
+    heads = {m: torch.load(tmp_path / "s" / f"{m}-seed0" / "last.pt",
+                           weights_only=True)["config"]["cls_head"]
+             for m in ("none", "maskmix", "mixpro")}
+    assert heads == {m: {"mode": "ca_swin"} for m in heads}
+    # an area-label-only sweep keeps the plain model
+    over.pop("mask_scale")
+    cmp.compare(None, methods=["none"], seeds=[0], output=tmp_path / "t", overrides=over)
+    ck = torch.load(tmp_path / "t" / "none-seed0" / "last.pt", weights_only=True)
+    assert ck["config"]["cls_head"] is None
+
+
+def test_transmix_aligned_boxes_sit_on_the_heads_tokens(data_dir, tmp_path):
+    """Table 8 A on a hierarchical model: box edges on the 32-px attention tokens, not on the
+    4-px stem patches; the EMA copy carries no probe hooks."""
+    p = run.prepare(recipe(data_dir, tmp_path / "r", method="transmix_aligned",
+                           mask_scale=None))
+    mixer = p.ctx.mixer
+    assert p.model.token_stride == 32
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        batch = mixer(torch.randn(4, 1, 64, 64, generator=g), torch.randint(0, 10, (4,)))
+        if batch.mask is None:
+            continue
+        m = batch.mask[0, 0].float()
+        rows = (m.diff(dim=0) != 0).any(1).nonzero().flatten() + 1
+        cols = (m.diff(dim=1) != 0).any(0).nonzero().flatten() + 1
+        assert all(int(v) % 32 == 0 for v in torch.cat([rows, cols]))
+    hooks = sum(len(mod._forward_hooks) + len(mod._forward_pre_hooks)
+                for mod in p.ctx.ema.module.modules())
+    assert hooks == 0

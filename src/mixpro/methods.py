@@ -48,18 +48,20 @@ class MixOptions:
 
 
 OPTION_NAMES = tuple(f.name for f in fields(MixOptions))
-Builder = Callable[[MixOptions, int, int, torch.Generator], AnyMixer]
+Builder = Callable[..., AnyMixer]  # (options, num_classes, patch_size, generator[, box_align])
 
 
 @dataclass(frozen=True)
 class Method:
     """A named method: ``build(options, num_classes, patch_size, generator)`` and the options
-    it honours (``keys``); ``patch`` says whether it needs the model's patch size."""
+    it honours (``keys``); ``patch`` says whether it needs the model's patch size;
+    ``token_aligned`` builders also take ``box_align``, the attention tokens' size in px."""
 
     build: Builder
     keys: frozenset[str]
     help: str
     patch: bool = False
+    token_aligned: bool = False
 
 
 _TIMM = frozenset({"label_smoothing", "mix_prob"})
@@ -123,12 +125,13 @@ METHODS: dict[str, Method] = {
         _TIMM | {"mixup_alpha", "cutmix_alpha", "switch_prob", "transmix_ratio"},
         "TransMix (Table 6 row 2)", patch=True),
     "transmix_aligned": Method(
-        lambda o, k, p, g: TransMix(
+        lambda o, k, p, g, box_align: TransMix(
             mixup_alpha=o.mixup_alpha, cutmix_alpha=o.cutmix_alpha, switch_prob=o.switch_prob,
-            prob=o.mix_prob, patch_size=p, ratio=o.transmix_ratio, box_align=p,
+            prob=o.mix_prob, patch_size=p, ratio=o.transmix_ratio, box_align=box_align,
             label_smoothing=o.label_smoothing, num_classes=k, generator=g),
         _TIMM | {"mixup_alpha", "cutmix_alpha", "switch_prob", "transmix_ratio"},
-        "TransMix with CutMix boxes on patch borders (Table 8 A)", patch=True),
+        "TransMix with CutMix boxes on attention-token borders (Table 8 A)", patch=True,
+        token_aligned=True),
     "maskmix": Method(lambda o, k, p, g: MaskMix(**_maskmix_args(o, k, p, g)), _MASK,
                       "MaskMix with area labels", patch=True),
     "maskmix_transmix": Method(
@@ -152,8 +155,12 @@ def ignored_options(method: str, keys: Iterable[str]) -> list[str]:
 
 
 def build_mixer(method: str, options: MixOptions, *, num_classes: int, patch_size: int,
-                generator: torch.Generator) -> AnyMixer:
+                generator: torch.Generator, token_size: int | None = None) -> AnyMixer:
     """The mixer of ``method`` with ``options``.
+
+    ``token_size``: the px size of the tokens the model's attention is read over (default
+    ``patch_size``; the last stage's stride with a class-attention head): Table 8 A's
+    ``transmix_aligned`` puts its boxes on those tokens' borders.
 
     Raises:
         ValueError: unknown method or strategy, or an option value the mixer refuses.
@@ -163,7 +170,11 @@ def build_mixer(method: str, options: MixOptions, *, num_classes: int, patch_siz
     if options.mask_strategy not in MASK_STRATEGIES:
         raise ValueError(f"mask_strategy must be one of {', '.join(sorted(MASK_STRATEGIES))}, "
                          f"got {options.mask_strategy!r}")
-    return METHODS[method].build(options, num_classes, patch_size, generator)
+    spec = METHODS[method]
+    if spec.token_aligned:
+        return spec.build(options, num_classes, patch_size, generator,
+                          token_size or patch_size)
+    return spec.build(options, num_classes, patch_size, generator)
 
 
 __all__ = ["METHODS", "OPTION_NAMES", "Method", "MixOptions", "build_mixer", "ignored_options"]

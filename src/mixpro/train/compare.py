@@ -18,16 +18,26 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mixpro import sweep
-from mixpro.methods import METHODS
+import torch
+
+from mixpro import models, sweep
+from mixpro.methods import METHODS, build_mixer
 
 from . import run
-from .recipe import FIELDS, ConfigError, check_used, load_recipe, parse_value, suggest
+from .recipe import (
+    FIELDS,
+    ConfigError,
+    Recipe,
+    check_used,
+    load_recipe,
+    parse_value,
+    suggest,
+)
 
 DEFAULT_RECIPE = "fashion_mnist_limited"
 DEFAULT_METHODS = ("none", "cutmix", "transmix", "mixpro")
@@ -159,6 +169,45 @@ def write_csv(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
                         for k, v in r.items()})
 
 
+def _one_architecture(configs: Iterable[Recipe]) -> None:
+    """``cls_head: auto`` resolved once per model for the whole sweep: when some method of the
+    sweep needs attention and the model has no cls token, every run of that model gets the
+    head (CA-Swin / a CaiT head), so that ``none``/``cutmix``/``maskmix`` are compared with
+    ``mixpro``/``transmix`` on the same architecture. Configs are changed in place."""
+    groups: dict[str, list[Recipe]] = {}
+    for cfg in configs:
+        if cfg.cls_head == "auto":
+            key = json.dumps([cfg.model, cfg.model_kwargs, cfg.img_size, cfg.in_channels,
+                              cfg.patch_size], sort_keys=True, default=str)
+            groups.setdefault(key, []).append(cfg)
+    for cfgs in groups.values():
+        needs = False
+        for cfg in cfgs:
+            try:
+                needs |= build_mixer(cfg.method, cfg.mix_options(), num_classes=2,
+                                     patch_size=cfg.patch_size or 1,
+                                     generator=torch.Generator()).needs_attention
+            except (ValueError, TypeError):
+                pass  # the run itself reports it, with its context
+        if not needs:
+            continue
+        first = cfgs[0]
+        try:
+            model, _ = models.create_model(first.model, num_classes=2, img_size=first.img_size,
+                                           in_chans=first.in_channels,
+                                           patch_size=first.patch_size,
+                                           model_kwargs=first.model_kwargs)
+            head = models.resolve_cls_head(model, "auto", needs_attention=True)
+        except models.ModelError:
+            continue  # the first run reports it
+        if head is None:
+            continue
+        for cfg in cfgs:
+            cfg.cls_head = head["mode"]
+        print(f"compare: cls_head auto -> {head['mode']} for every run of {first.model} "
+              "(one architecture for all methods)", file=sys.stderr)
+
+
 def compare(
     recipe: str | None,
     *,
@@ -189,6 +238,7 @@ def compare(
         for s in seeds:
             configs[v, s] = load_recipe(recipe, {**overrides, **v.overrides, "method": v.method,
                                                  "seed": s}, check_ignored=False)
+    _one_architecture(configs.values())
     name = next(iter(configs.values())).name
     out = Path(output) if output else Path("runs") / f"compare-{name}"
     out.mkdir(parents=True, exist_ok=True)
