@@ -3,9 +3,10 @@
 Owns: the class list of a folder tree (timm's reader's ``class_to_idx``, natural sort, is the
 single truth; ``val/`` must hold exactly the classes of ``train/``), layout checks that name
 the offending folder or file in one line (:class:`~mixpro.data.DatasetError`), timm's
-``ImageDataset`` for each split with the transforms from ``timm.data.create_transform``
-(RandomResizedCrop, flip, RandAugment / AutoAugment, random erasing; eval resize + centre crop),
-and an unreadable image named in the warning that skips it.
+``ImageDataset`` for each split, the transforms from ``timm.data.create_transform``
+(:func:`transforms`: RandomResizedCrop, flip, RandAugment / AutoAugment, random erasing; eval
+resize + centre crop; :func:`eval_transform`: ``[0, 1]`` for the evaluation app; also used by
+:mod:`.timm_formats`), and an unreadable image named in the warning that skips it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, ImageDataset, create_transform
@@ -87,11 +89,63 @@ def scan_classes(split_dir: str | os.PathLike) -> list[str]:
     return classes
 
 
+def image_mode(in_chans: int) -> str:
+    """The PIL mode images are converted to for ``in_chans`` input channels."""
+    return "L" if in_chans == 1 else "RGB"
+
+
+def transforms(
+    img_size: int,
+    in_chans: int,
+    *,
+    auto_augment: str | None = None,
+    re_prob: float = 0.0,
+    hflip: float = 0.5,
+    interpolation: str = "bicubic",
+    crop_pct: float = 0.875,
+    mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+    std: Sequence[float] = IMAGENET_DEFAULT_STD,
+) -> tuple[Callable, Callable]:
+    """timm's train and eval transforms: PIL image → normalised ``(in_chans, img_size,
+    img_size)`` float32 tensor."""
+    size = (in_chans, img_size, img_size)
+    train_tf = create_transform(
+        size, is_training=True, auto_augment=auto_augment, re_prob=re_prob, hflip=hflip,
+        interpolation=interpolation, mean=tuple(mean), std=tuple(std),
+    )
+    val_tf = create_transform(
+        size, is_training=False, interpolation=interpolation, crop_pct=crop_pct,
+        mean=tuple(mean), std=tuple(std),
+    )
+    return train_tf, val_tf
+
+
+def eval_transform(img_size: tuple[int, int], in_chans: int, interpolation: str) -> Callable:
+    """PIL image → ``[0, 1]`` tensor ``(in_chans, *img_size)`` (resize, no crop, no
+    normalisation: the evaluation normalises after occluding). timm's ``normalize=False``
+    would give uint8 ``[0, 255]``, hence the identity normalisation."""
+    return create_transform(input_size=(in_chans, *img_size), is_training=False,
+                            interpolation=interpolation, crop_pct=1.0,
+                            mean=(0.0,) * in_chans, std=(1.0,) * in_chans)
+
+
+def check_same_classes(root: str | os.PathLike, classes: list[str], val_classes: list[str],
+                       names: tuple[str, str] = ("train", "val")) -> None:
+    """:class:`DatasetError` naming a class of one split (``names``) missing in the other."""
+    if val_classes == classes:
+        return
+    train, val = names
+    extra = sorted(set(val_classes) - set(classes))
+    lacking = sorted(set(classes) - set(val_classes))
+    what = (f"{val}/{extra[0]} has no counterpart in {train}/" if extra
+            else f"{train}/{lacking[0]} has no counterpart in {val}/")
+    raise DatasetError(f"{root}: {train}/ and {val}/ must hold the same class folders: {what}")
+
+
 def _dataset(split_dir: Path, classes: list[str], transform: Callable,
              in_chans: int) -> FolderDataset:
-    mode = "L" if in_chans == 1 else "RGB"
     class_map = {c: i for i, c in enumerate(classes)}
-    ds = FolderDataset(str(split_dir), transform=transform, input_img_mode=mode,
+    ds = FolderDataset(str(split_dir), transform=transform, input_img_mode=image_mode(in_chans),
                        class_map=class_map)
     if ds.reader.class_to_idx != class_map:  # timm and our scan must agree
         raise DatasetError(f"{split_dir}: timm's class list differs from the folders found")
@@ -103,53 +157,38 @@ def image_folder(
     *,
     img_size: int,
     in_chans: int = 3,
-    auto_augment: str | None = None,
-    re_prob: float = 0.0,
-    hflip: float = 0.5,
-    interpolation: str = "bicubic",
-    crop_pct: float = 0.875,
-    mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
-    std: Sequence[float] = IMAGENET_DEFAULT_STD,
+    splits: tuple[str, str] = ("train", "val"),
+    **augment: Any,
 ) -> tuple[FolderDataset, FolderDataset, list[str]]:
-    """Train and val datasets of ``root`` with timm transforms; items are
-    ``(image (in_chans, img_size, img_size) float32, label int)``; also the class names, in
-    label order (timm's natural sort: ``c1, c2, c10``)."""
+    """Train and val datasets of ``root`` (its sub-folders ``splits``) with timm transforms
+    (``augment``: the keywords of :func:`transforms`); items are ``(image (in_chans, img_size,
+    img_size) float32, label int)``; also the class names, in label order (timm's natural
+    sort: ``c1, c2, c10``)."""
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"dataset folder not found: {root}")
-    classes = scan_classes(root / "train")
-    val_classes = scan_classes(root / "val")
-    if val_classes != classes:
-        extra = sorted(set(val_classes) - set(classes))
-        lacking = sorted(set(classes) - set(val_classes))
-        what = (f"val/{extra[0]} has no counterpart in train/" if extra
-                else f"train/{lacking[0]} has no counterpart in val/")
-        raise DatasetError(f"{root}: train/ and val/ must hold the same class folders: {what}")
-    size = (in_chans, img_size, img_size)
-    train_tf = create_transform(
-        size, is_training=True, auto_augment=auto_augment, re_prob=re_prob, hflip=hflip,
-        interpolation=interpolation, mean=tuple(mean), std=tuple(std),
-    )
-    val_tf = create_transform(
-        size, is_training=False, interpolation=interpolation, crop_pct=crop_pct,
-        mean=tuple(mean), std=tuple(std),
-    )
-    train = _dataset(root / "train", classes, train_tf, in_chans)
-    val = _dataset(root / "val", classes, val_tf, in_chans)
+    for name in splits:
+        if not (root / name).is_dir():
+            raise DatasetError(f"ImageFolder split not found: {root / name} (expected "
+                               f"{splits[0]}/ and {splits[1]}/)")
+    classes = scan_classes(root / splits[0])
+    check_same_classes(root, classes, scan_classes(root / splits[1]), splits)
+    train_tf, val_tf = transforms(img_size, in_chans, **augment)
+    train = _dataset(root / splits[0], classes, train_tf, in_chans)
+    val = _dataset(root / splits[1], classes, val_tf, in_chans)
     return train, val, classes
 
 
 def eval_folder(root: str | os.PathLike, *, img_size: tuple[int, int], in_chans: int,
-                interpolation: str) -> tuple[FolderDataset, list[str]]:
+                interpolation: str, split: str = "val") -> tuple[FolderDataset, list[str]]:
     """An evaluation ImageFolder (``root/<class>/<image>``; a training root with ``train/`` and
-    ``val/`` means its ``val/``) as ``[0, 1]`` tensors (resize, no crop, no normalisation: the
-    evaluation normalises after occluding). Returns the dataset and its class names."""
+    ``<split>/`` means its ``<split>/``) as ``[0, 1]`` tensors (:func:`eval_transform`).
+    Returns the dataset and its class names."""
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"dataset folder {root} does not exist")
-    if (root / "train").is_dir() and (root / "val").is_dir():
-        root = root / "val"
+    if (root / "train").is_dir() and (root / split).is_dir():
+        root = root / split
     classes = scan_classes(root)
-    tf = create_transform(input_size=(in_chans, *img_size), is_training=False,
-                          interpolation=interpolation, crop_pct=1.0, normalize=False)
+    tf = eval_transform(img_size, in_chans, interpolation)
     return _dataset(root, classes, tf, in_chans), classes

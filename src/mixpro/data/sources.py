@@ -1,10 +1,13 @@
 """What the apps ask for: training splits, evaluation splits, OOD sets, normalisation.
 
-Owns the mapping from a data *spec* (``"fashion_mnist"`` / ``"fashion-mnist"`` or an
-ImageFolder path) to datasets, and the normalisation statistics of each source:
+Owns the mapping from a data *spec* (``"fashion_mnist"`` / ``"fashion-mnist"``, an
+ImageFolder path (:mod:`.folder`), or what else ``timm.data.create_dataset`` takes: a ``.tar``,
+a folder of tars, ``hfds/NAME``, ``wds/FOLDER`` (:mod:`.timm_formats`)) to datasets, and the
+normalisation statistics of each source:
 
-* :func:`training_data` — train and test splits with their augmentation, class names, mean/std
-  and whether the datasets are batch-indexed (``ds[list_of_indices]`` → a whole batch).
+* :func:`training_data` — train and test splits with their augmentation, class names, mean/std,
+  whether the datasets are batch-indexed (``ds[list_of_indices]`` → a whole batch) and whether
+  targets are multi-hot (multi-label Hugging Face data).
 * :func:`eval_data` — the evaluation split as ``[0, 1]`` images (normalised later by
   :class:`Normalize`, after occlusion).
 * :func:`ood_data` — ``heldout`` (the classes a checkpoint was trained without), ``glyphs``
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,7 +27,8 @@ from torch.utils.data import Dataset, Subset
 
 from . import DatasetError
 from . import fashion_mnist as fmnist
-from .folder import eval_folder, image_folder
+from . import timm_formats as formats
+from .folder import eval_folder, eval_transform, image_folder, transforms
 from .glyphs import glyph_images
 
 FASHION_MNIST = ("fashion_mnist", "fashion-mnist")  # the recipe's and the eval CLI's spelling
@@ -32,6 +37,12 @@ FASHION_MNIST = ("fashion_mnist", "fashion-mnist")  # the recipe's and the eval 
 def is_fashion_mnist(spec: str) -> bool:
     """Whether ``spec`` names the embedded Fashion-MNIST (else it is a folder path)."""
     return spec in FASHION_MNIST
+
+
+def data_here(spec: str) -> bool:
+    """Whether the data ``spec`` names can be here: Fashion-MNIST, ``hfds/`` and ``wds/`` names
+    (checked when loaded), else an existing path."""
+    return is_fashion_mnist(spec) or formats.kind(spec) in formats.PREFIXES or Path(spec).exists()
 
 
 def stats(spec: str, in_chans: int) -> tuple[list[float], list[float]]:
@@ -55,6 +66,7 @@ class TrainingData:
     mean: list[float]
     std: list[float]
     batched: bool  # ``ds[list_of_indices]`` returns a whole batch (in-memory Fashion-MNIST)
+    multi_label: bool = False  # targets are multi-hot (K,) float32 vectors, not class indices
 
 
 def training_data(
@@ -72,8 +84,14 @@ def training_data(
     train_subset: int | None = None,
     subset_seed: int = 0,
     holdout_classes: Sequence[int] = (),
+    train_split: str = "train",
+    val_split: str = "val",
 ) -> TrainingData:
-    """Train and test splits of ``spec`` (Fashion-MNIST or an ImageFolder root).
+    """Train and test splits of ``spec``: Fashion-MNIST, an ImageFolder root, a ``.tar``, a
+    folder of tars, ``hfds/NAME`` or ``wds/FOLDER`` (splits ``train_split`` and ``val_split``,
+    or their synonyms; ``data_dir``: the Hugging Face cache for ``hfds/``). Items are ``(image
+    (in_chans, img_size, img_size) float32, target)``; the target is a class index, or a
+    multi-hot ``(K,)`` float32 vector when ``multi_label``.
 
     ``train_subset`` keeps a fixed random subset (by ``subset_seed``, the same for every method
     and seed) of the training images; ``holdout_classes`` (Fashion-MNIST only) are left out of
@@ -89,9 +107,18 @@ def training_data(
     if holdout_classes:
         raise DatasetError("holdout_classes works with Fashion-MNIST only (for an ImageFolder, "
                            "leave the classes out of its train/ and val/ folders)")
-    train, test, classes = image_folder(
-        spec, img_size=img_size, in_chans=in_chans, auto_augment=auto_augment, re_prob=re_prob,
-        hflip=hflip, interpolation=interpolation, crop_pct=crop_pct, mean=mean, std=std)
+    aug = dict(auto_augment=auto_augment, re_prob=re_prob, hflip=hflip,
+               interpolation=interpolation, crop_pct=crop_pct, mean=mean, std=std)
+    multi = False
+    if formats.kind(spec, train_split) == "folder":
+        splits = (formats.split_name(spec, train_split), formats.split_name(spec, val_split))
+        train, test, classes = image_folder(spec, img_size=img_size, in_chans=in_chans,
+                                            splits=splits, **aug)
+    else:
+        parts = formats.open_splits(spec, (train_split, val_split),
+                                    transforms(img_size, in_chans, **aug), in_chans=in_chans,
+                                    cache_dir=data_dir)
+        (train, test), classes, multi = parts.datasets, parts.classes, parts.multi_label
     if train_subset is not None:
         n = len(train)
         if not 0 < train_subset <= n:
@@ -99,17 +126,19 @@ def training_data(
                                f"got {train_subset}")
         g = torch.Generator().manual_seed(subset_seed)
         train = Subset(train, torch.randperm(n, generator=g)[:train_subset].tolist())
-    return TrainingData(train, test, classes, mean, std, False)
+    return TrainingData(train, test, classes, mean, std, False, multi)
 
 
 @dataclass
 class EvalData:
-    """A dataset of ``([0,1] image (C, H, W), label)`` with its class names."""
+    """A dataset of ``([0,1] image (C, H, W), label)`` with its class names (the label is a
+    multi-hot ``(K,)`` float32 vector when ``multi_label``)."""
 
     dataset: Dataset
     classes: list[str]
     name: str
     batched: bool = False  # ``dataset[list_of_indices]`` returns a whole batch
+    multi_label: bool = False
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -139,15 +168,25 @@ def fashion_mnist_test(img_size: tuple[int, int], in_chans: int, data_dir: str |
 
 def eval_data(spec: str, *, img_size: tuple[int, int], in_chans: int,
               interpolation: str = "bilinear", data_dir: str | None = None,
-              holdout: Sequence[int] = ()) -> EvalData:
+              holdout: Sequence[int] = (), split: str | None = None) -> EvalData:
     """``fashion-mnist`` (the test split, less the ``holdout`` classes a checkpoint was trained
-    without) or an ImageFolder path (its ``val/`` if it has ``train/`` and ``val/``)."""
+    without), an ImageFolder path (its ``val/`` if it has ``train/`` and ``val/``), or a
+    ``.tar``, folder of tars, ``hfds/NAME``, ``wds/FOLDER``: their ``split`` (default ``val``
+    or a synonym, see :mod:`.timm_formats`)."""
     if is_fashion_mnist(spec):
         kept, _ = fmnist.class_split(holdout)
         return fashion_mnist_test(img_size, in_chans, data_dir, kept)
-    ds, classes = eval_folder(spec, img_size=img_size, in_chans=in_chans,
-                              interpolation=interpolation)
-    return EvalData(ds, classes, f"folder {spec}")
+    split = split or "val"
+    if formats.kind(spec, split) == "folder":
+        ds, classes = eval_folder(spec, img_size=img_size, in_chans=in_chans,
+                                  interpolation=interpolation,
+                                  split=formats.split_name(spec, split))
+        return EvalData(ds, classes, f"folder {spec}")
+    parts = formats.open_splits(spec, (split,), (eval_transform(img_size, in_chans,
+                                                                interpolation),),
+                                in_chans=in_chans, cache_dir=data_dir)
+    return EvalData(parts.datasets[0], parts.classes, f"{spec} ({split})",
+                    multi_label=parts.multi_label)
 
 
 def ood_data(spec: str, data_spec: str, *, img_size: tuple[int, int], in_chans: int,
@@ -216,6 +255,7 @@ __all__ = [
     "Normalize",
     "TrainingData",
     "checkpoint_stats",
+    "data_here",
     "eval_data",
     "fashion_mnist_test",
     "holdout_of",

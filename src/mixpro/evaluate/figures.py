@@ -16,7 +16,7 @@ import torch
 import mixpro
 from mixpro import models
 from mixpro.checkpoint import load_model
-from mixpro.data.sources import EvalData, Normalize, checkpoint_stats, eval_data
+from mixpro.data.sources import EvalData, Normalize, checkpoint_stats, data_here, eval_data
 from mixpro.errors import UserError
 from mixpro.plots.paper import mask_strategies, maskmix_attention_grid, transmix_vs_maskmix
 
@@ -51,8 +51,8 @@ def data_spec(given: str | None, config: dict | None) -> str:
     trained_on = str(recipe.get("data", "fashion_mnist"))
     if trained_on in ("fashion_mnist", "fashion-mnist"):
         return "fashion-mnist"
-    if not Path(trained_on).is_dir():
-        raise FigureError(f"the checkpoint was trained on the image folder {trained_on}, which "
+    if not data_here(trained_on):
+        raise FigureError(f"the checkpoint was trained on the data {trained_on}, which "
                           "is not here; pass --data with its location")
     return trained_on
 
@@ -122,7 +122,8 @@ def make_figures(options: FigureOptions) -> list[Path]:
             if msg.startswith("mask_scale"):
                 msg = "--mask-scale" + msg[len("mask_scale"):]
             raise FigureError(f"{o.checkpoint}: {msg}") from None
-    data = eval_data(data_spec(o.data, config), img_size=size, in_chans=chans)
+    data = eval_data(data_spec(o.data, config), img_size=size, in_chans=chans,
+                     split=((config or {}).get("recipe") or {}).get("val_split"))
     out = Path(o.out)
     if out.exists() and not out.is_dir():
         raise FigureError(f"--out {out} exists and is not a folder")

@@ -33,6 +33,7 @@ from mixpro.data.sources import (
     EvalData,
     Normalize,
     checkpoint_stats,
+    data_here,
     eval_data,
     holdout_of,
     is_fashion_mnist,
@@ -162,8 +163,8 @@ def _data_spec(given: str | None, config: dict, path: str) -> str:
     trained_on = str((config.get("recipe") or {}).get("data", "fashion-mnist"))
     if is_fashion_mnist(trained_on):
         return "fashion-mnist"
-    if not Path(trained_on).is_dir():
-        raise EvalError(f"checkpoint {path} was trained on the image folder {trained_on}, "
+    if not data_here(trained_on):
+        raise EvalError(f"checkpoint {path} was trained on the data {trained_on}, "
                         "which is not here; pass --data with its location")
     return trained_on
 
@@ -200,12 +201,18 @@ def prepare(checkpoints: list[str], o: EvalOptions) -> list[Job]:
     jobs = []
     for i, path in enumerate(checkpoints):
         model, config = load_model(path)
+        if config.get("multi_label"):
+            raise EvalError(
+                f"{path} is a multi-label checkpoint: mixpro eval's metrics (top-1, "
+                "calibration, OOD, occlusion) are single-label; its test mAP and top-1 "
+                "precision are in the run's metrics.jsonl")
         model.to(o.device)
         img, chans = models.image_size(model), models.in_chans(model)
         holdout = holdout_of(config.get("recipe") or {})
         spec = _data_spec(o.data, config, path)
         data = eval_data(spec, img_size=img, in_chans=chans, interpolation=o.interpolation,
-                         data_dir=o.data_dir, holdout=holdout)
+                         data_dir=o.data_dir, holdout=holdout,
+                         split=(config.get("recipe") or {}).get("val_split"))
         num_logits = int(getattr(model, "num_classes", 0) or config.get("num_classes", 0))
         indices = None
         if o.valid_labels:
