@@ -1,7 +1,9 @@
 """The checkpoint format: written by ``mixpro train``, read by every app.
 
 Owns the file format, its atomic writing, its validated reading and rebuilding the model it
-describes. ``last.pt`` / ``best.pt`` hold::
+describes; also the initial weights of a fine-tuning run (:func:`load_initial_weights`: a
+``mixpro train`` checkpoint, a plain state dict or a ``.safetensors`` file, the classifier
+head re-initialised when the class count differs). ``last.pt`` / ``best.pt`` hold::
 
     {"version": 2,
      "model": <state dict>,   # timm.create_model(...), wrapped by with_class_attention if cls_head
@@ -136,6 +138,26 @@ def read(path: str | os.PathLike, *, training: bool = False) -> dict[str, Any]:
     file is missing, corrupt, or not a ``mixpro train`` checkpoint.
     """
     path = Path(path)
+    ckpt = _torch_load(path)
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict) \
+            or not isinstance(ckpt.get("config"), dict):
+        raise CheckpointError(f"checkpoint {path} lacks the 'model' state dict or the 'config' "
+                              "dict (written by mixpro train?)")
+    if training:
+        missing = [k for k in TRAINING_KEYS if k not in ckpt]
+        if missing:
+            raise CheckpointError(f"checkpoint {path} is not a mixpro train checkpoint with a "
+                                  f"training state (lacks {', '.join(missing)}; best.pt holds "
+                                  "weights only: resume from last.pt)")
+        if ckpt.get("version") not in READABLE_VERSIONS:
+            raise CheckpointError(f"checkpoint {path} has format version {ckpt.get('version')}, "
+                                  f"expected one of {READABLE_VERSIONS}")
+    return ckpt
+
+
+def _torch_load(path: Path) -> Any:
+    """``torch.load`` on the CPU, tensors-only where the file allows it (version-1 files and
+    other pickles need the full unpickler); :class:`CheckpointError` when it fails."""
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path} (the file does not exist)")
     ckpt, err = None, None
@@ -155,19 +177,6 @@ def read(path: str | os.PathLike, *, training: bool = False) -> dict[str, Any]:
     if ckpt is None:
         raise CheckpointError(f"cannot read checkpoint {path}: corrupt or not a checkpoint "
                               f"({_first_line(err)})")
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict) \
-            or not isinstance(ckpt.get("config"), dict):
-        raise CheckpointError(f"checkpoint {path} lacks the 'model' state dict or the 'config' "
-                              "dict (written by mixpro train?)")
-    if training:
-        missing = [k for k in TRAINING_KEYS if k not in ckpt]
-        if missing:
-            raise CheckpointError(f"checkpoint {path} is not a mixpro train checkpoint with a "
-                                  f"training state (lacks {', '.join(missing)}; best.pt holds "
-                                  "weights only: resume from last.pt)")
-        if ckpt.get("version") not in READABLE_VERSIONS:
-            raise CheckpointError(f"checkpoint {path} has format version {ckpt.get('version')}, "
-                                  f"expected one of {READABLE_VERSIONS}")
     return ckpt
 
 
@@ -221,23 +230,36 @@ def strip_prefixes(state_dict: Mapping[str, Any],
 def load_weights(model: nn.Module, state_dict: Mapping[str, Any], path: str | os.PathLike,
                  arch: str = "the model") -> None:
     """Load ``state_dict`` strictly; :class:`CheckpointError` naming the first mismatch."""
-    own = model.state_dict()
     sd = strip_prefixes(state_dict)
+    _check_fit(model.state_dict(), sd, f"checkpoint {path}", arch)
+    model.load_state_dict(sd, strict=True)
+
+
+def _mismatches(own: Mapping[str, Any], sd: Mapping[str, Any]
+                ) -> tuple[list[str], list[str], list[str]]:
+    """Keys of ``own`` missing from ``sd``, keys of ``sd`` not in ``own``, and the keys of
+    both whose shapes differ."""
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
-    shapes = [
-        f"{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}"
-        for k, v in own.items()
-        if k in sd and hasattr(sd[k], "shape") and tuple(sd[k].shape) != tuple(v.shape)
-    ]
-    if missing or unexpected or shapes:
-        first = (shapes or [f"missing {k}" for k in missing] or
-                 [f"unexpected {k}" for k in unexpected])[0]
-        raise CheckpointError(
-            f"checkpoint {path} does not match model {arch}: {len(missing)} missing, "
-            f"{len(unexpected)} unexpected, {len(shapes)} mismatched tensors (e.g. {first})"
-        )
-    model.load_state_dict(sd, strict=True)
+    shapes = [k for k, v in own.items()
+              if k in sd and hasattr(sd[k], "shape") and tuple(sd[k].shape) != tuple(v.shape)]
+    return missing, unexpected, shapes
+
+
+def _check_fit(own: Mapping[str, Any], sd: Mapping[str, Any], what: str, arch: str, *,
+               ignore: frozenset[str] = frozenset(), shown: int = 1) -> None:
+    """:class:`CheckpointError` when ``sd`` does not fit the state dict ``own`` (keys in
+    ``ignore`` aside): the counts of missing, unexpected and mis-shaped tensors and the first
+    ``shown`` of them."""
+    missing, unexpected, shapes = ([k for k in keys if k not in ignore]
+                                   for keys in _mismatches(own, sd))
+    if not (missing or unexpected or shapes):
+        return
+    named = ([f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in shapes]
+             + [f"missing {k}" for k in missing] + [f"unexpected {k}" for k in unexpected])
+    raise CheckpointError(
+        f"{what} does not match model {arch}: {len(missing)} missing, {len(unexpected)} "
+        f"unexpected, {len(shapes)} mismatched tensors (e.g. {', '.join(named[:shown])})")
 
 
 def load_model(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
@@ -254,6 +276,79 @@ def load_model(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
         raise CheckpointError(f"checkpoint {path}: {e}") from None
     load_weights(model, ckpt["model"], path, str(config.get("model")))
     return model.eval(), config
+
+
+# -- initial weights (fine-tuning) ---------------------------------------------------------
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The weights in ``path``, on the CPU, without DDP/compile prefixes: a ``mixpro train``
+    checkpoint (its ``model``), a plain state dict ``.pth``/``.pt`` (also one nested under
+    ``model`` or ``state_dict``, as timm's scripts write it) or a ``.safetensors`` file.
+
+    Raises:
+        CheckpointError: the file is missing, unreadable, or holds no mapping of names to
+            tensors.
+    """
+    path = Path(path)
+    if path.suffix == ".safetensors" and path.is_file():
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            obj: Any = load_file(path, device="cpu")
+        except (SafetensorError, OSError) as e:
+            raise CheckpointError(f"cannot read {path}: corrupt or not a safetensors file "
+                                  f"({_first_line(e)})") from None
+    else:
+        obj = _torch_load(path)
+    if isinstance(obj, Mapping):
+        obj = next((obj[k] for k in ("model", "state_dict") if isinstance(obj.get(k), Mapping)),
+                   obj)
+    if not (isinstance(obj, Mapping) and obj
+            and all(isinstance(v, torch.Tensor) for v in obj.values())):
+        raise CheckpointError(f"{path} holds no state dict (a mapping of names to tensors)")
+    return strip_prefixes(obj)
+
+
+def classifier_keys(model: nn.Module) -> set[str]:
+    """The state-dict keys of the classifier head(s) timm's ``model.get_classifier()`` returns
+    (mixpro's class-attention models answer with their own head)."""
+    get = getattr(model, "get_classifier", None)
+    heads = get() if callable(get) else ()
+    ids = {id(h) for h in (heads if isinstance(heads, tuple | list) else (heads,))}
+    return {f"{name}.{k}" for name, module in model.named_modules() if id(module) in ids
+            for k in module.state_dict()}
+
+
+def _classes(state_dict: Mapping[str, Any], head: set[str]) -> int | None:
+    """Rows of the head's weight in ``state_dict`` (its class count), None without one."""
+    return next((int(state_dict[k].shape[0]) for k in sorted(head)
+                 if k.endswith("weight") and k in state_dict), None)
+
+
+def load_initial_weights(model: nn.Module, path: str | os.PathLike,
+                         arch: str = "the model") -> str:
+    """Initialise ``model`` for fine-tuning from the weights in ``path`` (any file
+    :func:`read_state_dict` reads). The classifier head (:func:`classifier_keys`) keeps its
+    fresh initialisation when the file's head is missing or shaped for another class count.
+
+    Returns a one-line report. Raises :class:`CheckpointError` for the file's errors and for
+    any other missing, unexpected or mis-shaped tensor (naming the first few).
+    """
+    sd = read_state_dict(path)
+    own = model.state_dict()
+    head = classifier_keys(model)
+    _check_fit(own, sd, f"initial_checkpoint {path}", arch, ignore=frozenset(head), shown=3)
+    missing, _, shapes = _mismatches(own, sd)
+    fresh = set(missing) | set(shapes)  # head tensors only, after the check
+    model.load_state_dict({k: v for k, v in sd.items() if k not in fresh}, strict=False)
+    report = f"initial_checkpoint: loaded {len(own) - len(fresh)}/{len(own)} tensors from {path}"
+    if fresh:
+        then = _classes(sd, head)
+        report += (f"; head re-initialised for {_classes(own, head)} classes (checkpoint has "
+                   f"{then if then is not None else 'no head'})")
+    return report
 
 
 def load_states(ckpt: Mapping[str, Any], path: str | os.PathLike, *, model: nn.Module,
@@ -293,10 +388,13 @@ __all__ = [
     "atomic_write_text",
     "check_cls_head",
     "check_matches",
+    "classifier_keys",
+    "load_initial_weights",
     "load_model",
     "load_states",
     "load_weights",
     "read",
+    "read_state_dict",
     "rng_state",
     "set_rng_state",
     "strip_prefixes",

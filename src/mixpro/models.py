@@ -6,7 +6,8 @@ and patch size a recipe asks for; ConvNets that take no ``img_size`` get none, a
 recipe's ``cls_head`` gives a model (:func:`resolve_cls_head`, :func:`add_cls_head`),
 :func:`build_model` (the same from a checkpoint's model description, head included), and the
 geometry helpers every app uses (:func:`patch_size`, :func:`image_size`, :func:`in_chans`,
-:func:`token_grid`). Nothing here downloads: models are built with ``pretrained=False``.
+:func:`token_grid`). Nothing here downloads: ``pretrained=True`` loads timm's weights from the
+local Hugging Face / torch hub cache only (offline, as with ``HF_HUB_OFFLINE=1``).
 
 A model description (the ``config`` of a checkpoint) is ``{"model": timm name,
 "model_kwargs": {...}, "num_classes": K, "cls_head": None | {"mode": "ca" | "ca_swin",
@@ -16,7 +17,9 @@ the head (missing: no head, as in checkpoints written before heads existed).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -47,16 +50,21 @@ def create_model(
     in_chans: int | None = None,
     patch_size: int | None = None,
     model_kwargs: Mapping[str, Any] | None = None,
+    pretrained: bool = False,
     **train_kwargs: float,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """``timm.create_model(name, pretrained=False, ...)`` with the recipe's geometry.
+    """``timm.create_model(name, pretrained=..., ...)`` with the recipe's geometry.
 
     Returns the model and the keywords that describe it (what :func:`build_model` needs to
     rebuild it: ``model_kwargs`` plus ``img_size``/``in_chans``/``patch_size`` where the model
     takes them). ``train_kwargs`` (``drop_path_rate``, ``drop_rate``) are used but not recorded.
+    ``pretrained``: timm's weights for ``name`` from the local cache, never downloaded (timm
+    adapts the input channels and patch/position embeddings, and drops a classifier made for
+    another class count: see :func:`pretrained_report`).
 
     Raises:
-        ModelError: unknown name, or keywords the model refuses (one line).
+        ModelError: unknown name, keywords the model refuses, or (``pretrained``) weights that
+            are not cached or do not fit (one line).
     """
     if not timm.is_model(name):
         close = timm.list_models(f"*{name.split('_')[0]}*")[:5]
@@ -69,22 +77,97 @@ def create_model(
         kwargs["in_chans"] = in_chans
     if patch_size is not None:
         kwargs["patch_size"] = patch_size
+    source = _pretrained_source(name) if pretrained else ""
     try:
-        try:
-            model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs,
-                                      **train_kwargs)
-        except TypeError as e:
-            if "img_size" not in str(e) and "patch_size" not in str(e):
-                raise
-            # ConvNets take no img_size / patch_size
-            kwargs = {k: v for k, v in kwargs.items() if k not in ("img_size", "patch_size")}
-            model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs,
-                                      **train_kwargs)
+        with _hub_offline() if pretrained else contextlib.nullcontext():
+            try:
+                model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes,
+                                          **kwargs, **train_kwargs)
+            except TypeError as e:
+                if "img_size" not in str(e) and "patch_size" not in str(e):
+                    raise
+                # ConvNets take no img_size / patch_size
+                kwargs = {k: v for k, v in kwargs.items() if k not in ("img_size", "patch_size")}
+                model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes,
+                                          **kwargs, **train_kwargs)
+    except OSError:  # huggingface_hub's LocalEntryNotFoundError: not in the cache
+        if not pretrained:
+            raise
+        raise ModelError(
+            f"pretrained: timm's weights for {name} ({source}) are not in the local cache; "
+            "mixpro train never downloads: fetch them once where there is a network, or give "
+            "a local file as initial_checkpoint") from None
     except (TypeError, ValueError, AssertionError, RuntimeError) as e:
-        raise ModelError(f"cannot build model {name} with {kwargs}: {_first_line(e)}") from None
+        weights = " and timm's pretrained weights" if pretrained else ""
+        raise ModelError(f"cannot build model {name} with {kwargs}{weights}: "
+                         f"{_load_error(e)}") from None
     if img_size is not None and "img_size" not in kwargs:
         _set_input_size(model, img_size)
     return model, kwargs
+
+
+def _load_error(e: BaseException) -> str:
+    """The first line of ``e``, with the first offending tensor of a ``load_state_dict``
+    error (whose first line only names the model)."""
+    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].endswith(":"):
+        return f"{lines[0]} {lines[1]}"
+    return _first_line(e)
+
+
+def _pretrained_source(name: str) -> str:
+    """Where timm takes the pretrained weights of ``name`` from (its Hugging Face hub id, else
+    its URL, which must be in the torch hub cache); :class:`ModelError` if it has none."""
+    cfg = timm.models.get_pretrained_cfg(name) if timm.is_model(name) else None
+    if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file):
+        raise ModelError(f"pretrained: timm has no pretrained weights for {name!r}; list those "
+                         "that have with timm.list_pretrained()")
+    if cfg.hf_hub_id:
+        return f"Hugging Face hub {cfg.hf_hub_id}"
+    if cfg.file:
+        return f"file {cfg.file}"
+    from urllib.parse import urlparse
+
+    import torch.hub
+
+    cached = os.path.join(torch.hub.get_dir(), "checkpoints",
+                          os.path.basename(urlparse(cfg.url).path))
+    if not os.path.isfile(cached):  # timm would download it
+        raise ModelError(f"pretrained: timm's weights for {name} ({cfg.url}) are not in the "
+                         f"local cache ({cached}); mixpro train never downloads: fetch them "
+                         "once where there is a network, or give a local file as "
+                         "initial_checkpoint")
+    return f"torch hub cache {cached}"
+
+
+@contextlib.contextmanager
+def _hub_offline():
+    """Hugging Face hub offline mode (``HF_HUB_OFFLINE=1``) for the duration: weights come from
+    the local cache or not at all."""
+    import huggingface_hub.constants as hub
+
+    before, env = hub.HF_HUB_OFFLINE, os.environ.get("HF_HUB_OFFLINE")
+    hub.HF_HUB_OFFLINE, os.environ["HF_HUB_OFFLINE"] = True, "1"
+    try:
+        yield
+    finally:
+        hub.HF_HUB_OFFLINE = before
+        if env is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = env
+
+
+def pretrained_report(model: nn.Module, num_classes: int) -> str:
+    """One line on the timm weights a ``pretrained=True`` model was built with, and whether
+    its classifier was re-initialised for ``num_classes``."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    name = cfg.get("architecture", "the model")
+    tag = f".{cfg['tag']}" if cfg.get("tag") else ""
+    then = cfg.get("num_classes")
+    head = (f"; head re-initialised for {num_classes} classes (weights have {then})"
+            if then and then != num_classes else "")
+    return f"pretrained: loaded timm's weights of {name}{tag}{head}"
 
 
 def _set_input_size(model: nn.Module, img_size: int | tuple[int, int]) -> None:
