@@ -60,9 +60,13 @@ def test_missing_dataset_and_bad_model_from_the_cli(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "apt-get install -y dataset-fashion-mnist" in err and "\n" not in err
     data = make_fashion(tmp_path / "fm")
+    assert cli.main(["train", "--data-dir", str(data), "--model", "resnet18", "--model-kwargs",
+                     "{embed_dim: 64}", "--output", str(tmp_path / "r")]) == 2
+    assert "unexpected keyword argument 'embed_dim'" in capsys.readouterr().err
+    # another --model alone starts from its own defaults (the recipe's ViT kwargs dropped)
     assert cli.main(["train", "--data-dir", str(data), "--model", "resnet18",
                      "--output", str(tmp_path / "r")]) == 2
-    assert "unexpected keyword argument 'embed_dim'" in capsys.readouterr().err
+    assert "1x1 attention grid" in capsys.readouterr().err
     assert cli.main(["train", "--data-dir", str(data), "--model", "resnet18", "--model-kwargs",
                      "{}", "--output", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip()  # cls_head auto: a head, but 32 px give 1 token

@@ -227,3 +227,10 @@ def test_transmix_aligned_boxes_sit_on_the_heads_tokens(data_dir, tmp_path):
     hooks = sum(len(mod._forward_hooks) + len(mod._forward_pre_hooks)
                 for mod in p.ctx.ema.module.modules())
     assert hooks == 0
+
+
+def test_another_model_on_the_command_line_drops_the_recipes_model_kwargs():
+    assert load_recipe(None, {"model": SWIN}).model_kwargs == {}
+    assert load_recipe(None, {"model": SWIN, "model_kwargs": SWIN_KW}).model_kwargs == SWIN_KW
+    same = load_recipe(None, {"model": "vit_tiny_patch16_224"}).model_kwargs
+    assert same == load_recipe(None).model_kwargs and same["embed_dim"] == 64

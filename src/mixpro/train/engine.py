@@ -23,6 +23,7 @@ from torch import nn
 from tqdm import tqdm
 
 import mixpro
+from mixpro.evaluate.metrics import average_precision
 
 from .distributed import DistInfo, all_sum
 
@@ -103,7 +104,10 @@ def train_one_epoch(ctx: StepContext, loader: Iterable, epoch: int,
         if not bool(torch.isfinite(logits).all()):
             raise TrainingDiverged(f"non-finite logits at epoch {epoch + 1}, step {step}")
         attention = ctx.probe.attention if batch.needs_attention else None
-        loss = mixpro.soft_target_cross_entropy(logits, batch.targets(logits, attention))
+        targets = batch.targets(logits, attention)
+        loss_fn = (mixpro.binary_cross_entropy if batch.multi_label
+                   else mixpro.soft_target_cross_entropy)
+        loss = loss_fn(logits, targets)
         loss_value = float(loss.detach())
         if not math.isfinite(loss_value):
             raise TrainingDiverged(f"loss is {loss_value} at epoch {epoch + 1}, step {step}")
@@ -170,19 +174,56 @@ def train_one_epoch(ctx: StepContext, loader: Iterable, epoch: int,
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable, info: DistInfo,
-             amp_dtype: torch.dtype | None = None) -> dict:
-    """Top-1 accuracy (%) and mean cross-entropy over this rank's shard, summed over ranks."""
+             amp_dtype: torch.dtype | None = None, multi_label: bool = False) -> dict:
+    """Test metrics over this rank's shard, combined over ranks.
+
+    Single-label: ``{"acc": top-1 %, "loss": mean cross-entropy}``. Multi-label (multi-hot
+    ``(B, K)`` labels): ``{"acc": top-1 precision % (the highest-scoring class is one of the
+    image's labels), "loss": mean binary cross-entropy, "map": mean average precision % over
+    the classes with a positive test image}``.
+    """
     was_training = model.training
     model.eval()
     correct, loss_sum, n = 0.0, 0.0, 0.0
+    scores, targets = [], []
     for images, labels in loader:
         images, labels = images.to(info.device), labels.to(info.device)
         with _autocast(info.device, amp_dtype):
             logits = model(images)
         logits = logits.float()
-        loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
-        correct += float((logits.argmax(1) == labels).sum())
+        top = logits.argmax(1)
+        if multi_label:
+            loss_sum += float(mixpro.binary_cross_entropy(logits, labels, reduction="sum"))
+            correct += float((labels.gather(1, top[:, None]) > 0.5).sum())
+            scores.append(logits.cpu())
+            targets.append(labels.cpu())
+        else:
+            loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
+            correct += float((top == labels).sum())
         n += labels.shape[0]
     correct, loss_sum, n = all_sum([correct, loss_sum, n], info)
     model.train(was_training)
-    return {"acc": 100.0 * correct / max(n, 1), "loss": loss_sum / max(n, 1)}
+    out = {"acc": 100.0 * correct / max(n, 1), "loss": loss_sum / max(n, 1)}
+    if multi_label:
+        out["map"] = 100.0 * mean_average_precision(gather(scores, info), gather(targets, info))
+    return out
+
+
+def gather(parts: list[torch.Tensor], info: DistInfo) -> torch.Tensor:
+    """This rank's ``(n, K)`` pieces concatenated with every other rank's (CPU tensors)."""
+    mine = torch.cat(parts) if parts else torch.zeros(0)
+    if not info.distributed:
+        return mine
+    every: list = [None] * info.world
+    dist.all_gather_object(every, mine)
+    return torch.cat([t for t in every if t.numel()])
+
+
+def mean_average_precision(scores: torch.Tensor, targets: torch.Tensor) -> float:
+    """Mean over classes of the average precision of ``scores (N, K)`` against multi-hot
+    ``targets (N, K)``; classes with no positive (or no negative) test image are skipped."""
+    y = (targets > 0.5).numpy()
+    s = scores.double().numpy()
+    aps = [average_precision(y[:, c], s[:, c]) for c in range(y.shape[1])
+           if 0 < y[:, c].sum() < y.shape[0]]
+    return sum(aps) / len(aps) if aps else float("nan")

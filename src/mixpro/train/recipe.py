@@ -39,13 +39,15 @@ class ConfigError(TrainError):
 
 
 @dataclass
-class Recipe:
-    """Every knob of a training run (defaults: the embedded Fashion-MNIST recipe)."""
+class _RecipeData:
+    """The data and model keys of a :class:`Recipe`."""
 
     name: str = "fashion_mnist"
     # data
-    data: str = "fashion_mnist"  # 'fashion_mnist' or an ImageFolder root with train/ val/
+    data: str = "fashion_mnist"  # 'fashion_mnist', an ImageFolder root, .tar, hfds/, wds/
     data_dir: str | None = None  # Fashion-MNIST idx folder (default $MIXPRO_FASHION_MNIST)
+    train_split: str = "train"  # split names (or timm's synonyms) of data other than
+    val_split: str = "val"  # Fashion-MNIST; val also finds validation, valid, eval, ...
     train_subset: int | None = None  # fixed random subset of the training set
     subset_seed: int = 0
     holdout_classes: list = field(default_factory=list)  # Fashion-MNIST classes left out
@@ -65,25 +67,24 @@ class Recipe:
     cls_head: str = "auto"  # auto | ca | ca_swin | none: class-attention head (no cls token)
     drop_path: float = 0.1
     drop_rate: float = 0.0
-    # mixing
+    pretrained: bool = False  # timm's weights, from the local cache only
+    initial_checkpoint: str | None = None  # fine-tune from these weights (fresh runs only)
     method: str = "mixpro"
-    mask_strategy: str = "grid"
-    mask_scale: int = 2
-    beta: float = 1.0
-    mask_mode: str = "batch"
-    pairing: str = "flip"
-    rounding: str = "floor"
-    alpha: str = "cosine"
-    alpha_detach: bool = True
-    pal_label_smoothing: float | None = None
-    attention_norm: str = "paper"
-    mixup_alpha: float = 0.8
-    cutmix_alpha: float = 1.0
-    switch_prob: float = 0.5
-    mix_prob: float = 1.0
-    maskmix_prob: float = 0.5
-    transmix_ratio: float = 0.5
-    label_smoothing: float = 0.1
+
+
+# the mixing keys: MixOptions' fields and defaults, declared once (mixpro.methods)
+_RecipeMixing = dataclasses.make_dataclass(
+    "_RecipeMixing",
+    [(f.name, f.type, field(default=f.default)) for f in dataclasses.fields(MixOptions)],
+    bases=(_RecipeData,))
+
+
+@dataclass
+class Recipe(_RecipeMixing):
+    """Every knob of a training run (defaults: the embedded Fashion-MNIST recipe): data and
+    model keys, ``method`` and the mixing keys (:class:`mixpro.methods.MixOptions`), then
+    optimisation and system keys."""
+
     # optimisation
     epochs: int = 5
     batch_size: int = 64
@@ -92,6 +93,7 @@ class Recipe:
     opt: str = "adamw"
     lr: float = 2e-3
     weight_decay: float = 0.05
+    layer_decay: float | None = None  # layer-wise lr decay (timm create_optimizer_v2)
     sched: str = "cosine"
     sched_per_step: bool = True
     warmup_epochs: int = 1
@@ -131,9 +133,18 @@ class Recipe:
 
 
 HELP: dict[str, str] = {
-    "data": "'fashion_mnist' or an ImageFolder root holding train/ and val/",
+    "data": "'fashion_mnist', an ImageFolder root holding train/ and val/, or what "
+            "timm.data.create_dataset reads: a .tar (<split>/<class>/<image> inside), a folder "
+            "of <split>.tar or <split>/ tar shards, hfds/NAME (a local or cached Hugging Face "
+            "dataset, never downloaded; pip install 'mixpro[hf]'), wds/FOLDER (webdataset "
+            "shards; pip install 'mixpro[wds]')",
     "data_dir": "Fashion-MNIST idx folder (default $MIXPRO_FASHION_MNIST or "
-                "/usr/share/datasets/fashion-mnist)",
+                "/usr/share/datasets/fashion-mnist); for hfds/NAME the Hugging Face datasets "
+                "cache (default $HF_DATASETS_CACHE)",
+    "train_split": "training split of data (not Fashion-MNIST): a sub-folder, <name>.tar, an "
+                   "hfds split or a wds split / shard pattern; 'training' is found too",
+    "val_split": "test split of data, also used by mixpro eval (not Fashion-MNIST); synonyms "
+                 "validation, valid, eval, evaluation are found too, and for hfds test",
     "train_subset": "train on a fixed random subset of this many images",
     "subset_seed": "seed of that subset (the same for every method and seed)",
     "holdout_classes": "Fashion-MNIST class indices left out of training and test, e.g. "
@@ -156,6 +167,12 @@ HELP: dict[str, str] = {
                 "Swin block re-used) | none",
     "drop_path": "stochastic depth rate",
     "drop_rate": "dropout rate",
+    "pretrained": "start from timm's pretrained weights of the model (from the local Hugging "
+                  "Face / torch hub cache; never downloaded); the head is re-initialised for "
+                  "another class count",
+    "initial_checkpoint": "fine-tune from the weights in this file: a mixpro train checkpoint, "
+                          "a plain state dict (.pth/.pt) or .safetensors; the head is "
+                          "re-initialised for another class count (ignored by --resume)",
     "method": " | ".join(METHODS),
     "mask_strategy": "where pixels come from (MaskMix/MixPro): " + " | ".join(MASK_STRATEGIES),
     "mask_scale": "MaskMix cell side in patches",
@@ -182,6 +199,8 @@ HELP: dict[str, str] = {
     "opt": "timm optimiser name",
     "lr": "peak learning rate",
     "weight_decay": "weight decay",
+    "layer_decay": "layer-wise lr decay in (0, 1]: layer l of L gets lr * layer_decay^(L - l) "
+                   "(null: off)",
     "sched": "timm scheduler name",
     "sched_per_step": "update the schedule every step instead of every epoch",
     "warmup_epochs": "linear warm-up epochs",
@@ -289,9 +308,16 @@ def load_recipe(recipe: str | None = None, overrides: Mapping[str, Any] | None =
                 check_ignored: bool = True) -> Recipe:
     """Recipe ``recipe`` (name or path; None = ``fashion_mnist``) with ``overrides``,
     validated. Raises :class:`ConfigError` naming the offending key, also for a mixing key
-    given in ``overrides`` that the recipe's method does not use (``check_ignored``)."""
+    given in ``overrides`` that the recipe's method does not use (``check_ignored``).
+
+    ``model_kwargs`` belong to the recipe's model: an override of ``model`` without one of
+    ``model_kwargs`` starts from ``{}`` (the new model's own defaults)."""
     values: dict[str, Any] = dict(read_yaml(recipe or "fashion_mnist"))
-    values.update(overrides or {})
+    overrides = dict(overrides or {})
+    if ("model" in overrides and overrides["model"] != values.get("model", Recipe.model)
+            and "model_kwargs" not in overrides):
+        values["model_kwargs"] = {}
+    values.update(overrides)
     checked = {}
     for key, value in values.items():
         kinds, _ = allowed_types(key) if key in FIELDS else ((), False)
@@ -366,6 +392,8 @@ def validate(cfg: Recipe) -> None:
            f"device must be auto, cpu or cuda[:N], got {cfg.device!r}")
     _check(cfg.in_chans in (None, 1, 3), "in_chans must be 1 or 3")
     _check(cfg.train_subset is None or cfg.train_subset >= 2, "train_subset must be >= 2")
+    _check(bool(cfg.train_split) and bool(cfg.val_split), "train_split and val_split must "
+           "not be empty")
     if cfg.holdout_classes:
         _check(cfg.data == "fashion_mnist",
                "holdout_classes works with data: fashion_mnist only (for an ImageFolder, leave "
@@ -381,6 +409,10 @@ def validate(cfg: Recipe) -> None:
     _check(cfg.checkpoint_every_steps is None or cfg.checkpoint_every_steps >= 1,
            "checkpoint_every_steps must be >= 1 or null")
     _check(cfg.clip_grad is None or cfg.clip_grad > 0, "clip_grad must be > 0 or null")
+    _check(cfg.layer_decay is None or 0 < cfg.layer_decay <= 1,
+           f"layer_decay must be in (0, 1] or null, got {cfg.layer_decay}")
+    _check(not (cfg.pretrained and cfg.initial_checkpoint),
+           "pretrained and initial_checkpoint both set the initial weights: choose one")
     for key in ("threads", "workers"):
         v = getattr(cfg, key)
         _check(v is None or v >= (1 if key == "threads" else 0), f"{key} is out of range: {v}")

@@ -48,7 +48,8 @@ FINAL = "final.json"
 # cls_head is compared by the head it resolves to (checkpoint.check_cls_head), not as written:
 # 'auto' on a ViT and a checkpoint from before the key both mean no head.
 RESUME_MUST_MATCH = ckpt_io.MUST_MATCH + ("lr", "min_lr", "warmup_epochs", "warmup_lr",
-                                          "max_steps", "sched_per_step", "mask_strategy")
+                                          "max_steps", "sched_per_step", "mask_strategy",
+                                          "layer_decay")
 # every file a run writes into its output folder
 ARTEFACTS = ("last.pt", "best.pt", "metrics.jsonl", FINAL, "config.yaml", "curves.png",
              "alpha_epoch.png", "alpha_hist.png", "tb")
@@ -112,7 +113,8 @@ def _datasets(cfg: Recipe) -> TrainingData:
         cfg.data, img_size=cfg.img_size, in_chans=cfg.in_channels, data_dir=cfg.data_dir,
         translate=cfg.translate, hflip=cfg.hflip, auto_augment=cfg.aa, re_prob=cfg.re_prob,
         interpolation=cfg.interpolation, crop_pct=cfg.crop_pct, train_subset=cfg.train_subset,
-        subset_seed=cfg.subset_seed, holdout_classes=cfg.holdout_classes)
+        subset_seed=cfg.subset_seed, holdout_classes=cfg.holdout_classes,
+        train_split=cfg.train_split, val_split=cfg.val_split)
 
 
 class EpochBatches:
@@ -151,17 +153,27 @@ def _loaders(cfg: Recipe, train, test, batched: bool, info: distributed.DistInfo
     return tl, vl, sampler, batches
 
 
-def _model(cfg: Recipe, num_classes: int) -> tuple[torch.nn.Module, dict]:
+def _model(cfg: Recipe, num_classes: int, pretrained: bool = False
+           ) -> tuple[torch.nn.Module, dict]:
     try:
         return models.create_model(
             cfg.model, num_classes=num_classes, img_size=cfg.img_size,
             in_chans=cfg.in_channels, patch_size=cfg.patch_size, model_kwargs=cfg.model_kwargs,
-            drop_path_rate=cfg.drop_path, drop_rate=cfg.drop_rate)
+            pretrained=pretrained, drop_path_rate=cfg.drop_path, drop_rate=cfg.drop_rate)
     except models.ModelError as e:
         hint = ""
         if cfg.model_kwargs and "unexpected keyword argument" in str(e):
             hint = f" (model_kwargs: set the keywords of {cfg.model}, e.g. --model-kwargs '{{}}')"
         raise ConfigError(f"{e}{hint}") from None
+
+
+def _mixer(cfg: Recipe, num_classes: int, patch: int | None, generator: torch.Generator,
+           token_size: int | None = None):
+    try:
+        return build_mixer(cfg.method, cfg.mix_options(), num_classes=num_classes,
+                           patch_size=patch or 1, generator=generator, token_size=token_size)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"method {cfg.method}: {e}") from None
 
 
 def _cls_head(cfg: Recipe, model: torch.nn.Module, needs_attention: bool
@@ -316,16 +328,21 @@ def prepare(cfg: Recipe, resume: bool | str = False, overwrite: bool = False) ->
     train_data, test_data, classes = data.train, data.test, data.classes
     num_classes = len(classes)
     torch.manual_seed(cfg.seed)
-    model, model_kwargs = _model(cfg, num_classes)
+    fresh = resume_path is None  # initial weights only for a fresh run: --resume has priority
+    model, model_kwargs = _model(cfg, num_classes, pretrained=cfg.pretrained and fresh)
+    if cfg.pretrained and fresh and info.is_main:
+        print(models.pretrained_report(model, num_classes), flush=True)
     patch = models.patch_size(model) or cfg.patch_size
     mixer_gen = torch.Generator().manual_seed(cfg.seed)
-    try:
-        mixer = build_mixer(cfg.method, cfg.mix_options(), num_classes=num_classes,
-                            patch_size=patch or 1, generator=mixer_gen)
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"method {cfg.method}: {e}") from None
+    mixer = _mixer(cfg, num_classes, patch, mixer_gen)
     model, head = _cls_head(cfg, model, mixer.needs_attention)
-    probe = _probe(cfg, model) if mixer.needs_attention else None
+    stride = getattr(model, "token_stride", None)
+    if stride is not None and METHODS[cfg.method].token_aligned:  # boxes on the head's tokens
+        mixer = _mixer(cfg, num_classes, patch, mixer_gen, token_size=stride)
+    if cfg.initial_checkpoint and fresh:
+        report = ckpt_io.load_initial_weights(model, cfg.initial_checkpoint, cfg.model)
+        if info.is_main:
+            print(report, flush=True)
     _check_geometry(cfg, patch, model, mixer.needs_attention)
     model.to(info.device)
 
@@ -337,7 +354,10 @@ def prepare(cfg: Recipe, resume: bool | str = False, overwrite: bool = False) ->
                           f"the {len(train_data)} training images")
     try:
         optimizer = create_optimizer_v2(model, opt=cfg.opt, lr=cfg.lr,
-                                        weight_decay=cfg.weight_decay)
+                                        weight_decay=cfg.weight_decay,
+                                        layer_decay=cfg.layer_decay)
+        # layer decay: the unscaled (head) group first, so that the logged lr is the peak's
+        optimizer.param_groups.sort(key=lambda g: -g.get("lr_scale", 1.0))
         if mixer.parameters():
             optimizer.add_param_group({"params": mixer.parameters(), "weight_decay": 0.0})
         scheduler, _ = create_scheduler_v2(
@@ -351,11 +371,14 @@ def prepare(cfg: Recipe, resume: bool | str = False, overwrite: bool = False) ->
     amp_dtype, use_scaler = _amp(cfg, info.device)
     scaler = torch.amp.GradScaler("cuda") if use_scaler else None
     ema = timm.utils.ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema else None
+    # the probe after the EMA copy: the copy (evaluation only) carries no attention hooks
+    probe = _probe(cfg, model) if mixer.needs_attention else None
 
     recipe = cfg.to_dict()
     model_config = {"model": cfg.model, "model_kwargs": model_kwargs, "num_classes": num_classes,
                     "cls_head": head, "world_size": info.world,
-                    "classes": classes, "mean": data.mean, "std": data.std, "recipe": recipe}
+                    "classes": classes, "mean": data.mean, "std": data.std, "recipe": recipe,
+                    "multi_label": data.multi_label}
     prep = Prepared(cfg=cfg, info=info, out=out, model=model, ctx=None, train_loader=train_loader,
                     test_loader=test_loader, train_sampler=sampler, train_data=train_data,
                     mixer_gen=mixer_gen, model_config=model_config, owns_group=owns,
@@ -576,10 +599,14 @@ def _epochs(p: Prepared, signals: _StopSignals, t_start: float) -> Result:
                "img_per_s": stats["img_per_s"], "epoch_time": st.elapsed,
                "steps": stats["steps"]}
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-            test = evaluate(ctx.model, p.test_loader, info, ctx.amp_dtype)
+            multi = bool(p.model_config.get("multi_label"))
+            test = evaluate(ctx.model, p.test_loader, info, ctx.amp_dtype, multi_label=multi)
             row.update(test_acc=test["acc"], test_loss=test["loss"])
+            if multi:
+                row["test_map"] = test["map"]
             if ctx.ema is not None:
-                row["test_acc_ema"] = evaluate(ctx.ema.module, p.test_loader, info)["acc"]
+                row["test_acc_ema"] = evaluate(ctx.ema.module, p.test_loader, info,
+                                               multi_label=multi)["acc"]
         if stats["alpha_last"] is not None:
             p.alpha_last = stats["alpha_last"]
         p.metrics.append(row)
@@ -592,6 +619,8 @@ def _epochs(p: Prepared, signals: _StopSignals, t_start: float) -> Result:
             alpha = f", mean α {row['alpha_mean']:.3f}" if row["alpha_mean"] is not None \
                 else ""
             acc = f"test acc {row['test_acc']:.2f}%, " if row["test_acc"] is not None else ""
+            if row.get("test_map") is not None:
+                acc = f"test top-1 precision {row['test_acc']:.2f}%, mAP {row['test_map']:.2f}%, "
             print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {row['train_loss']:.4f}, "
                   f"{acc}{row['img_per_s']:.0f} img/s{alpha}", file=sys.stderr)
         distributed.barrier(info)
