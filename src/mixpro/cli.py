@@ -291,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mixpro: error: {e}", file=sys.stderr)
         return 2
     except Exception as e:
-        from .train.run import Stopped
+        from .train.signals import Stopped
 
         if not isinstance(e, Stopped):
             raise

@@ -29,6 +29,7 @@ from mixpro import models, sweep
 from mixpro.methods import METHODS, build_mixer
 
 from . import run
+from .output import FINAL
 from .recipe import (
     FIELDS,
     ConfigError,
@@ -246,7 +247,7 @@ def compare(
     results: dict[Variant, dict[int, dict]] = {v: {} for v in todo}
     for (v, s), cfg in configs.items():
         cfg.output = str(out / f"{v.label}-seed{s}")
-        final = Path(cfg.output) / run.FINAL
+        final = Path(cfg.output) / FINAL
         if final.is_file():
             print(f"compare: {v.label} seed {s} already finished, skipped", file=sys.stderr)
             results[v][s] = json.loads(final.read_text())

@@ -3,22 +3,18 @@
 Owns the order of a run. :func:`prepare` does every check that can fail on user input
 (recipe, data, model name, class-attention head and cls-token support, patch/mask/token
 tiling, output folder, checkpoint to resume) and raises a one-line
-:class:`~.config.TrainError` before a single step runs; :func:`train` then runs the epochs.
+:class:`~.recipe.TrainError` before a single step runs; :func:`train` then runs the epochs.
 Only rank 0 writes files.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
-import os
 import random
 import shutil
 import signal
 import sys
-import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,19 +26,20 @@ import torch
 import yaml
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
-from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler
 
 import mixpro
 from mixpro import checkpoint as ckpt_io
 from mixpro import models
-from mixpro.data.sources import TrainingData, is_fashion_mnist, training_data
 from mixpro.methods import METHODS, build_mixer
 
 from . import distributed
 from .engine import EpochState, StepContext, TrainingDiverged, evaluate, train_one_epoch
+from .loaders import EpochBatches, auto_threads, auto_workers, datasets, loaders
+from .output import FINAL, check_output, output_dir
 from .recipe import ConfigError, Recipe, TrainError
+from .signals import Stopped, StopSignals
 
-FINAL = "final.json"
 # recipe keys a resumed run must share with its checkpoint: what the model, the data order and
 # the learning-rate schedule depend on (the scheduler's state is restored, not rebuilt).
 # cls_head is compared by the head it resolves to (checkpoint.check_cls_head), not as written:
@@ -50,11 +47,6 @@ FINAL = "final.json"
 RESUME_MUST_MATCH = ckpt_io.MUST_MATCH + ("lr", "min_lr", "warmup_epochs", "warmup_lr",
                                           "max_steps", "sched_per_step", "mask_strategy",
                                           "layer_decay")
-# every file a run writes into its output folder
-ARTEFACTS = ("last.pt", "best.pt", "metrics.jsonl", FINAL, "config.yaml", "curves.png",
-             "alpha_epoch.png", "alpha_hist.png", "tb")
-
-
 @dataclass
 class Prepared:
     """Everything a run needs, built and checked (see :func:`prepare`)."""
@@ -90,67 +82,6 @@ class Result:
     model: torch.nn.Module
     metrics: list[dict]
     out: Path
-
-
-def auto_threads(world: int = 1, workers: int = 0) -> int:
-    """Intra-op threads: the cores per process, minus one left to the loader workers when
-    there are any (the in-memory Fashion-MNIST loader has none: 2 threads train the default
-    ViT ~1.5x faster than 1 on a 2-core machine)."""
-    cpus = max(1, (os.cpu_count() or 1) // world)
-    return max(1, cpus - 1) if workers > 0 else cpus
-
-
-def auto_workers(cfg: Recipe, world: int) -> int:
-    if cfg.workers is not None:
-        return cfg.workers
-    if is_fashion_mnist(cfg.data):
-        return 0  # in memory, batched indexing: workers only add overhead
-    return max(1, min(8, (os.cpu_count() or 1) // world - 1))
-
-
-def _datasets(cfg: Recipe) -> TrainingData:
-    return training_data(
-        cfg.data, img_size=cfg.img_size, in_chans=cfg.in_channels, data_dir=cfg.data_dir,
-        translate=cfg.translate, hflip=cfg.hflip, auto_augment=cfg.aa, re_prob=cfg.re_prob,
-        interpolation=cfg.interpolation, crop_pct=cfg.crop_pct, train_subset=cfg.train_subset,
-        subset_seed=cfg.subset_seed, holdout_classes=cfg.holdout_classes,
-        train_split=cfg.train_split, val_split=cfg.val_split)
-
-
-class EpochBatches:
-    """The index batches of one epoch from step ``start`` up to ``stop`` (exclusive): a
-    resumed epoch skips the batches already trained without loading them, and the loader
-    never fetches a batch past ``max_steps``."""
-
-    def __init__(self, batches: BatchSampler, stop: int) -> None:
-        self.batches, self.start, self.stop = batches, 0, stop
-
-    def __iter__(self):
-        return itertools.islice(iter(self.batches), self.start, self.stop)
-
-    def __len__(self) -> int:
-        return max(0, min(self.stop, len(self.batches)) - self.start)
-
-
-def _loaders(cfg: Recipe, train, test, batched: bool, info: distributed.DistInfo):
-    workers = auto_workers(cfg, info.world)
-    sampler = DistributedSampler(train, num_replicas=info.world, rank=info.rank, shuffle=True,
-                                 seed=cfg.seed, drop_last=True)
-    full = BatchSampler(sampler, cfg.batch_size, drop_last=True)
-    steps = len(full) if cfg.max_steps is None else min(len(full), cfg.max_steps)
-    batches = EpochBatches(full, steps)
-    shard = range(info.rank, len(test), info.world)
-    pin = info.device.type == "cuda"
-    common = dict(num_workers=workers, pin_memory=pin, persistent_workers=workers > 0)
-    if batched:  # dataset[list_of_indices] -> a whole batch
-        tl = DataLoader(train, batch_size=None, sampler=batches, **common)
-        vl = DataLoader(test, batch_size=None,
-                        sampler=BatchSampler(shard, cfg.eval_batch_size, drop_last=False),
-                        **common)
-    else:
-        tl = DataLoader(train, batch_sampler=batches, **common)
-        vl = DataLoader(test, batch_size=cfg.eval_batch_size, sampler=list(shard), **common)
-    return tl, vl, sampler, batches
 
 
 def _model(cfg: Recipe, num_classes: int, pretrained: bool = False
@@ -255,10 +186,6 @@ def _amp(cfg: Recipe, device: torch.device) -> tuple[torch.dtype | None, bool]:
     return torch.bfloat16, False
 
 
-def _output(cfg: Recipe) -> Path:
-    return Path(cfg.output) if cfg.output else Path("runs") / cfg.run_name
-
-
 def seed_epoch(cfg: Recipe, epoch: int, rank: int, mixer_gen: torch.Generator,
                data: Any) -> None:
     """Re-seed every RNG from (seed, epoch, rank): a resumed run repeats the same draws."""
@@ -272,40 +199,6 @@ def seed_epoch(cfg: Recipe, epoch: int, rank: int, mixer_gen: torch.Generator,
         gen.manual_seed(s + 2)
 
 
-def check_output(out: Path, resume_path: Path | None, overwrite: bool) -> list[Path]:
-    """Check the output folder before any work; returns the old run's files that
-    ``overwrite`` will remove (only once every other check has passed).
-
-    A folder holding any run artefact is refused without ``--resume`` or ``--overwrite``;
-    ``--resume A.pt`` into a folder that holds another run than ``A.pt``'s is refused.
-    """
-    if resume_path is not None and overwrite:
-        raise ConfigError("--resume and --overwrite contradict each other: choose one")
-    for parent in [out, *out.parents]:
-        if parent.exists():
-            if not parent.is_dir():
-                what = "is a file" if parent == out else f"is under the file {parent}"
-                raise ConfigError(f"--output {out} {what}; choose a folder")
-            try:  # the one real test of writability (root passes os.access everywhere)
-                with tempfile.TemporaryFile(dir=parent):
-                    pass
-            except OSError as e:
-                raise ConfigError(f"--output {out}: cannot write in {parent} "
-                                  f"({e.strerror or e})") from None
-            break
-    held = [out / a for a in ARTEFACTS if (out / a).exists()] if out.is_dir() else []
-    if resume_path is None:
-        if held and not overwrite:
-            raise ConfigError(f"{out} already holds a run ({held[0].name}): pass --resume to "
-                              "continue it, --overwrite to start afresh, or choose another "
-                              "--output")
-        return held
-    if held and resume_path.resolve().parent != out.resolve():
-        raise ConfigError(f"--output {out} holds another run ({held[0].name}) than the "
-                          f"checkpoint {resume_path} you resume; choose an empty --output")
-    return []
-
-
 def prepare(cfg: Recipe, resume: bool | str = False, overwrite: bool = False) -> Prepared:
     """Build data, model, mixer, optimiser, scheduler, EMA; check everything; load the
     checkpoint when resuming. Raises :class:`TrainError` on any user error."""
@@ -314,7 +207,7 @@ def prepare(cfg: Recipe, resume: bool | str = False, overwrite: bool = False) ->
     torch.set_num_threads(cfg.threads or auto_threads(info.world, auto_workers(cfg, info.world)))
     if info.device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {cfg.device} requested but CUDA is not available")
-    out = _output(cfg)
+    out = output_dir(cfg)
     resume_path = (out / "last.pt" if resume is True else Path(resume)) if resume else None
     stale = check_output(out, resume_path, overwrite)
     if cfg.tensorboard:
@@ -324,7 +217,7 @@ def prepare(cfg: Recipe, resume: bool | str = False, overwrite: bool = False) ->
             raise ConfigError("tensorboard: true needs the tensorboard package "
                               "(pip install tensorboard)") from None
 
-    data = _datasets(cfg)
+    data = datasets(cfg)
     train_data, test_data, classes = data.train, data.test, data.classes
     num_classes = len(classes)
     torch.manual_seed(cfg.seed)
@@ -346,7 +239,7 @@ def prepare(cfg: Recipe, resume: bool | str = False, overwrite: bool = False) ->
     _check_geometry(cfg, patch, model, mixer.needs_attention)
     model.to(info.device)
 
-    train_loader, test_loader, sampler, batches = _loaders(cfg, train_data, test_data,
+    train_loader, test_loader, sampler, batches = loaders(cfg, train_data, test_data,
                                                            data.batched, info)
     steps = batches.stop
     if steps == 0:
@@ -482,40 +375,6 @@ def _restore_position(p: Prepared) -> EpochState:
     return EpochState(**pos["stats"])
 
 
-class Stopped(Exception):  # noqa: N818 - not an error: the run was asked to stop
-    """SIGTERM or SIGINT arrived; a step-exact checkpoint was saved (``signum``, ``out``)."""
-
-    def __init__(self, signum: int, out: Path, epoch: int, step: int) -> None:
-        name = signal.Signals(signum).name
-        super().__init__(f"stopped by {name} at epoch {epoch + 1}, step {step}; step-exact "
-                         f"checkpoint in {out / 'last.pt'}: continue with --resume")
-        self.signum = signum
-
-
-class _StopSignals:
-    """Catches SIGTERM (what cluster schedulers send before killing a job) and SIGINT while
-    training: the current step finishes, then the run saves and stops."""
-
-    def __init__(self) -> None:
-        self.signum = 0
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> _StopSignals:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._old[sig] = signal.signal(sig, self._catch)
-        return self
-
-    def _catch(self, signum: int, frame: Any) -> None:
-        if self.signum and signum == signal.SIGINT:  # a second Ctrl-C: stop now
-            raise KeyboardInterrupt
-        self.signum = signum
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-
 def _finish(p: Prepared, wall: float) -> dict:
     m = p.metrics
     summary = {
@@ -551,14 +410,14 @@ def train(cfg: Recipe, resume: bool | str = False, overwrite: bool = False) -> R
     t_start = time.perf_counter()
     p = prepare(cfg, resume, overwrite)
     try:
-        with _StopSignals() as signals:
+        with StopSignals() as signals:
             return _epochs(p, signals, t_start)
     finally:
         if p.owns_group:
             distributed.cleanup()
 
 
-def _epochs(p: Prepared, signals: _StopSignals, t_start: float) -> Result:
+def _epochs(p: Prepared, signals: StopSignals, t_start: float) -> Result:
     cfg, ctx, info = p.cfg, p.ctx, p.info
     if p.start_epoch > 0 or p.position:
         if info.is_main:
