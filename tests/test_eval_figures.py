@@ -56,14 +56,16 @@ def test_occlusion_curves_one_line_per_checkpoint(tmp_path):
 def test_paper_figures_written(tmp_path):
     model, norm = _model(), Normalize((0.5,), (0.5,))
     x, y = _images(6)
-    p6 = paper.maskmix_attention_grid(x, y, model, norm, tmp_path / "f6.png", num_classes=10)
+    p6 = paper.maskmix_attention_grid(paper.AttentionFigure(x, y, model, norm, num_classes=10),
+                                      tmp_path / "f6.png")
     p4 = paper.mask_strategies(x[:2], tmp_path / "f4.png", patch_size=4, mask_scale=2)
-    p1 = paper.transmix_vs_maskmix(x[:2], y[:2], model, norm, tmp_path / "f1.png", num_classes=10,
-                               classes=[f"c{i}" for i in range(10)])
+    p1 = paper.transmix_vs_maskmix(
+        paper.AttentionFigure(x[:2], y[:2], model, norm, num_classes=10,
+                              classes=[f"c{i}" for i in range(10)]), tmp_path / "f1.png")
     for p in (p6, p4, p1):
         _nontrivial(p)
-    p6b = paper.maskmix_attention_grid(x[:4], y[:4], model, norm, tmp_path / "f6b.png",
-                                   num_classes=10)
+    p6b = paper.maskmix_attention_grid(
+        paper.AttentionFigure(x[:4], y[:4], model, norm, num_classes=10), tmp_path / "f6b.png")
     assert mpimg.imread(p6).shape[1] > mpimg.imread(p6b).shape[1]  # one column per pair
 
 

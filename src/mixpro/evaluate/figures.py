@@ -18,7 +18,12 @@ from mixpro import models
 from mixpro.checkpoint import load_model
 from mixpro.data.sources import EvalData, Normalize, checkpoint_stats, data_here, eval_data
 from mixpro.errors import UserError
-from mixpro.plots.paper import mask_strategies, maskmix_attention_grid, transmix_vs_maskmix
+from mixpro.plots.paper import (
+    AttentionFigure,
+    mask_strategies,
+    maskmix_attention_grid,
+    transmix_vs_maskmix,
+)
 
 FIGURES = ("fig1", "fig4", "fig6")
 
@@ -131,19 +136,20 @@ def make_figures(options: FigureOptions) -> list[Path]:
     written = []
     if model is not None:
         norm = Normalize(*checkpoint_stats(config, chans, getattr(model, "pretrained_cfg", None)))
+
+        def figure(x: torch.Tensor, y: torch.Tensor) -> AttentionFigure:
+            return AttentionFigure(x, y, model, norm, num_classes=model.num_classes,
+                                   mask_scale=scale, classes=data.classes, seed=o.seed,
+                                   patch_size=patch)
     if "fig6" in o.which:
-        written.append(maskmix_attention_grid(
-            images, labels, model, norm, out / "fig6_maskmix_attention.png",
-            num_classes=model.num_classes, mask_scale=scale, classes=data.classes, seed=o.seed,
-            patch_size=patch))
+        written.append(maskmix_attention_grid(figure(images, labels),
+                                              out / "fig6_maskmix_attention.png"))
     if "fig4" in o.which:
         written.append(mask_strategies(images[:2], out / "fig4_mask_strategies.png",
                                        patch_size=patch, mask_scale=scale, seed=o.seed))
     if "fig1" in o.which:
-        written.append(transmix_vs_maskmix(
-            images[:2], labels[:2], model, norm, out / "fig1_transmix_vs_maskmix.png",
-            num_classes=model.num_classes, mask_scale=scale, classes=data.classes, seed=o.seed,
-            patch_size=patch))
+        written.append(transmix_vs_maskmix(figure(images[:2], labels[:2]),
+                                           out / "fig1_transmix_vs_maskmix.png"))
     return written
 
 

@@ -16,6 +16,7 @@ Owns:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -28,7 +29,7 @@ from mixpro.strategies import MASK_STRATEGIES, make_mask_strategy
 
 from ._common import plt, save
 
-__all__ = ["mask_strategies", "maskmix_attention_grid", "transmix_vs_maskmix"]
+__all__ = ["AttentionFigure", "mask_strategies", "maskmix_attention_grid", "transmix_vs_maskmix"]
 
 Normalizer = Callable[[torch.Tensor], torch.Tensor]
 
@@ -107,23 +108,35 @@ def _relabel(batch, model: nn.Module, probe, normalize: Normalizer) -> torch.Ten
     return probe.attention
 
 
+@dataclass(frozen=True)
+class AttentionFigure:
+    """What Fig. 1 and Fig. 6 mix and draw.
+
+    Attributes:
+        images: ``(B, C, H, W)`` in [0, 1]; labels: ``(B,)``.
+        model: the classifier whose cls attention is read (its probe is attached per figure).
+        normalize: images in [0, 1] → the model's input.
+        num_classes, classes: the label space and its names (None: ``class k``).
+        mask_scale: MaskMix cells of ``mask_scale × patch_size`` px.
+        seed: the mixers' generator seed.
+        patch_size: MaskMix's unit (None: the model's patch embedding).
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    model: nn.Module
+    normalize: Normalizer
+    num_classes: int
+    mask_scale: int = 2
+    classes: Sequence[str] | None = None
+    seed: int = 0
+    patch_size: int | None = None
+
+
 # -- Fig. 6 --------------------------------------------------------------------------------
 
 
-def maskmix_attention_grid(
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    model: nn.Module,
-    normalize: Normalizer,
-    path: str | Path,
-    *,
-    num_classes: int,
-    mask_scale: int = 2,
-    classes: Sequence[str] | None = None,
-    seed: int = 0,
-    beta: float = 4.0,
-    patch_size: int | None = None,
-) -> Path:
+def maskmix_attention_grid(f: AttentionFigure, path: str | Path, *, beta: float = 4.0) -> Path:
     """Fig. 6: rows = image i, image j, MaskMix (MixPro) mixed image, cls attention overlay.
 
     ``images (2n, C, H, W)`` in [0, 1], ``labels (2n,)``; column ``i`` mixes sample ``i`` with
@@ -132,9 +145,11 @@ def maskmix_attention_grid(
     cells are ``mask_scale × patch_size`` px (default: the model's patch embedding); the
     attention is drawn on the grid it covers (the last stage's for a class-attention head).
     """
+    images, labels, model, normalize = f.images, f.labels, f.model, f.normalize
+    num_classes, mask_scale, classes, seed = f.num_classes, f.mask_scale, f.classes, f.seed
     n = images.shape[0] // 2
     g = torch.Generator().manual_seed(seed)
-    mixer = mixpro.MixPro(num_classes=num_classes, patch_size=_patch(model, patch_size),
+    mixer = mixpro.MixPro(num_classes=num_classes, patch_size=_patch(model, f.patch_size),
                           mask_scale=mask_scale, mode="elem", beta=beta, generator=g)
     model.eval()
     with mixpro.ClsAttention(model) as probe:
@@ -220,19 +235,7 @@ def mask_strategies(
 # -- Fig. 1 --------------------------------------------------------------------------------
 
 
-def transmix_vs_maskmix(
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    model: nn.Module,
-    normalize: Normalizer,
-    path: str | Path,
-    *,
-    num_classes: int,
-    mask_scale: int = 2,
-    classes: Sequence[str] | None = None,
-    seed: int = 0,
-    patch_size: int | None = None,
-) -> Path:
+def transmix_vs_maskmix(f: AttentionFigure, path: str | Path) -> Path:
     """Fig. 1: TransMix (CutMix box, attention λ) vs MixPro (MaskMix, PAL) on one pair.
 
     ``images (2, C, H, W)`` in [0, 1]. Top: mixed images with the borders of the tokens the
@@ -240,7 +243,9 @@ def transmix_vs_maskmix(
     Bottom: token sources (yellow = image i, blue = image j, red = pixels of both in one
     token). MaskMix cells are ``mask_scale × patch_size`` px (default: the model's patch).
     """
-    p = _patch(model, patch_size)
+    images, labels, model, normalize = f.images, f.labels, f.model, f.normalize
+    num_classes, mask_scale, classes, seed = f.num_classes, f.mask_scale, f.classes, f.seed
+    p = _patch(model, f.patch_size)
     size = tuple(images.shape[-2:])
     mixers = {
         "TransMix (CutMix box)": mixpro.TransMix(
