@@ -364,3 +364,21 @@ def test_every_attention_labelled_method_trains_on_every_head(key, mode, one_thr
         model.zero_grad()
         loss.backward()
         assert METHODS[method].patch
+
+
+@pytest.mark.parametrize("key,mode", [("vit_avg", "ca"), ("swin", "ca"), ("swin", "ca_swin")])
+def test_layer_decay_groups_the_backbone_by_its_layers_and_the_head_last(key, mode, one_thread):
+    """timm's layer-wise lr decay on a class-attention model: the backbone's own groups (stem
+    lowest), the new cls token / blocks / head at the full lr."""
+    from timm.optim import create_optimizer_v2
+
+    model = _build(key, mode)
+    opt = create_optimizer_v2(model, opt="adamw", lr=1.0, weight_decay=0.0, layer_decay=0.5)
+    names = {id(p): n for n, p in model.named_parameters()}
+    scale = {names[id(p)]: g.get("lr_scale", 1.0) for g in opt.param_groups for p in g["params"]}
+    stem = scale["backbone.patch_embed.proj.weight"]
+    assert stem == min(scale.values()) and stem <= 0.25
+    new = [n for n in scale if not n.startswith("backbone.")] if mode == "ca" else \
+        [n for n in scale if n.startswith("backbone.head.")]
+    assert new and all(scale[n] == 1.0 for n in new)
+    assert len(set(scale.values())) >= 3  # per layer, not one block of everything

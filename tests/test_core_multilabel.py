@@ -100,8 +100,9 @@ def test_batch_loss_is_bce_for_multi_label():
 @pytest.mark.parametrize("labels, err, match", [
     (torch.full((6, 5), 1.5), ValueError, r"labels must lie in \[0, 1\]"),
     (torch.full((6, 5), float("nan")), ValueError, r"labels must lie in \[0, 1\]"),
-    (torch.ones(6, 5, dtype=torch.int64), TypeError, "floating"),
+    (torch.ones(6, 5, dtype=torch.int64), ValueError, r"or be a float \(B, num_classes\)"),
     (torch.ones(6, 4), ValueError, r"\(B, num_classes\) = \(6, 5\)"),
+    (torch.zeros(6, 1, dtype=torch.int64), ValueError, r"shape \(B,\) = \(6,\) for class indices"),
 ])
 def test_bad_multi_hot_labels_are_named(labels, err, match):
     with pytest.raises(err, match=match):

@@ -214,6 +214,10 @@ def test_multi_label_mixpro_run_trains_with_bce_and_reports_map(tmp_path, capsys
                  "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("mixpro: error:") and "multi-label checkpoint" in err
+    assert main(["figures", "--checkpoint", str(out / "best.pt"), "--out",
+                 str(tmp_path / "f")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mixpro: error:") and "multi-label" in err and "\n" not in err
 
 
 def test_mean_average_precision_matches_sklearn():
@@ -227,3 +231,17 @@ def test_mean_average_precision_matches_sklearn():
     ref = np.mean([average_precision_score(targets[:, c].numpy(), scores[:, c].numpy())
                    for c in range(3)])
     assert mean_average_precision(scores, targets.float()) == pytest.approx(ref, abs=1e-9)
+
+
+def test_eval_reads_an_image_folder_whose_splits_have_synonym_names(tmp_path):
+    """training/ + validation/: training finds them by timm's synonyms, and so does eval."""
+    for split, n in (("training", 3), ("validation", 2)):
+        for c in ("a", "b", "c"):
+            d = tmp_path / "imf" / split / c
+            d.mkdir(parents=True)
+            for i in range(n):
+                (d / f"{i}.png").write_bytes(_png(i))
+    data = training_data(str(tmp_path / "imf"), img_size=16, in_chans=3)
+    assert data.classes == ["a", "b", "c"] and len(data.test) == 6
+    ev = eval_data(str(tmp_path / "imf"), img_size=(16, 16), in_chans=3, split="val")
+    assert ev.classes == ["a", "b", "c"] and len(ev) == 6

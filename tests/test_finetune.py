@@ -187,3 +187,33 @@ def test_layer_decay_is_checked_and_scales_the_groups(data_dir, tmp_path, capsys
     scales = [g.get("lr_scale", 1.0) for g in optimizer.param_groups]
     assert scales[0] == 1.0 and min(scales) == 0.5 ** 2  # embeddings, 1 block, head
     assert load_recipe("finetune").layer_decay == 0.75
+
+
+@pytest.mark.parametrize("mode", ["ca", "ca_swin"])
+def test_plain_timm_weights_load_into_the_backbone_of_a_class_attention_model(tmp_path, mode):
+    """A plain timm state dict (no class-attention head) fine-tunes a model that gets one:
+    the backbone takes every weight but the plain classifier, the head starts fresh."""
+    from mixpro import models
+
+    name, kw = ("swin_tiny_patch4_window7_224",
+                {"img_size": 64, "window_size": 2, "depths": [1, 1, 1, 1], "embed_dim": 24,
+                 "num_heads": [1, 1, 1, 1]})
+    torch.manual_seed(0)
+    plain = timm.create_model(name, num_classes=8, **kw)
+    torch.save(plain.state_dict(), tmp_path / "plain.pth")
+    torch.manual_seed(1)
+    fresh, _ = models.create_model(name, num_classes=10, model_kwargs=kw)
+    model, _ = models.add_cls_head(fresh, {"mode": mode})
+    report = ckpt_io.load_initial_weights(model, tmp_path / "plain.pth", name)
+    assert "head re-initialised" in report
+    got = model.backbone.state_dict()
+    clf = plain.pretrained_cfg["classifier"]
+    shared = [k for k in plain.state_dict() if not k.startswith(clf + ".") and k in got]
+    assert len(shared) > 10 and _same(plain.state_dict(), got, shared)
+
+
+def test_an_unknown_pretrained_tag_is_one_line():
+    from mixpro import models
+
+    with pytest.raises(models.ModelError, match="Invalid pretrained tag"):
+        models.create_model("vit_tiny_patch16_224.bogus", num_classes=2, pretrained=True)

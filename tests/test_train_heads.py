@@ -234,3 +234,22 @@ def test_another_model_on_the_command_line_drops_the_recipes_model_kwargs():
     assert load_recipe(None, {"model": SWIN, "model_kwargs": SWIN_KW}).model_kwargs == SWIN_KW
     same = load_recipe(None, {"model": "vit_tiny_patch16_224"}).model_kwargs
     assert same == load_recipe(None).model_kwargs and same["embed_dim"] == 64
+
+
+def test_compare_keeps_an_older_sweeps_per_method_heads_resumable(data_dir, tmp_path, capsys):
+    """A sweep folder whose runs were made with cls_head auto per method (before the sweep-wide
+    rule) keeps that rule, so its interrupted runs still resume."""
+    from mixpro.train import compare as cmp
+
+    over = dict(data_dir=str(data_dir), img_size=64, model=SWIN, model_kwargs=SWIN_KW,
+                epochs=2, warmup_epochs=0, batch_size=16, eval_batch_size=80, progress=False,
+                max_steps=1, threads=1)
+    run.train(load_recipe(None, {**over, "method": "none", "mask_scale": 8,
+                                 "output": str(tmp_path / "s" / "none-seed0")},
+                          check_ignored=False))
+    (tmp_path / "s" / "none-seed0" / "final.json").unlink()  # interrupted: resumes
+    cmp.compare(None, methods=["none", "mixpro"], seeds=[0], output=tmp_path / "s",
+                overrides={**over, "mask_scale": 8})
+    assert "keeping that for this sweep" in capsys.readouterr().err
+    none = torch.load(tmp_path / "s" / "none-seed0" / "last.pt", weights_only=True)
+    assert none["config"]["cls_head"] is None and none["epoch"] == 2

@@ -75,6 +75,10 @@ def images_and_labels(images: torch.Tensor, labels: torch.Tensor, n_classes: int
     b = images.shape[0]
     if b < 2:
         raise ValueError(f"images must hold a batch of at least 2 samples to mix, got B={b}")
+    if labels.dim() == 2 and not labels.dtype.is_floating_point:
+        raise ValueError(f"labels must have shape (B,) = ({b},) for class indices (or be a float "
+                         f"(B, num_classes) multi-hot tensor), got {labels.dtype} "
+                         f"{tuple(labels.shape)}")
     if labels.dim() == 2:  # multi-label: multi-hot (or soft) rows
         if tuple(labels.shape) != (b, n_classes):
             raise ValueError(

@@ -107,6 +107,13 @@ class BenchOptions:
                 raise TypeError(f"{name} must be a str or None, got {v!r}")
         if self.skip_mix and self.skip_step:
             raise ValueError("skip_mix and skip_step together leave nothing to time")
+        if self.recipe is not None:
+            default = {f.name: f.default for f in dataclasses.fields(self)}
+            given = [f"--{n.replace('_', '-')}" for n in ("model", "img_size", "batch")
+                     if getattr(self, n) != default[n]]
+            if given:
+                raise ValueError(f"--recipe sets the step's model, image size and batch: drop "
+                                 f"{', '.join(given)}")
 
 
 def official_numpy_maskmix(

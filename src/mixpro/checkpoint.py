@@ -47,7 +47,8 @@ MUST_MATCH = ("model", "model_kwargs", "img_size", "patch_size", "in_chans", "me
               "train_subset", "subset_seed", "holdout_classes", "batch_size", "epochs", "seed",
               "ema", "opt", "sched", "mask_scale")
 # keys newer than some checkpoints: their value when a checkpoint lacks them
-MISSING_MEANS: dict[str, Any] = {"holdout_classes": [], "mask_strategy": "grid"}
+MISSING_MEANS: dict[str, Any] = {"holdout_classes": [], "mask_strategy": "grid",
+                                 "train_split": "train", "val_split": "val"}
 PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile wrappers
 
 
@@ -339,6 +340,14 @@ def load_initial_weights(model: nn.Module, path: str | os.PathLike,
     sd = read_state_dict(path)
     own = model.state_dict()
     head = classifier_keys(model)
+    backbone = getattr(model, "backbone", None)
+    if isinstance(backbone, nn.Module) and not any(k.startswith("backbone.") for k in sd):
+        # a plain timm model's weights into a class-attention model (mixpro.heads): they go
+        # into its backbone, without their classifier; the new head's tensors start fresh
+        clf = (getattr(backbone, "pretrained_cfg", None) or {}).get("classifier") or ()
+        drop = tuple(f"{c}." for c in ((clf,) if isinstance(clf, str) else clf))
+        sd = {f"backbone.{k}": v for k, v in sd.items() if not (drop and k.startswith(drop))}
+        head = head | {k for k in own if not k.startswith("backbone.")}
     _check_fit(own, sd, f"initial_checkpoint {path}", arch, ignore=frozenset(head), shown=3)
     missing, _, shapes = _mismatches(own, sd)
     fresh = set(missing) | set(shapes)  # head tensors only, after the check

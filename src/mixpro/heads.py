@@ -31,7 +31,7 @@ mask cell is a whole number of attention tokens.
 from __future__ import annotations
 
 import inspect
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -256,6 +256,29 @@ class ClassAttentionClassifier(nn.Module):
         return self.forward_head(self.forward_features(x))
 
     # -- what the probe and the apps need ----------------------------------------------------
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """timm's parameter grouping (layer-wise lr decay): the backbone's own groups, then
+        this model's class-attention parts (``cls_token``, ``proj``, ``blocks``, ``norm``,
+        ``head``) as the last group, next to the classifier."""
+        inner = getattr(self.backbone, "group_matcher", None)
+        matcher = inner(coarse=coarse) if callable(inner) else {"stem": r"^$", "blocks": []}
+
+        def under(pattern: str) -> str:
+            return r"^backbone\.(?:" + pattern.replace("^", "") + ")"
+
+        out: dict[str, Any] = {}
+        for key, value in matcher.items():
+            if isinstance(value, str):
+                out[key] = under(value)
+            else:
+                out[key] = [(under(p), order) for p, order in value]
+        if self.mode == "ca":
+            blocks = out.get("blocks", [])
+            blocks = [(blocks, None)] if isinstance(blocks, str) else list(blocks)
+            out["blocks"] = blocks + [(r"^(?:cls_token|proj|blocks|norm|head)", (1_000_000,))]
+        return out
 
     def class_attention_parts(self) -> tuple[nn.Module, str, FeatureTokens]:
         """(attention module, exact layout for :class:`~mixpro.ClsAttention`, the tokens module

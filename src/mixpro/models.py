@@ -118,7 +118,10 @@ def _load_error(e: BaseException) -> str:
 def _pretrained_source(name: str) -> str:
     """Where timm takes the pretrained weights of ``name`` from (its Hugging Face hub id, else
     its URL, which must be in the torch hub cache); :class:`ModelError` if it has none."""
-    cfg = timm.models.get_pretrained_cfg(name) if timm.is_model(name) else None
+    try:
+        cfg = timm.models.get_pretrained_cfg(name) if timm.is_model(name) else None
+    except RuntimeError as e:  # e.g. an unknown pretrained tag
+        raise ModelError(f"pretrained: {_first_line(e)} in {name!r}") from None
     if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file):
         raise ModelError(f"pretrained: timm has no pretrained weights for {name!r}; list those "
                          "that have with timm.list_pretrained()")

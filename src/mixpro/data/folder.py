@@ -179,6 +179,28 @@ def image_folder(
     return train, val, classes
 
 
+TRAIN_SPLITS = ("train", "training")  # timm's names for the splits
+EVAL_SPLITS = ("val", "validation", "valid", "eval", "evaluation")
+
+
+def synonyms(split: str) -> list[str]:
+    """``split`` then the other names timm accepts for it."""
+    for group in (TRAIN_SPLITS, EVAL_SPLITS):
+        if split in group:
+            return [split] + [s for s in group if s != split]
+    return [split]
+
+
+def find_split(root: str | os.PathLike, split: str) -> Path | None:
+    """``root/<split>`` (a folder) or ``root/<split>.tar``, by name then synonyms; None if
+    there is neither."""
+    for name in synonyms(split):
+        for path in (Path(root) / name, Path(root) / f"{name}.tar"):
+            if path.exists():
+                return path
+    return None
+
+
 def eval_folder(root: str | os.PathLike, *, img_size: tuple[int, int], in_chans: int,
                 interpolation: str, split: str = "val") -> tuple[FolderDataset, list[str]]:
     """An evaluation ImageFolder (``root/<class>/<image>``; a training root with ``train/`` and
@@ -187,8 +209,9 @@ def eval_folder(root: str | os.PathLike, *, img_size: tuple[int, int], in_chans:
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"dataset folder {root} does not exist")
-    if (root / "train").is_dir() and (root / split).is_dir():
-        root = root / split
+    train, val = find_split(root, "train"), find_split(root, split)
+    if train is not None and train.is_dir() and val is not None and val.is_dir():
+        root = val
     classes = scan_classes(root)
     tf = eval_transform(img_size, in_chans, interpolation)
     return _dataset(root, classes, tf, in_chans), classes

@@ -46,31 +46,18 @@ from timm.data.readers.reader_image_in_tar import ReaderImageInTar
 from torch.utils.data import Dataset
 
 from . import DatasetError
-from .folder import check_same_classes, image_mode
+from .folder import (
+    EVAL_SPLITS,
+    TRAIN_SPLITS,
+    check_same_classes,
+    find_split,
+    image_mode,
+    synonyms,
+)
 
-TRAIN_SPLITS = ("train", "training")
-EVAL_SPLITS = ("val", "validation", "valid", "eval", "evaluation")
 PREFIXES = ("hfds", "wds")
 UNSUPPORTED = ("hfids", "tfds", "torch")
 WDS_IMAGES = ("jpg", "jpeg", "png", "webp")
-
-
-def synonyms(split: str) -> list[str]:
-    """``split`` then the other names timm accepts for it."""
-    for group in (TRAIN_SPLITS, EVAL_SPLITS):
-        if split in group:
-            return [split] + [s for s in group if s != split]
-    return [split]
-
-
-def find_split(root: str | os.PathLike, split: str) -> Path | None:
-    """``root/<split>`` (a folder) or ``root/<split>.tar``, by name then synonyms; None if
-    there is neither."""
-    for name in synonyms(split):
-        for path in (Path(root) / name, Path(root) / f"{name}.tar"):
-            if path.exists():
-                return path
-    return None
 
 
 def _is_tar(path: Path) -> bool:
@@ -160,7 +147,9 @@ def _tar_reader(path: Path) -> TarReader:
     if not path.exists():
         raise DatasetError(f"tar dataset not found: {path}")
     try:
-        return TarReader(str(path))
+        # timm caches the index of a tar over 10 GB next to it: only where it may write
+        return TarReader(str(path), cache_tarinfo=None if os.access(path.parent, os.W_OK)
+                         else False)
     except AssertionError:
         raise DatasetError(f"{path}: no .tar files in this folder") from None
     except ValueError:  # timm unpacks an empty sample list

@@ -102,6 +102,9 @@ def make_figures(options: FigureOptions) -> list[Path]:
     model = config = None
     if o.checkpoint is not None:
         model, config = load_model(o.checkpoint)
+        if config.get("multi_label"):
+            raise FigureError(f"{o.checkpoint} is a multi-label checkpoint: the figures title "
+                              "each image with one class (single-label data only)")
         size, chans = models.image_size(model), models.in_chans(model)
         # MaskMix's patch: the model's patch embedding, else (ConvNets) the recipe's patch_size
         patch = models.patch_size(model) or (config.get("recipe") or {}).get("patch_size")
@@ -132,6 +135,9 @@ def make_figures(options: FigureOptions) -> list[Path]:
     out = Path(o.out)
     if out.exists() and not out.is_dir():
         raise FigureError(f"--out {out} exists and is not a folder")
+    if data.multi_label:
+        raise FigureError(f"{data_spec(o.data, config)} is multi-label data: the figures title "
+                          "each image with one class (single-label data only)")
     images, labels = _pick(data, max(2 * o.pairs, 2), o.seed)
     written = []
     if model is not None:

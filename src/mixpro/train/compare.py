@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from mixpro import models, sweep
 from mixpro.methods import METHODS, build_mixer
@@ -170,11 +171,23 @@ def write_csv(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
                         for k, v in r.items()})
 
 
+def _recorded_head(cfg: Recipe) -> str | None:
+    """The ``cls_head`` an existing run of ``cfg.output`` was made with (its config.yaml)."""
+    path = Path(cfg.output) / "config.yaml"
+    if not path.is_file():
+        return None
+    try:
+        return (yaml.safe_load(path.read_text()) or {}).get("cls_head")
+    except yaml.YAMLError:
+        return None
+
+
 def _one_architecture(configs: Iterable[Recipe]) -> None:
     """``cls_head: auto`` resolved once per model for the whole sweep: when some method of the
     sweep needs attention and the model has no cls token, every run of that model gets the
     head (CA-Swin / a CaiT head), so that ``none``/``cutmix``/``maskmix`` are compared with
-    ``mixpro``/``transmix`` on the same architecture. Configs are changed in place."""
+    ``mixpro``/``transmix`` on the same architecture. Configs are changed in place. A sweep
+    with runs made before this rule (config.yaml says ``auto``) keeps ``auto``, with a line."""
     groups: dict[str, list[Recipe]] = {}
     for cfg in configs:
         if cfg.cls_head == "auto":
@@ -202,6 +215,12 @@ def _one_architecture(configs: Iterable[Recipe]) -> None:
         except models.ModelError:
             continue  # the first run reports it
         if head is None:
+            continue
+        older = [c.output for c in cfgs if _recorded_head(c) == "auto"]
+        if older:  # runs of this sweep made before the rule: keep them resumable and say so
+            print(f"compare: {older[0]} was made with cls_head auto per method; keeping that "
+                  f"for this sweep (methods without attention run on plain {first.model})",
+                  file=sys.stderr)
             continue
         for cfg in cfgs:
             cfg.cls_head = head["mode"]
@@ -239,14 +258,15 @@ def compare(
         for s in seeds:
             configs[v, s] = load_recipe(recipe, {**overrides, **v.overrides, "method": v.method,
                                                  "seed": s}, check_ignored=False)
-    _one_architecture(configs.values())
     name = next(iter(configs.values())).name
     out = Path(output) if output else Path("runs") / f"compare-{name}"
+    for (v, s), cfg in configs.items():
+        cfg.output = str(out / f"{v.label}-seed{s}")
+    _one_architecture(configs.values())
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     results: dict[Variant, dict[int, dict]] = {v: {} for v in todo}
     for (v, s), cfg in configs.items():
-        cfg.output = str(out / f"{v.label}-seed{s}")
         final = Path(cfg.output) / FINAL
         if final.is_file():
             print(f"compare: {v.label} seed {s} already finished, skipped", file=sys.stderr)

@@ -75,8 +75,10 @@ class _RecipeData:
 # the mixing keys: MixOptions' fields and defaults, declared once (mixpro.methods)
 _RecipeMixing = dataclasses.make_dataclass(
     "_RecipeMixing",
-    [(f.name, f.type, field(default=f.default)) for f in dataclasses.fields(MixOptions)],
+    [(f.name, f.type, field(default=f.default) if f.default is not dataclasses.MISSING
+      else field(default_factory=f.default_factory)) for f in dataclasses.fields(MixOptions)],
     bases=(_RecipeData,))
+_RecipeMixing.__module__ = __name__  # its string annotations resolve in this module
 
 
 @dataclass

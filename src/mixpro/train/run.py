@@ -46,7 +46,7 @@ from .signals import Stopped, StopSignals
 # 'auto' on a ViT and a checkpoint from before the key both mean no head.
 RESUME_MUST_MATCH = ckpt_io.MUST_MATCH + ("lr", "min_lr", "warmup_epochs", "warmup_lr",
                                           "max_steps", "sched_per_step", "mask_strategy",
-                                          "layer_decay")
+                                          "layer_decay", "train_split", "val_split")
 @dataclass
 class Prepared:
     """Everything a run needs, built and checked (see :func:`prepare`)."""
@@ -242,6 +242,8 @@ def prepare(cfg: Recipe, resume: bool | str = False, overwrite: bool = False) ->
     train_loader, test_loader, sampler, batches = loaders(cfg, train_data, test_data,
                                                            data.batched, info)
     steps = batches.stop
+    if len(test_data) == 0:
+        raise ConfigError(f"the test split of {cfg.data} ({cfg.val_split}) holds no images")
     if steps == 0:
         raise ConfigError(f"batch_size {cfg.batch_size} x {info.world} ranks is larger than "
                           f"the {len(train_data)} training images")
