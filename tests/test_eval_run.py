@@ -178,3 +178,23 @@ def test_format_table_columns():
     assert table[0].split("|")[1:-1][-1].strip() == "random@50%"
     cells = [c.strip() for c in table[2].split("|")[1:-1]]
     assert cells == ["m", "50.00", "90.00", "10.00", "60.00", "25.00", "70.00", "40.00±1.00"]
+
+
+def test_saliency_weights_of_another_model_load_through_the_checkpoint_reader(tmp_path):
+    """--saliency with --saliency-model: a DINO-style file (weights under 'teacher', with a
+    'backbone.' prefix) is read by mixpro.checkpoint.read_state_dict; a bad file is one line."""
+    import timm
+    import torch
+
+    from mixpro.checkpoint import CheckpointError
+    from mixpro.evaluate.run import load_saliency_model
+
+    torch.manual_seed(0)
+    src = timm.create_model("vit_tiny_patch16_224", num_classes=0, img_size=32)
+    torch.save({"teacher": {f"backbone.{k}": v for k, v in src.state_dict().items()}},
+               tmp_path / "dino.pth")
+    model = load_saliency_model(str(tmp_path / "dino.pth"), "vit_tiny_patch16_224", 32)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in src.state_dict().items())
+    (tmp_path / "bad.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError):
+        load_saliency_model(str(tmp_path / "bad.pth"), "vit_tiny_patch16_224", 32)

@@ -285,7 +285,8 @@ def load_model(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The weights in ``path``, on the CPU, without DDP/compile prefixes: a ``mixpro train``
     checkpoint (its ``model``), a plain state dict ``.pth``/``.pt`` (also one nested under
-    ``model`` or ``state_dict``, as timm's scripts write it) or a ``.safetensors`` file.
+    ``model`` or ``state_dict``, as timm's scripts write it, or ``teacher``, as DINO's) or a
+    ``.safetensors`` file.
 
     Raises:
         CheckpointError: the file is missing, unreadable, or holds no mapping of names to
@@ -304,8 +305,8 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     else:
         obj = _torch_load(path)
     if isinstance(obj, Mapping):
-        obj = next((obj[k] for k in ("model", "state_dict") if isinstance(obj.get(k), Mapping)),
-                   obj)
+        obj = next((obj[k] for k in ("model", "state_dict", "teacher")
+                    if isinstance(obj.get(k), Mapping)), obj)
     if not (isinstance(obj, Mapping) and obj
             and all(isinstance(v, torch.Tensor) for v in obj.values())):
         raise CheckpointError(f"{path} holds no state dict (a mapping of names to tensors)")

@@ -27,7 +27,13 @@ from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler, Subset
 
 from mixpro import NoClsAttentionError, models
-from mixpro.checkpoint import PREFIXES, CheckpointError, load_model, load_weights
+from mixpro.checkpoint import (
+    PREFIXES,
+    CheckpointError,
+    load_model,
+    load_weights,
+    read_state_dict,
+)
 from mixpro.data import DatasetError
 from mixpro.data.sources import (
     EvalData,
@@ -87,16 +93,7 @@ def load_saliency_model(path: str, arch: str | None, img_size: int) -> nn.Module
     ``dino_deitsmall16_pretrain.pth``) for the timm architecture ``arch``."""
     if arch is None:
         return load_model(path)[0]
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file
-        raise CheckpointError(f"cannot read saliency weights {path}: {e}") from None
-    for key in ("model", "state_dict", "teacher"):
-        if isinstance(ckpt, dict) and isinstance(ckpt.get(key), dict):
-            ckpt = ckpt[key]
-            break
-    if not isinstance(ckpt, dict):
-        raise CheckpointError(f"saliency weights {path} are not a state dict")
+    ckpt = read_state_dict(path)
     try:
         model = timm.create_model(arch, pretrained=False, num_classes=0, img_size=img_size)
     except Exception as e:  # noqa: BLE001
