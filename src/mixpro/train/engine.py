@@ -104,10 +104,7 @@ def train_one_epoch(ctx: StepContext, loader: Iterable, epoch: int,
         if not bool(torch.isfinite(logits).all()):
             raise TrainingDiverged(f"non-finite logits at epoch {epoch + 1}, step {step}")
         attention = ctx.probe.attention if batch.needs_attention else None
-        targets = batch.targets(logits, attention)
-        loss_fn = (mixpro.binary_cross_entropy if batch.multi_label
-                   else mixpro.soft_target_cross_entropy)
-        loss = loss_fn(logits, targets)
+        loss = batch.loss(logits, attention)  # soft-target CE, or BCE for multi-label
         loss_value = float(loss.detach())
         if not math.isfinite(loss_value):
             raise TrainingDiverged(f"loss is {loss_value} at epoch {epoch + 1}, step {step}")
