@@ -4,15 +4,29 @@ data-limited preset, resumable across sessions.
     python benchmarks/ablations.py run [STUDY ...]   # default: every study, in order
     python benchmarks/ablations.py sync              # copy finished runs into docs/results/
     python benchmarks/ablations.py list
+    python benchmarks/ablations.py share [STUDY ...]  # reuse identical runs of other studies
+    python benchmarks/ablations.py work [STUDY ...]   # one worker; start several in parallel
 
 Runs go to ``runs/ablations/<study>/``. ``sync`` copies each finished run's ``final.json``,
 ``metrics.jsonl`` and ``config.yaml`` (no checkpoints) and the study's ``results.*`` into
 ``docs/results/ablations/<study>/``; ``run`` first restores those, so a committed run is never
 redone (``mixpro compare`` skips a run whose ``final.json`` exists).
+
+``share``: several studies contain the same run (MixPro's defaults are Table 10's ``cosine``,
+Fig. 5a's scale 2, Fig. 5b's β = 1, Table 8's MaskMix row and Table 6's MixPro row). A run
+whose recipe equals a finished run's of another study, key for key apart from ``output``,
+is that run: its files are copied with a ``SHARED`` note naming the source, not trained again.
+
+``work``: trains the unfinished runs of the studies one at a time on one thread, claiming each
+with a lock file, so two workers on two cores share the queue (on a 2-core machine two
+single-thread runs finish far sooner than one two-thread run after another). Then ``run``
+writes each study's table from the finished runs.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -22,7 +36,8 @@ RUNS = ROOT / "runs" / "ablations"
 DOCS = ROOT / "docs" / "results" / "ablations"
 SEEDS = [0, 1, 2]
 RECIPE = "fashion_mnist_limited"
-KEEP = ("final.json", "metrics.jsonl", "config.yaml")
+KEEP = ("final.json", "metrics.jsonl", "config.yaml", "SHARED")
+NOT_THE_RUN = ("output", "progress", "tensorboard")  # recipe keys that do not change a result
 
 # study -> (methods, grid, what it reproduces)
 STUDIES: dict[str, tuple[list[str], list[str], str]] = {
@@ -52,6 +67,72 @@ def command(study: str) -> list[str]:
     for g in grid:
         args += ["--grid", g]
     return args
+
+
+def planned(study: str, threads: int | None = 1):
+    """``{run folder: recipe}`` of ``study``, as ``mixpro compare`` would run it."""
+    from mixpro.train.compare import plan
+
+    methods, grid, _ = STUDIES[study]
+    p = plan(RECIPE, methods=methods, seeds=SEEDS, output=RUNS / study, grid=grid,
+             overrides={"threads": threads, "progress": False})
+    return {Path(cfg.output): cfg for cfg in p.configs.values()}
+
+
+def _key(recipe: dict) -> str:
+    return json.dumps({k: v for k, v in recipe.items() if k not in NOT_THE_RUN},
+                      sort_keys=True, default=str)
+
+
+def share(study: str) -> int:
+    """Copy into ``study`` each finished run of another study with the same recipe; returns
+    how many were copied."""
+    import yaml
+
+    done = {}
+    for final in sorted(RUNS.glob("*/*/final.json")):
+        if final.parent.parent.name != study and (final.parent / "config.yaml").exists():
+            cfg = yaml.safe_load((final.parent / "config.yaml").read_text())
+            done.setdefault(_key(cfg), final.parent)
+    n = 0
+    for out, cfg in planned(study).items():
+        src = done.get(_key(cfg.to_dict()))
+        if (out / "final.json").exists() or src is None:
+            continue
+        out.mkdir(parents=True, exist_ok=True)
+        for name in KEEP:
+            if (src / name).exists() and name != "SHARED":
+                shutil.copy2(src / name, out / name)
+        origin = (src / "SHARED").read_text().strip() if (src / "SHARED").exists() else \
+            str(src.relative_to(ROOT))
+        (out / "SHARED").write_text(f"{origin}\n")
+        print(f"{study}: {out.name} is {origin} (same recipe), copied")
+        n += 1
+    return n
+
+
+def work(studies: list[str]) -> int:
+    """Train every unfinished run of ``studies`` not claimed by another worker."""
+    import torch
+
+    from mixpro.train import run
+
+    torch.set_num_threads(1)
+    for study in studies:
+        restore(study)
+        share(study)
+        for out, cfg in planned(study).items():
+            claim = out.with_name(out.name + ".claim")
+            if (out / "final.json").exists():
+                continue
+            try:
+                os.close(os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                continue
+            print(f"{study}: training {out.name}", flush=True)
+            run.train(cfg, resume=(out / "last.pt").exists())
+            claim.unlink()
+    return 0
 
 
 def sync(study: str) -> int:
@@ -90,13 +171,18 @@ def main(argv: list[str]) -> int:
     if unknown:
         print(f"ablations: unknown study {unknown[0]!r}; one of {', '.join(STUDIES)}")
         return 2
+    if what == "work":
+        return work(names)
     for study in names:
-        if what == "list":
+        if what == "share":
+            print(f"{study}: {share(study)} runs shared")
+        elif what == "list":
             print(f"{study}: mixpro {' '.join(command(study))}  # {STUDIES[study][2]}")
         elif what == "sync":
             print(f"{study}: {sync(study)} finished runs in {DOCS / study}")
         elif what == "run":
             restore(study)
+            share(study)
             rc = mixpro(command(study))
             sync(study)
             if rc:

@@ -228,6 +228,53 @@ def _one_architecture(configs: Iterable[Recipe]) -> None:
               "(one architecture for all methods)", file=sys.stderr)
 
 
+@dataclass
+class Plan:
+    """Every run of a sweep, validated before the first starts."""
+
+    name: str  # the recipe's name
+    out: Path  # the sweep's folder
+    grid: dict[str, list[str]]
+    variants: list[Variant]
+    configs: dict[tuple[Variant, int], Recipe]  # (variant, seed) -> its run's recipe
+
+
+def plan(
+    recipe: str | None,
+    *,
+    methods: Sequence[str],
+    seeds: Sequence[int],
+    output: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    grid: Sequence[str] | Mapping[str, Sequence[str]] = (),
+    reference: str | None = None,
+) -> Plan:
+    """The sweep's runs and their recipes (arguments as :func:`compare`); raises
+    :class:`ConfigError` on any bad argument before anything runs."""
+    overrides = dict(overrides or {})
+    try:
+        grid_map = dict(grid) if isinstance(grid, Mapping) else sweep.parse_grid(list(grid))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    _check(methods, seeds, grid_map, overrides)
+    todo = variants(methods, grid_map)
+    labels = [v.label for v in todo]
+    if reference is not None and reference not in labels:
+        raise ConfigError(f"--reference {reference!r} is not a variant of this sweep; "
+                          f"choose one of {', '.join(labels)}")
+    configs = {}
+    for v in todo:
+        for s in seeds:
+            configs[v, s] = load_recipe(recipe, {**overrides, **v.overrides, "method": v.method,
+                                                 "seed": s}, check_ignored=False)
+    name = next(iter(configs.values())).name
+    out = Path(output) if output else Path("runs") / f"compare-{name}"
+    for (v, s), cfg in configs.items():
+        cfg.output = str(out / f"{v.label}-seed{s}")
+    _one_architecture(configs.values())
+    return Plan(name, out, {k: list(vs) for k, vs in grid_map.items()}, todo, configs)
+
+
 def compare(
     recipe: str | None,
     *,
@@ -241,28 +288,9 @@ def compare(
     """Run (or continue) the sweep and write ``results.md``, ``results.csv``, ``compare.png``
     into ``output`` (default ``runs/compare-<recipe>``). ``grid``: ``["key=v1,v2", ...]`` (the
     CLI's ``--grid``) or a parsed mapping. Returns the table rows."""
-    overrides = dict(overrides or {})
-    try:
-        grid_map = dict(grid) if isinstance(grid, Mapping) else sweep.parse_grid(list(grid))
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    _check(methods, seeds, grid_map, overrides)
-    todo = variants(methods, grid_map)
-    labels = [v.label for v in todo]
-    if reference is not None and reference not in labels:
-        raise ConfigError(f"--reference {reference!r} is not a variant of this sweep; "
-                          f"choose one of {', '.join(labels)}")
-    # validate every config before the first run starts
-    configs = {}
-    for v in todo:
-        for s in seeds:
-            configs[v, s] = load_recipe(recipe, {**overrides, **v.overrides, "method": v.method,
-                                                 "seed": s}, check_ignored=False)
-    name = next(iter(configs.values())).name
-    out = Path(output) if output else Path("runs") / f"compare-{name}"
-    for (v, s), cfg in configs.items():
-        cfg.output = str(out / f"{v.label}-seed{s}")
-    _one_architecture(configs.values())
+    p = plan(recipe, methods=methods, seeds=seeds, output=output, overrides=overrides,
+             grid=grid, reference=reference)
+    name, out, grid_map, todo, configs = p.name, p.out, p.grid, p.variants, p.configs
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     results: dict[Variant, dict[int, dict]] = {v: {} for v in todo}
