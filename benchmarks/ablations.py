@@ -135,9 +135,31 @@ def work(studies: list[str]) -> int:
     return 0
 
 
+def fig2a(study: str = "table10") -> Path | None:
+    """The paper's Fig. 2a from Table 10's runs: mean α per epoch of each α strategy, mean
+    over seeds (band: min–max), as ``docs/results/ablations/<study>/fig2a_alpha.png``."""
+    from mixpro.plots.training import alpha_curves
+
+    runs: dict[str, list[list[dict]]] = {}
+    for m in sorted((RUNS / study).glob("*/metrics.jsonl")):
+        if not (m.parent / "final.json").exists():
+            continue
+        label = m.parent.name.rsplit("-seed", 1)[0].removeprefix("mixpro_alpha-")
+        runs.setdefault(label, []).append([json.loads(x) for x in m.read_text().splitlines()])
+    if not runs:
+        return None
+    (DOCS / study).mkdir(parents=True, exist_ok=True)
+    n = sorted({len(v) for v in runs.values()})
+    seeds = f"{n[0]} seeds each" if len(n) == 1 else f"{n[0]}-{n[-1]} seeds"
+    return alpha_curves(runs, DOCS / study / "fig2a_alpha.png",
+                        title=f"Fig. 2a: mean α per epoch ({seeds})")
+
+
 def sync(study: str) -> int:
     """Copy the finished runs of ``study`` into docs/; returns how many there are."""
     src, dst = RUNS / study, DOCS / study
+    if study == "table10":
+        fig2a(study)
     n = 0
     for final in sorted(src.glob("*/final.json")):
         out = dst / "runs" / final.parent.name

@@ -2,6 +2,7 @@
 
 * :func:`train_curves` — train loss and test top-1 per epoch.
 * :func:`alpha_per_epoch` — mean progressive factor α per epoch (the paper's Fig. 2a).
+* :func:`alpha_curves` — the same for several α strategies on one plot, mean over seeds.
 * :func:`alpha_histogram` — α distribution of the last attention-labelled batch (Fig. 2b).
 """
 
@@ -38,11 +39,32 @@ def train_curves(metrics: Sequence[Mapping], path: str | Path, title: str = "") 
 
 
 def alpha_per_epoch(metrics: Sequence[Mapping], path: str | Path, title: str = "") -> Path:
-    """Mean α of the attention-labelled batches per epoch (Fig. 2a)."""
-    rows = [m for m in metrics if m.get("alpha_mean") is not None]
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.plot([m["epoch"] for m in rows], [m["alpha_mean"] for m in rows], marker="o")
-    ax.set(xlabel="epoch", ylabel="mean α", ylim=(0, 1), title=title or "progressive factor α")
+    """Mean α of the attention-labelled batches per epoch of one run (Fig. 2a)."""
+    return alpha_curves({"": [metrics]}, path, title=title or "progressive factor α")
+
+
+def alpha_curves(runs: Mapping[str, Sequence[Sequence[Mapping]]], path: str | Path,
+                 title: str = "") -> Path:
+    """Fig. 2a for several α strategies: per label, the mean over its runs (seeds) of the
+    per-epoch mean α, with the runs' min–max as a band. ``runs``: label -> each run's
+    ``metrics.jsonl`` rows; runs without α (area labels) are left out."""
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for label, group in runs.items():
+        curves = [{m["epoch"]: m["alpha_mean"] for m in ms if m.get("alpha_mean") is not None}
+                  for ms in group]
+        epochs = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+        if not epochs:
+            continue
+        per = [[c[e] for c in curves] for e in epochs]
+        marker = "o" if len(epochs) <= 30 else None
+        line, = ax.plot(epochs, [sum(v) / len(v) for v in per], marker=marker,
+                        label=label or None)
+        if len(curves) > 1:
+            ax.fill_between(epochs, [min(v) for v in per], [max(v) for v in per],
+                            color=line.get_color(), alpha=0.2, lw=0)
+    ax.set(xlabel="epoch", ylabel="mean α", ylim=(0, 1), title=title)
+    if any(line.get_label() and not line.get_label().startswith("_") for line in ax.get_lines()):
+        ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return save(fig, path)

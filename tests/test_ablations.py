@@ -1,0 +1,67 @@
+"""benchmarks/ablations.py: sharing identical runs between studies, the work queue's claims."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _ablations(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("ablations", ROOT / "benchmarks" / "ablations.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.setattr(mod, "ROOT", tmp_path)
+    monkeypatch.setattr(mod, "RUNS", tmp_path / "runs")
+    monkeypatch.setattr(mod, "DOCS", tmp_path / "docs")
+    return mod
+
+
+def _finished(mod, study, name, recipe):
+    out = mod.RUNS / study / name
+    out.mkdir(parents=True)
+    (out / "config.yaml").write_text(yaml.safe_dump({**recipe, "output": str(out)}))
+    (out / "final.json").write_text(json.dumps({"test_acc": 71.0}))
+    (out / "metrics.jsonl").write_text("{}\n")
+    return out
+
+
+def test_a_run_with_the_same_recipe_is_shared_and_a_different_one_is_not(tmp_path, monkeypatch):
+    mod = _ablations(tmp_path, monkeypatch)
+    plan = mod.planned("table10")
+    cosine = {p.name: c for p, c in plan.items()}["mixpro_alpha-cosine-seed0"].to_dict()
+    _finished(mod, "table6", "mixpro-seed0", cosine)
+    _finished(mod, "table6", "mixpro-seed1", {**cosine, "seed": 1, "lr": 1e-3})  # not the run
+    assert mod.share("table10") == 1
+    got = mod.RUNS / "table10" / "mixpro_alpha-cosine-seed0"
+    assert json.loads((got / "final.json").read_text()) == {"test_acc": 71.0}
+    assert (got / "SHARED").read_text().strip() == "runs/table6/mixpro-seed0"
+    assert not (mod.RUNS / "table10" / "mixpro_alpha-cosine-seed1").exists()
+    # a run shared twice names the run that was trained
+    fig5a = {p.name: c for p, c in mod.planned("fig5a").items()}
+    assert mod.share("fig5a") == 1
+    assert (mod.RUNS / "fig5a" / "mixpro_mask_scale-2-seed0" / "SHARED").read_text().strip() \
+        == "runs/table6/mixpro-seed0"
+    assert "mixpro_mask_scale-1-seed0" in fig5a
+    assert mod.sync("table10") == 1  # the SHARED note travels with the committed run
+    assert (mod.DOCS / "table10" / "runs" / "mixpro_alpha-cosine-seed0" / "SHARED").exists()
+
+
+def test_work_skips_finished_and_claimed_runs(tmp_path, monkeypatch):
+    mod = _ablations(tmp_path, monkeypatch)
+    plan = mod.planned("fig5b")
+    trained = []
+    from mixpro.train import run
+
+    monkeypatch.setattr(run, "train", lambda cfg, resume: trained.append(Path(cfg.output).name))
+    names = [p.name for p in plan]
+    _finished(mod, "fig5b", names[0], plan[mod.RUNS / "fig5b" / names[0]].to_dict())
+    (mod.RUNS / "fig5b" / (names[1] + ".claim")).touch()  # another worker has it
+    assert mod.work(["fig5b"]) == 0
+    assert trained == names[2:]
+    claims = [p.name for p in (mod.RUNS / "fig5b").glob("*.claim")]
+    assert claims == [names[1] + ".claim"]  # each trained run's claim is released
