@@ -217,3 +217,21 @@ def test_an_unknown_pretrained_tag_is_one_line():
 
     with pytest.raises(models.ModelError, match="Invalid pretrained tag"):
         models.create_model("vit_tiny_patch16_224.bogus", num_classes=2, pretrained=True)
+
+
+def test_the_finetune_recipe_refuses_to_start_from_random_weights(data_dir, sources, tmp_path,
+                                                                  capsys):
+    argv = ["train", "--recipe", "finetune", "--data-dir", str(data_dir), "--img-size", "16",
+            "--model-kwargs", json.dumps(TINY), "--max-steps", "1", "--threads", "1",
+            "--no-progress", "--output", str(tmp_path / "ft")]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mixpro: error: recipe finetune fine-tunes") and "\n" not in err
+    assert "--initial-checkpoint" in err and not (tmp_path / "ft" / "last.pt").exists()
+    # with weights it starts; a resumed run needs them no more
+    out = tmp_path / "lib"
+    run.train(tiny(data_dir, out, fine_tune=True, initial_checkpoint=str(sources / "vit" /
+                                                                          "last.pt")))
+    with pytest.raises(ConfigError, match="no initial weights"):
+        run.prepare(tiny(data_dir, out, fine_tune=True), overwrite=True)
+    assert run.prepare(tiny(data_dir, out, fine_tune=True), resume=True).start_epoch == 1

@@ -69,6 +69,7 @@ class _RecipeData:
     drop_rate: float = 0.0
     pretrained: bool = False  # timm's weights, from the local cache only
     initial_checkpoint: str | None = None  # fine-tune from these weights (fresh runs only)
+    fine_tune: bool = False  # a fresh run refuses to start without pretrained/initial_checkpoint
     method: str = "mixpro"
 
 
@@ -175,6 +176,8 @@ HELP: dict[str, str] = {
     "initial_checkpoint": "fine-tune from the weights in this file: a mixpro train checkpoint, "
                           "a plain state dict (.pth/.pt) or .safetensors; the head is "
                           "re-initialised for another class count (ignored by --resume)",
+    "fine_tune": "a fine-tuning recipe: a fresh run refuses to start from random weights "
+                 "(give --initial-checkpoint PATH or --pretrained)",
     "method": " | ".join(METHODS),
     "mask_strategy": "where pixels come from (MaskMix/MixPro): " + " | ".join(MASK_STRATEGIES),
     "mask_scale": "MaskMix cell side in patches",

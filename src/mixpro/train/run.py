@@ -222,6 +222,9 @@ def prepare(cfg: Recipe, resume: bool | str = False, overwrite: bool = False) ->
     num_classes = len(classes)
     torch.manual_seed(cfg.seed)
     fresh = resume_path is None  # initial weights only for a fresh run: --resume has priority
+    if cfg.fine_tune and fresh and not (cfg.pretrained or cfg.initial_checkpoint):
+        raise ConfigError(f"recipe {cfg.name} fine-tunes (fine_tune: true) but no initial weights "
+                          "were given: add --initial-checkpoint PATH or --pretrained")
     model, model_kwargs = _model(cfg, num_classes, pretrained=cfg.pretrained and fresh)
     if cfg.pretrained and fresh and info.is_main:
         print(models.pretrained_report(model, num_classes), flush=True)
