@@ -12,6 +12,12 @@ from mixpro.train import compare as cmp
 from mixpro.train import run
 from mixpro.train.recipe import ConfigError
 
+
+def sweep(*args, **kwargs):
+    """``compare(plan(...))``: plan and run a sweep."""
+    return cmp.compare(cmp.plan(*args, **kwargs))
+
+
 TINY = {"embed_dim": 32, "depth": 1, "num_heads": 2, "mlp_ratio": 2.0}
 
 
@@ -24,8 +30,8 @@ def _over(data_dir):
 def test_sweep_writes_table_and_plot_then_skips_and_resumes(tmp_path, monkeypatch):
     data = make_fashion(tmp_path / "fm")
     out = tmp_path / "sweep"
-    rows = cmp.compare(None, methods=["none", "mixpro"], seeds=[0, 1], output=out,
-                       overrides=_over(data))
+    rows = sweep(None, methods=["none", "mixpro"], seeds=[0, 1], output=out,
+                 overrides=_over(data))
     assert [r["method"] for r in rows] == ["none", "mixpro"]
     for name in ("results.md", "results.csv", "compare.png"):
         assert (out / name).is_file()
@@ -48,8 +54,8 @@ def test_sweep_writes_table_and_plot_then_skips_and_resumes(tmp_path, monkeypatc
         return real(cfg, resume=resume)
 
     monkeypatch.setattr(run, "train", spy)
-    rows2 = cmp.compare(None, methods=["none", "mixpro"], seeds=[0, 1], output=out,
-                        overrides=_over(data))
+    rows2 = sweep(None, methods=["none", "mixpro"], seeds=[0, 1], output=out,
+                  overrides=_over(data))
     assert calls == [("mixpro", 1, True)]
     assert rows2[1]["mean"] == pytest.approx(rows[1]["mean"])
 
@@ -67,12 +73,12 @@ def test_summary_statistics():
 
 def test_sweep_input_errors(tmp_path):
     with pytest.raises(ConfigError, match="unknown method 'mixpr'"):
-        cmp.compare(None, methods=["mixpr"], seeds=[0], output=tmp_path)
+        sweep(None, methods=["mixpr"], seeds=[0], output=tmp_path)
     with pytest.raises(ConfigError, match="--seeds"):
-        cmp.compare(None, methods=["none"], seeds=[0], output=tmp_path,
+        sweep(None, methods=["none"], seeds=[0], output=tmp_path,
                     overrides={"seed": 3})
     with pytest.raises(ConfigError, match="repeat"):
-        cmp.compare(None, methods=["none", "none"], seeds=[0], output=tmp_path)
+        sweep(None, methods=["none", "none"], seeds=[0], output=tmp_path)
 
 
 # -- grid sweeps ----------------------------------------------------------------------------
@@ -94,9 +100,9 @@ def test_variants_drop_grid_keys_a_method_does_not_use():
 def test_grid_sweep_table_has_per_seed_values_and_paired_ci(tmp_path):
     data = make_fashion(tmp_path / "fm")
     out = tmp_path / "sweep"
-    rows = cmp.compare(None, methods=["maskmix"], seeds=[0, 1, 2], output=out,
-                       overrides=_over(data), grid=["mask_scale=1,2"],
-                       reference="maskmix_mask_scale-2")
+    rows = sweep(None, methods=["maskmix"], seeds=[0, 1, 2], output=out,
+                 overrides=_over(data), grid=["mask_scale=1,2"],
+                 reference="maskmix_mask_scale-2")
     assert [r["variant"] for r in rows] == ["maskmix_mask_scale-1", "maskmix_mask_scale-2"]
     finals = {(k, s): json.loads((out / f"maskmix_mask_scale-{k}-seed{s}" / "final.json")
                                  .read_text())["test_acc"] for k in (1, 2) for s in (0, 1, 2)}
@@ -132,7 +138,7 @@ def test_grid_input_errors_before_any_run(tmp_path, kwargs, match):
     kw = dict(methods=["maskmix"], seeds=[0], output=tmp_path / "o", overrides={})
     kw.update(kwargs)
     with pytest.raises(ConfigError, match=match) as e:
-        cmp.compare(None, **kw)
+        sweep(None, **kw)
     assert "\n" not in str(e.value)
     assert not (tmp_path / "o").exists()
 

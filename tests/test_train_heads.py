@@ -9,6 +9,7 @@ import json
 import pytest
 import timm
 import torch
+from test_compare import sweep
 from test_data import make_fashion
 
 from mixpro import checkpoint as ckpt_io
@@ -190,20 +191,19 @@ def test_bench_step_times_models_with_a_head(name, kw, head, one_thread):
 
 def test_compare_gives_every_method_the_same_architecture(data_dir, tmp_path):
     """cls_head auto in a sweep with an attention method: none and maskmix get CA-Swin too."""
-    from mixpro.train import compare as cmp
 
     over = dict(data_dir=str(data_dir), img_size=64, model=SWIN, model_kwargs=SWIN_KW,
                 mask_scale=8, epochs=1, warmup_epochs=0, batch_size=16, eval_batch_size=80,
                 progress=False, max_steps=1, threads=1)
-    cmp.compare(None, methods=["none", "maskmix", "mixpro"], seeds=[0], output=tmp_path / "s",
-                overrides=over)
+    sweep(None, methods=["none", "maskmix", "mixpro"], seeds=[0], output=tmp_path / "s",
+          overrides=over)
     heads = {m: torch.load(tmp_path / "s" / f"{m}-seed0" / "last.pt",
                            weights_only=True)["config"]["cls_head"]
              for m in ("none", "maskmix", "mixpro")}
     assert heads == {m: {"mode": "ca_swin"} for m in heads}
     # an area-label-only sweep keeps the plain model
     over.pop("mask_scale")
-    cmp.compare(None, methods=["none"], seeds=[0], output=tmp_path / "t", overrides=over)
+    sweep(None, methods=["none"], seeds=[0], output=tmp_path / "t", overrides=over)
     ck = torch.load(tmp_path / "t" / "none-seed0" / "last.pt", weights_only=True)
     assert ck["config"]["cls_head"] is None
 
@@ -239,7 +239,6 @@ def test_another_model_on_the_command_line_drops_the_recipes_model_kwargs():
 def test_compare_keeps_an_older_sweeps_per_method_heads_resumable(data_dir, tmp_path, capsys):
     """A sweep folder whose runs were made with cls_head auto per method (before the sweep-wide
     rule) keeps that rule, so its interrupted runs still resume."""
-    from mixpro.train import compare as cmp
 
     over = dict(data_dir=str(data_dir), img_size=64, model=SWIN, model_kwargs=SWIN_KW,
                 epochs=2, warmup_epochs=0, batch_size=16, eval_batch_size=80, progress=False,
@@ -248,8 +247,8 @@ def test_compare_keeps_an_older_sweeps_per_method_heads_resumable(data_dir, tmp_
                                  "output": str(tmp_path / "s" / "none-seed0")},
                           check_ignored=False))
     (tmp_path / "s" / "none-seed0" / "final.json").unlink()  # interrupted: resumes
-    cmp.compare(None, methods=["none", "mixpro"], seeds=[0], output=tmp_path / "s",
-                overrides={**over, "mask_scale": 8})
+    sweep(None, methods=["none", "mixpro"], seeds=[0], output=tmp_path / "s",
+          overrides={**over, "mask_scale": 8})
     assert "keeping that for this sweep" in capsys.readouterr().err
     none = torch.load(tmp_path / "s" / "none-seed0" / "last.pt", weights_only=True)
     assert none["config"]["cls_head"] is None and none["epoch"] == 2

@@ -93,8 +93,9 @@ def _train(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     from .train import compare
 
-    compare.compare(args.recipe, methods=args.methods, seeds=args.seeds, output=args.output_dir,
-                    overrides=recipe_overrides(args), grid=args.grid, reference=args.reference)
+    compare.compare(compare.plan(args.recipe, methods=args.methods, seeds=args.seeds,
+                                 output=args.output_dir, overrides=recipe_overrides(args),
+                                 grid=args.grid, reference=args.reference))
     return 0
 
 

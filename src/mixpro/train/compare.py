@@ -236,7 +236,9 @@ class Plan:
     out: Path  # the sweep's folder
     grid: dict[str, list[str]]
     variants: list[Variant]
+    seeds: list[int]
     configs: dict[tuple[Variant, int], Recipe]  # (variant, seed) -> its run's recipe
+    reference: str | None = None  # the Δ column's variant (None: the first)
 
 
 def plan(
@@ -249,8 +251,11 @@ def plan(
     grid: Sequence[str] | Mapping[str, Sequence[str]] = (),
     reference: str | None = None,
 ) -> Plan:
-    """The sweep's runs and their recipes (arguments as :func:`compare`); raises
-    :class:`ConfigError` on any bad argument before anything runs."""
+    """The sweep's runs and their recipes, for :func:`compare`; raises :class:`ConfigError`
+    on any bad argument before anything runs. ``recipe``: name or YAML path (None: the
+    data-limited preset); ``grid``: ``["key=v1,v2", ...]`` (the CLI's ``--grid``) or a parsed
+    mapping; ``output``: default ``runs/compare-<recipe>``; ``reference``: the variant the Δ
+    column is paired against (default the first)."""
     overrides = dict(overrides or {})
     try:
         grid_map = dict(grid) if isinstance(grid, Mapping) else sweep.parse_grid(list(grid))
@@ -272,24 +277,13 @@ def plan(
     for (v, s), cfg in configs.items():
         cfg.output = str(out / f"{v.label}-seed{s}")
     _one_architecture(configs.values())
-    return Plan(name, out, {k: list(vs) for k, vs in grid_map.items()}, todo, configs)
+    return Plan(name, out, {k: list(vs) for k, vs in grid_map.items()}, todo, list(seeds),
+                configs, reference)
 
 
-def compare(
-    recipe: str | None,
-    *,
-    methods: Sequence[str],
-    seeds: Sequence[int],
-    output: str | Path | None = None,
-    overrides: Mapping[str, Any] | None = None,
-    grid: Sequence[str] | Mapping[str, Sequence[str]] = (),
-    reference: str | None = None,
-) -> list[dict[str, Any]]:
-    """Run (or continue) the sweep and write ``results.md``, ``results.csv``, ``compare.png``
-    into ``output`` (default ``runs/compare-<recipe>``). ``grid``: ``["key=v1,v2", ...]`` (the
-    CLI's ``--grid``) or a parsed mapping. Returns the table rows."""
-    p = plan(recipe, methods=methods, seeds=seeds, output=output, overrides=overrides,
-             grid=grid, reference=reference)
+def compare(p: Plan) -> list[dict[str, Any]]:
+    """Run (or continue) the sweep ``p`` (:func:`plan`) and write ``results.md``,
+    ``results.csv``, ``compare.png`` into its folder. Returns the table rows."""
     name, out, grid_map, todo, configs = p.name, p.out, p.grid, p.variants, p.configs
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -304,10 +298,10 @@ def compare(
         print(f"compare: {v.label} seed {s} ({'resuming' if resume else 'starting'})",
               file=sys.stderr)
         results[v][s] = run.train(cfg, resume=resume).summary
-    rows = summarize(results, reference)
+    rows = summarize(results, p.reference)
     sweep_text = "; grid " + " × ".join(f"{k} ∈ {{{', '.join(vs)}}}" for k, vs in
                                         grid_map.items()) if grid_map else ""
-    title = (f"mixpro compare: recipe {name}, seeds {', '.join(map(str, seeds))}{sweep_text} "
+    title = (f"mixpro compare: recipe {name}, seeds {', '.join(map(str, p.seeds))}{sweep_text} "
              f"(final-epoch top-1 on the test set)")
     (out / "results.md").write_text(markdown(rows, title))
     write_csv(rows, out / "results.csv")
