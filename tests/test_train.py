@@ -117,9 +117,8 @@ def _strip(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in ("epoch_time", "img_per_s")} for r in rows]
 
 
-def test_resume_after_a_kill_matches_an_uninterrupted_run(data_dir, tmp_path, monkeypatch):
-    kw = dict(epochs=3, ema=True, method="mixpro")
-    full = run.train(tiny(data_dir, tmp_path / "full", **kw))
+def kill_in_epoch_2(cfg, monkeypatch) -> None:
+    """Train ``cfg`` until a KeyboardInterrupt at the start of its second epoch."""
     real = run.train_one_epoch
 
     def killed_in_epoch_2(ctx, loader, epoch, *rest):
@@ -129,9 +128,15 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(data_dir, tmp_path, mo
 
     monkeypatch.setattr(run, "train_one_epoch", killed_in_epoch_2)
     with pytest.raises(KeyboardInterrupt):
-        run.train(tiny(data_dir, tmp_path / "cut", **kw))
-    assert torch.load(tmp_path / "cut" / "last.pt", weights_only=False)["epoch"] == 1
+        run.train(cfg)
     monkeypatch.setattr(run, "train_one_epoch", real)
+
+
+def test_resume_after_a_kill_matches_an_uninterrupted_run(data_dir, tmp_path, monkeypatch):
+    kw = dict(epochs=3, ema=True, method="mixpro")
+    full = run.train(tiny(data_dir, tmp_path / "full", **kw))
+    kill_in_epoch_2(tiny(data_dir, tmp_path / "cut", **kw), monkeypatch)
+    assert torch.load(tmp_path / "cut" / "last.pt", weights_only=False)["epoch"] == 1
     resumed = run.train(tiny(data_dir, tmp_path / "cut", **kw), resume=True)
     a, b = full.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)

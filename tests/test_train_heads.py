@@ -11,6 +11,7 @@ import timm
 import torch
 from test_compare import sweep
 from test_data import make_fashion
+from test_train import kill_in_epoch_2
 
 from mixpro import checkpoint as ckpt_io
 from mixpro import models
@@ -58,17 +59,7 @@ def test_swin_mixpro_gets_ca_swin_automatically_and_resumes_exactly(
     assert ck["config"]["recipe"]["cls_head"] == "auto"
     assert swin_run.model.mode == "ca_swin" and swin_run.metrics[-1]["alpha_mean"] is not None
     assert "test_acc_ema" in swin_run.metrics[-1]
-    real = run.train_one_epoch
-
-    def killed_in_epoch_2(ctx, loader, epoch, *rest):
-        if epoch == 1:
-            raise KeyboardInterrupt
-        return real(ctx, loader, epoch, *rest)
-
-    monkeypatch.setattr(run, "train_one_epoch", killed_in_epoch_2)
-    with pytest.raises(KeyboardInterrupt):
-        run.train(recipe(data_dir, tmp_path / "cut"))
-    monkeypatch.setattr(run, "train_one_epoch", real)
+    kill_in_epoch_2(recipe(data_dir, tmp_path / "cut"), monkeypatch)
     # an explicit ca_swin is the head auto resolved to: the resume is accepted
     run.train(recipe(data_dir, tmp_path / "cut", cls_head="ca_swin"), resume=True)
     (a, ema_a), (b, ema_b) = _state(swin_run.out / "last.pt"), _state(tmp_path / "cut" / "last.pt")
