@@ -47,6 +47,10 @@ def test_flags_and_set_override_the_recipe(captured):
     (["train", "--method", "mixupp"], "unknown method 'mixupp'"),
     (["train", "--recipe", "nope"], "unknown recipe 'nope'"),
     (["compare", "--methods", "none", "foo"], "unknown method 'foo'"),
+    # YAML reads '{embed_dim:96}' as a key 'embed_dim:96' with no value, which timm ignores
+    (["train", "--model-kwargs", "{embed_dim:96, depth: 2}"],
+     "model_kwargs: 'embed_dim:96' is not a keyword name (YAML needs a space after ':'"),
+    (["train", "--model-kwargs", "{depth: null}"], "model_kwargs: depth is null"),
 ])
 def test_user_errors_are_one_line_exit_2(argv, message, capsys):
     assert cli.main(argv) == 2

@@ -396,6 +396,13 @@ def validate(cfg: Recipe) -> None:
     _check(cfg.device in ("auto", "cpu") or cfg.device.startswith("cuda"),
            f"device must be auto, cpu or cuda[:N], got {cfg.device!r}")
     _check(cfg.in_chans in (None, 1, 3), "in_chans must be 1 or 3")
+    for key, value in cfg.model_kwargs.items():
+        hint = (" (YAML needs a space after ':', e.g. '{embed_dim: 96}')" if ":" in str(key)
+                else "")
+        _check(isinstance(key, str) and key.isidentifier(),
+               f"model_kwargs: {key!r} is not a keyword name{hint}")
+        _check(value is not None, f"model_kwargs: {key} is null, and timm.create_model "
+               "silently ignores null keywords: give a value or drop it")
     _check(cfg.train_subset is None or cfg.train_subset >= 2, "train_subset must be >= 2")
     _check(bool(cfg.train_split) and bool(cfg.val_split), "train_split and val_split must "
            "not be empty")
