@@ -28,7 +28,7 @@ def test_no_arguments_trains_the_embedded_default(captured):
     assert cli.main([]) == 0
     cfg = captured["cfg"]
     assert (cfg.name, cfg.data, cfg.method, cfg.img_size, cfg.mask_scale) == (
-        "fashion_mnist", "fashion_mnist", "mixpro", 32, 2)
+        "fashion_mnist", "fashion_mnist", "mixpro", 32, 1)
     assert captured["resume"] is False
 
 
@@ -67,16 +67,21 @@ def test_missing_dataset_and_bad_model_from_the_cli(tmp_path, capsys):
     assert cli.main(["train", "--data-dir", str(data), "--model", "resnet18", "--model-kwargs",
                      "{embed_dim: 64}", "--output", str(tmp_path / "r")]) == 2
     assert "unexpected keyword argument 'embed_dim'" in capsys.readouterr().err
-    # another --model alone starts from its own defaults (the recipe's ViT kwargs dropped)
+    # another --model alone starts from its own defaults (the recipe's ViT kwargs and patch
+    # size dropped): a ConvNet has no patch size of its own
     assert cli.main(["train", "--data-dir", str(data), "--model", "resnet18",
+                     "--output", str(tmp_path / "r")]) == 2
+    assert "resnet18 has no patch embedding: set patch_size" in capsys.readouterr().err
+    assert cli.main(["train", "--data-dir", str(data), "--model", "resnet18", "--patch-size", "4",
                      "--output", str(tmp_path / "r")]) == 2
     assert "1x1 attention grid" in capsys.readouterr().err
     assert cli.main(["train", "--data-dir", str(data), "--model", "resnet18", "--model-kwargs",
-                     "{}", "--output", str(tmp_path / "r")]) == 2
+                     "{}", "--patch-size", "4", "--output", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip()  # cls_head auto: a head, but 32 px give 1 token
     assert "1x1 attention grid" in err and "img_size >= 64" in err and "\n" not in err
     assert cli.main(["train", "--data-dir", str(data), "--model", "resnet18", "--model-kwargs",
-                     "{}", "--cls-head", "none", "--output", str(tmp_path / "r")]) == 2
+                     "{}", "--cls-head", "none", "--patch-size", "4", "--output",
+                     str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip()
     assert "needs cls-token attention and cls_head is none" in err and "Traceback" not in err
 

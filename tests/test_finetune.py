@@ -51,7 +51,7 @@ def _same(a: dict, b: dict, keys=None) -> bool:
 
 
 def _cli(data_dir, out, capsys, **kw) -> tuple[int, str]:
-    over = dict(data_dir=str(data_dir), img_size=16, model_kwargs=TINY, epochs=1,
+    over = dict(data_dir=str(data_dir), img_size=16, model_kwargs=TINY, patch_size=4, epochs=1,
                 warmup_epochs=0, batch_size=16, output=str(out), max_steps=1, threads=1)
     argv = ["train", "--no-progress"]
     for k, v in {**over, **kw}.items():

@@ -36,7 +36,7 @@ def recipe(data_dir, out, **kw):
     over = dict(data_dir=str(data_dir), img_size=64, model=SWIN, model_kwargs=SWIN_KW,
                 method="mixpro", mask_scale=8, epochs=2, warmup_epochs=1, batch_size=16,
                 eval_batch_size=80, progress=False, output=str(out), max_steps=2, threads=1,
-                ema=True)
+                ema=True, patch_size=4)
     over.update(kw)  # None: leave the key out (e.g. mask_scale for TransMix)
     return load_recipe(None, {k: v for k, v in over.items() if v is not None})
 
@@ -145,6 +145,10 @@ def test_user_mistakes_are_one_line(data_dir, tmp_path):
     assert "1x1 attention grid" in err and "img_size >= 64" in err
     err = _bad(data_dir, tmp_path, model=CONVNEXT, model_kwargs=CONVNEXT_KW, cls_head="ca_swin")
     assert "cls_head ca_swin" in err and "ConvNeXt" in err
+    # another model without patch_size: the model's own, and a ConvNet has none
+    err = _bad(data_dir, tmp_path, model=CONVNEXT, model_kwargs=CONVNEXT_KW, method="transmix",
+               mask_scale=None, patch_size=None)
+    assert "has no patch embedding: set patch_size" in err
     with pytest.raises(ConfigError, match="cls_head must be one of auto, ca, ca_swin, none"):
         load_recipe(None, {"cls_head": "yes"})
 
@@ -220,11 +224,15 @@ def test_transmix_aligned_boxes_sit_on_the_heads_tokens(data_dir, tmp_path):
     assert hooks == 0
 
 
-def test_another_model_on_the_command_line_drops_the_recipes_model_kwargs():
-    assert load_recipe(None, {"model": SWIN}).model_kwargs == {}
-    assert load_recipe(None, {"model": SWIN, "model_kwargs": SWIN_KW}).model_kwargs == SWIN_KW
-    same = load_recipe(None, {"model": "vit_tiny_patch16_224"}).model_kwargs
-    assert same == load_recipe(None).model_kwargs and same["embed_dim"] == 64
+def test_another_model_on_the_command_line_drops_the_recipes_model_kwargs_and_patch_size():
+    other = load_recipe(None, {"model": SWIN})
+    assert (other.model_kwargs, other.patch_size) == ({}, None)  # the model's own
+    given = load_recipe(None, {"model": SWIN, "model_kwargs": SWIN_KW, "patch_size": 4})
+    assert (given.model_kwargs, given.patch_size) == (SWIN_KW, 4)
+    same = load_recipe(None, {"model": "vit_tiny_patch16_224"})
+    default = load_recipe(None)
+    assert (same.model_kwargs, same.patch_size) == (default.model_kwargs, default.patch_size)
+    assert same.model_kwargs["embed_dim"] == 96 and same.patch_size == 8
 
 
 def test_compare_keeps_an_older_sweeps_per_method_heads_resumable(data_dir, tmp_path, capsys):

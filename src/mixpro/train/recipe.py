@@ -53,7 +53,7 @@ class _RecipeData:
     holdout_classes: list = field(default_factory=list)  # Fashion-MNIST classes left out
     img_size: int = 32
     in_chans: int | None = None  # None: 1 for Fashion-MNIST, 3 for ImageFolder
-    translate: int = 2  # Fashion-MNIST random shift (px)
+    translate: int = 0  # Fashion-MNIST random shift (px)
     hflip: float = 0.5
     aa: str | None = None  # timm auto-augment string, e.g. rand-m9-mstd0.5-inc1
     re_prob: float = 0.0  # random erasing probability (ImageFolder)
@@ -62,10 +62,10 @@ class _RecipeData:
     # model
     model: str = "vit_tiny_patch16_224"
     model_kwargs: dict = field(default_factory=lambda: {
-        "embed_dim": 64, "depth": 4, "num_heads": 2, "mlp_ratio": 2.0})
-    patch_size: int | None = 4  # None: the model's own
+        "embed_dim": 96, "depth": 6, "num_heads": 3, "mlp_ratio": 2.0})
+    patch_size: int | None = 8  # None: the model's own
     cls_head: str = "auto"  # auto | ca | ca_swin | none: class-attention head (no cls token)
-    drop_path: float = 0.1
+    drop_path: float = 0.0
     drop_rate: float = 0.0
     pretrained: bool = False  # timm's weights, from the local cache only
     initial_checkpoint: str | None = None  # fine-tune from these weights (fresh runs only)
@@ -84,13 +84,15 @@ _RecipeMixing.__module__ = __name__  # its string annotations resolve in this mo
 
 @dataclass
 class Recipe(_RecipeMixing):
-    """Every knob of a training run (defaults: the embedded Fashion-MNIST recipe): data and
-    model keys, ``method`` and the mixing keys (:class:`mixpro.methods.MixOptions`), then
-    optimisation and system keys."""
+    """Every knob of a training run: data and model keys, ``method`` and the mixing keys
+    (:class:`mixpro.methods.MixOptions`), then optimisation and system keys. Defaults: the
+    embedded Fashion-MNIST recipe's for data, model and optimisation keys (a recipe file
+    starts from them), MixOptions' for the mixing keys (that recipe sets ``mask_scale: 1``,
+    ``label_smoothing: 0.0``)."""
 
     # optimisation
-    epochs: int = 5
-    batch_size: int = 64
+    epochs: int = 15
+    batch_size: int = 128
     eval_batch_size: int = 512
     eval_every: int = 1  # evaluate every N epochs (and always after the last)
     opt: str = "adamw"
@@ -315,13 +317,14 @@ def load_recipe(recipe: str | None = None, overrides: Mapping[str, Any] | None =
     validated. Raises :class:`ConfigError` naming the offending key, also for a mixing key
     given in ``overrides`` that the recipe's method does not use (``check_ignored``).
 
-    ``model_kwargs`` belong to the recipe's model: an override of ``model`` without one of
-    ``model_kwargs`` starts from ``{}`` (the new model's own defaults)."""
+    ``model_kwargs`` and ``patch_size`` belong to the recipe's model: an override of ``model``
+    without them starts from ``{}`` and None (the new model's own)."""
     values: dict[str, Any] = dict(read_yaml(recipe or "fashion_mnist"))
     overrides = dict(overrides or {})
-    if ("model" in overrides and overrides["model"] != values.get("model", Recipe.model)
-            and "model_kwargs" not in overrides):
-        values["model_kwargs"] = {}
+    if "model" in overrides and overrides["model"] != values.get("model", Recipe.model):
+        for key, own in (("model_kwargs", {}), ("patch_size", None)):
+            if key not in overrides:
+                values[key] = own
     values.update(overrides)
     checked = {}
     for key, value in values.items():

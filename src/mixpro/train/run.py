@@ -135,7 +135,9 @@ def _check_geometry(cfg: Recipe, patch: int | None, model: torch.nn.Module | Non
                     needs_attention: bool = False) -> None:
     needs_patch = METHODS[cfg.method].patch
     if needs_patch and patch is None:
-        raise ConfigError(f"method {cfg.method} needs a patch size; set patch_size")
+        raise ConfigError(f"method {cfg.method} needs a patch size and {cfg.model} has no patch "
+                          "embedding: set patch_size (the pixel unit of its mask cells or "
+                          "boxes, e.g. 4)")
     if patch is not None and cfg.img_size % patch:
         raise ConfigError(f"img_size {cfg.img_size} is not a multiple of patch_size {patch}")
     uses_cells = needs_patch and "mask_scale" in METHODS[cfg.method].keys
