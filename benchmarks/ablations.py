@@ -125,6 +125,7 @@ def work(studies: list[str]) -> int:
             claim = out.with_name(out.name + ".claim")
             if (out / "final.json").exists():
                 continue
+            claim.parent.mkdir(parents=True, exist_ok=True)
             try:
                 os.close(os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
             except FileExistsError:

@@ -65,3 +65,7 @@ def test_work_skips_finished_and_claimed_runs(tmp_path, monkeypatch):
     assert trained == names[2:]
     claims = [p.name for p in (mod.RUNS / "fig5b").glob("*.claim")]
     assert claims == [names[1] + ".claim"]  # each trained run's claim is released
+    # a study whose folder does not exist yet: the claims create it
+    trained.clear()
+    assert mod.work(["table9"]) == 0
+    assert trained == [p.name for p in mod.planned("table9")]
