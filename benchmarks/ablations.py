@@ -14,8 +14,9 @@ redone (``mixpro compare`` skips a run whose ``final.json`` exists).
 
 ``share``: several studies contain the same run (MixPro's defaults are Table 10's ``cosine``,
 Fig. 5a's scale 2, Fig. 5b's β = 1, Table 8's MaskMix row and Table 6's MixPro row). A run
-whose recipe equals a finished run's of another study, key for key apart from ``output``,
-is that run: its files are copied with a ``SHARED`` note naming the source, not trained again.
+whose recipe equals a finished run's of another study, key for key apart from
+``NOT_THE_RUN`` (``output``, ``progress``, ``tensorboard``), is that run: its files are
+copied with a ``SHARED`` note naming the source, not trained again.
 
 ``work``: trains the unfinished runs of the studies one at a time on one thread, claiming each
 with a lock file, so two workers on two cores share the queue (on a 2-core machine two
