@@ -69,3 +69,26 @@ def test_work_skips_finished_and_claimed_runs(tmp_path, monkeypatch):
     trained.clear()
     assert mod.work(["table9"]) == 0
     assert trained == [p.name for p in mod.planned("table9")]
+
+
+def test_synced_runs_are_not_git_ignored(tmp_path, monkeypatch):
+    """What ``sync`` writes under docs/ must be committable: a ``runs/`` ignore rule anywhere
+    but the repository root once hid every committed run, so a clean clone retrained them."""
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        import pytest
+
+        pytest.skip("needs a git checkout of the repository")
+    mod = _ablations(tmp_path, monkeypatch)
+    synced = [mod.DOCS.relative_to(tmp_path) / "table6" / "runs" / "mixpro-seed0" / name
+              for name in mod.KEEP]
+    synced += [mod.DOCS.relative_to(tmp_path) / "table6" / name
+               for name in ("results.md", "results.csv", "compare.png")]
+    check = subprocess.run(["git", "check-ignore", "--no-index", *map(str, synced)],
+                           cwd=ROOT, capture_output=True, text=True)
+    assert check.returncode == 1, f"git ignores {check.stdout.split()}"
+    top = subprocess.run(["git", "check-ignore", "--no-index", "runs/table6/x/last.pt"],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert top.returncode == 0, "the top-level runs/ folder (checkpoints) must stay ignored"
