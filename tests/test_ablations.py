@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
+import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,12 +77,7 @@ def test_work_skips_finished_and_claimed_runs(tmp_path, monkeypatch):
 def test_synced_runs_are_not_git_ignored(tmp_path, monkeypatch):
     """What ``sync`` writes under docs/ must be committable: a ``runs/`` ignore rule anywhere
     but the repository root once hid every committed run, so a clean clone retrained them."""
-    import shutil
-    import subprocess
-
     if shutil.which("git") is None or not (ROOT / ".git").exists():
-        import pytest
-
         pytest.skip("needs a git checkout of the repository")
     mod = _ablations(tmp_path, monkeypatch)
     synced = [mod.DOCS.relative_to(tmp_path) / "table6" / "runs" / "mixpro-seed0" / name
