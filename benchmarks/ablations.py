@@ -30,6 +30,7 @@ import json
 import os
 import shutil
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -100,10 +101,7 @@ def share(study: str) -> int:
         src = done.get(_key(cfg.to_dict()))
         if (out / "final.json").exists() or src is None:
             continue
-        out.mkdir(parents=True, exist_ok=True)
-        for name in KEEP:
-            if (src / name).exists() and name != "SHARED":
-                shutil.copy2(src / name, out / name)
+        _copy(src, out, [name for name in KEEP if name != "SHARED"])
         origin = (src / "SHARED").read_text().strip() if (src / "SHARED").exists() else \
             str(src.relative_to(ROOT))
         (out / "SHARED").write_text(f"{origin}\n")
@@ -157,6 +155,14 @@ def fig2a(study: str = "table10") -> Path | None:
                         title=f"Fig. 2a: mean α per epoch ({seeds})")
 
 
+def _copy(src: Path, dst: Path, names: Iterable[str]) -> None:
+    """Copy each file ``src/name`` that exists to ``dst/name`` (``dst`` made when needed)."""
+    for name in names:
+        if (src / name).exists():
+            dst.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src / name, dst / name)
+
+
 def sync(study: str) -> int:
     """Copy the finished runs of ``study`` into docs/; returns how many there are."""
     src, dst = RUNS / study, DOCS / study
@@ -164,16 +170,9 @@ def sync(study: str) -> int:
         fig2a(study)
     n = 0
     for final in sorted(src.glob("*/final.json")):
-        out = dst / "runs" / final.parent.name
-        out.mkdir(parents=True, exist_ok=True)
-        for name in KEEP:
-            if (final.parent / name).exists():
-                shutil.copy2(final.parent / name, out / name)
+        _copy(final.parent, dst / "runs" / final.parent.name, KEEP)
         n += 1
-    for name in ("results.md", "results.csv", "compare.png"):
-        if (src / name).exists():
-            dst.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src / name, dst / name)
+    _copy(src, dst, ("results.md", "results.csv", "compare.png"))
     return n
 
 
@@ -182,9 +181,7 @@ def restore(study: str) -> None:
     for run in sorted((DOCS / study / "runs").glob("*")):
         out = RUNS / study / run.name
         if not (out / "final.json").exists():
-            out.mkdir(parents=True, exist_ok=True)
-            for f in run.iterdir():
-                shutil.copy2(f, out / f.name)
+            _copy(run, out, [f.name for f in run.iterdir()])
 
 
 def main(argv: list[str]) -> int:
