@@ -11,7 +11,8 @@ import mixpro
 
 ROOT = Path(mixpro.__file__).resolve().parent
 APPS = ("mixpro.train", "mixpro.evaluate", "mixpro.data", "mixpro.plots", "mixpro.bench",
-        "mixpro.cli", "mixpro.checkpoint", "mixpro.models", "mixpro.errors", "matplotlib")
+        "mixpro.cli", "mixpro.checkpoint", "mixpro.models", "mixpro.errors", "mixpro.files",
+        "matplotlib")
 
 
 def test_importing_the_core_loads_no_app():

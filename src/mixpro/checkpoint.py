@@ -13,17 +13,18 @@ head re-initialised when the class count differs). ``last.pt`` / ``best.pt`` hol
      "epoch": completed_epochs, "metrics": [per-epoch dicts], "best_acc": float,
      "optimizer", "scheduler", "scaler", "ema", "mixer", "rng", "alpha_last"}   # last.pt only
 
-Everything in a version-2 file loads with ``torch.load(weights_only=True)`` (the RNG states
-are stored as tensors and lists); version-1 files (numpy RNG states pickled) are read with the
-full unpickler, as older ``mixpro train`` runs wrote them. Writes go to ``<file>.tmp``, are
-fsynced, then ``os.replace`` d onto the file (atomic on POSIX): a crash or a full disk never
-leaves a half-written checkpoint in place of a good one, nor a ``.tmp`` behind.
+Every file is read with ``torch.load(weights_only=True)``, never with the full unpickler (a
+crafted file could run code through it): a version-2 file holds tensors, lists and numbers only;
+a version-1 file's numpy RNG state is let through as a plain numpy array (nothing else is).
+A file pickling any other object is refused in one line naming what it pickles. Writes are
+atomic (:mod:`mixpro.files`): a unique ``last.pt.<random>.tmp``, fsync, ``os.replace``; a
+crash or a full disk never leaves a half-written checkpoint in place of a good one; a failed
+write removes its temp file, and the temp file of a SIGKILLed writer is removed when the next
+run takes the folder.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import os
 import pickle
 import random
@@ -36,6 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import files
 from .errors import UserError
 from .models import ModelError, build_model
 
@@ -64,39 +66,15 @@ def _first_line(e: BaseException) -> str:
 # -- writing -------------------------------------------------------------------------------
 
 
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        io_error = isinstance(e, OSError) or (
-            isinstance(e, RuntimeError) and "write" in str(e).lower())  # torch's zip writer
-        if not io_error:
-            raise
-        full = getattr(e, "errno", None) == errno.ENOSPC or "No space" in str(e)
-        reason = "the disk is full" if full else _first_line(e)
-        raise CheckpointError(f"cannot write {path}: {reason}") from None
-
-
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to ``path + '.tmp'``, fsync, then ``os.replace`` onto ``path``.
+    """``torch.save`` atomically (:func:`mixpro.files.atomic_write`: a unique temp file,
+    fsync, ``os.replace``).
 
     Raises:
-        CheckpointError: the file cannot be written (disk full, permissions); the ``.tmp`` is
+        WriteError: the file cannot be written (disk full, permissions); the temp file is
             removed and an existing ``path`` is left as it was.
     """
-    _atomic(Path(path), lambda f: torch.save(obj, f))
-
-
-def atomic_write_text(text: str, path: str | os.PathLike) -> None:
-    """Write ``text`` to ``path`` atomically (same guarantees as :func:`atomic_save`)."""
-    _atomic(Path(path), lambda f: f.write(text.encode()))
+    files.atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def rng_state() -> dict[str, Any]:
@@ -156,29 +134,51 @@ def read(path: str | os.PathLike, *, training: bool = False) -> dict[str, Any]:
     return ckpt
 
 
+def _numpy_globals() -> list[Any]:
+    """What a version-1 file pickles besides tensors: numpy's uint32 RNG key array (under
+    numpy 1's and numpy 2's module names). These only rebuild plain arrays: no callable of
+    the file's choosing ever runs."""
+    from numpy._core import multiarray
+
+    rebuild = multiarray._reconstruct
+    return [rebuild, (rebuild, "numpy.core.multiarray._reconstruct"), np.ndarray, np.dtype,
+            type(np.dtype(np.uint32))]
+
+
 def _torch_load(path: Path) -> Any:
-    """``torch.load`` on the CPU, tensors-only where the file allows it (version-1 files and
-    other pickles need the full unpickler); :class:`CheckpointError` when it fails."""
+    """``torch.load(weights_only=True)`` on the CPU: tensors, containers and numbers only
+    (plus numpy's plain arrays, which version-1 files hold). A file that needs any other
+    Python object is refused, never handed to the full unpickler: loading it could run code
+    of the file's choosing. :class:`CheckpointError` when it fails."""
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path} (the file does not exist)")
-    ckpt, err = None, None
-    for weights_only in (True, False):
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=weights_only)
-            break
-        except pickle.UnpicklingError as e:
-            err = e
-            if weights_only and "Weights only load failed" in str(e):
-                continue  # a version-1 file: numpy RNG states need the full unpickler
-            break
-        except (RuntimeError, OSError, EOFError, zipfile.BadZipFile, ValueError,
-                AttributeError, ImportError, IndexError, KeyError, TypeError) as e:
-            err = e
-            break
-    if ckpt is None:
+    try:
+        with torch.serialization.safe_globals(_numpy_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, zipfile.BadZipFile,
+            ValueError, AttributeError, ImportError, IndexError, KeyError, TypeError) as e:
+        unsafe = _unsafe_globals(path)
+        if unsafe:
+            raise CheckpointError(
+                f"cannot read checkpoint {path}: it pickles Python objects other than tensors "
+                f"({', '.join(unsafe[:3])}), which mixpro never unpickles (that could run "
+                "code); save the state dict alone (torch.save(model.state_dict(), path)) or "
+                "a .safetensors file") from None
+        why = type(e).__name__ if isinstance(e, pickle.UnpicklingError) else _first_line(e)
         raise CheckpointError(f"cannot read checkpoint {path}: corrupt or not a checkpoint "
-                              f"({_first_line(err)})")
-    return ckpt
+                              f"({why})") from None
+
+
+def _unsafe_globals(path: Path) -> list[str]:
+    """The globals (classes, functions) a torch file pickles that weights-only loading does
+    not allow; empty when there are none or the file cannot be read that far."""
+    allowed = {f"{g.__module__}.{g.__name__}" if not isinstance(g, tuple) else g[1]
+               for g in _numpy_globals()}
+    try:
+        found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # noqa: BLE001 - corrupt files fail here in many ways; reported above
+        return []
+    return [g for g in found if g not in allowed]
 
 
 def check_matches(ckpt: Mapping[str, Any], recipe: Mapping[str, Any],
@@ -199,6 +199,24 @@ def _head_name(head: Any) -> str:
         return "no class-attention head"
     extra = ", ".join(f"{k}={v}" for k, v in head.items() if k != "mode")
     return f"the {head.get('mode')} head" + (f" ({extra})" if extra else "")
+
+
+def check_classes(ckpt: Mapping[str, Any], classes: list[str], path: str | os.PathLike) -> None:
+    """The data's classes (in label order) must be the checkpoint's ``config['classes']``:
+    a renamed or re-ordered class folder would silently permute the labels of a resumed run.
+    A checkpoint without a class list (older files) is not checked."""
+    then = ckpt["config"].get("classes")
+    if then is None or list(then) == list(classes):
+        return
+    if len(then) != len(classes):
+        diff = f"{len(then)} classes in the checkpoint, {len(classes)} now"
+    else:
+        i = next(i for i, (a, b) in enumerate(zip(then, classes, strict=True)) if a != b)
+        n = sum(a != b for a, b in zip(then, classes, strict=True))
+        diff = (f"label {i} is {then[i]!r} in the checkpoint and {classes[i]!r} now"
+                + (f" ({n} labels differ)" if n > 1 else ""))
+    raise CheckpointError(f"checkpoint {path} does not match this run's data: {diff}; resume "
+                          "with the classes it was trained on")
 
 
 def check_cls_head(ckpt: Mapping[str, Any], head: Mapping[str, Any] | None,
@@ -395,7 +413,7 @@ __all__ = [
     "MUST_MATCH",
     "CheckpointError",
     "atomic_save",
-    "atomic_write_text",
+    "check_classes",
     "check_cls_head",
     "check_matches",
     "classifier_keys",

@@ -169,10 +169,16 @@ def train_one_epoch(ctx: StepContext, loader: Iterable, epoch: int,
     }
 
 
+class EvaluationStopped(Exception):  # noqa: N818 - not an error: a signal arrived
+    """:func:`evaluate` was stopped by its ``stop`` callback (SIGTERM / SIGINT)."""
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable, info: DistInfo,
-             amp_dtype: torch.dtype | None = None, multi_label: bool = False) -> dict:
-    """Test metrics over this rank's shard, combined over ranks.
+             amp_dtype: torch.dtype | None = None, multi_label: bool = False,
+             stop: Callable[[], bool] | None = None) -> dict:
+    """Test metrics over this rank's shard, combined over ranks. ``stop()`` is asked after
+    every batch (on every rank); True raises :class:`EvaluationStopped`.
 
     Single-label: ``{"acc": top-1 %, "loss": mean cross-entropy}``. Multi-label (multi-hot
     ``(B, K)`` labels): ``{"acc": top-1 precision % (the highest-scoring class is one of the
@@ -198,6 +204,9 @@ def evaluate(model: nn.Module, loader: Iterable, info: DistInfo,
             loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
             correct += float((top == labels).sum())
         n += labels.shape[0]
+        if stop is not None and stop():
+            model.train(was_training)
+            raise EvaluationStopped
     correct, loss_sum, n = all_sum([correct, loss_sum, n], info)
     model.train(was_training)
     out = {"acc": 100.0 * correct / max(n, 1), "loss": loss_sum / max(n, 1)}

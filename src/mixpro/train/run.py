@@ -30,13 +30,20 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 import mixpro
 from mixpro import checkpoint as ckpt_io
-from mixpro import models
+from mixpro import files, models
 from mixpro.methods import METHODS, build_mixer
 
 from . import distributed
-from .engine import EpochState, StepContext, TrainingDiverged, evaluate, train_one_epoch
+from .engine import (
+    EpochState,
+    EvaluationStopped,
+    StepContext,
+    TrainingDiverged,
+    evaluate,
+    train_one_epoch,
+)
 from .loaders import EpochBatches, auto_threads, auto_workers, datasets, loaders
-from .output import FINAL, check_output, output_dir
+from .output import ARTEFACTS, FINAL, check_output, output_dir
 from .recipe import ConfigError, Recipe, TrainError
 from .signals import Stopped, StopSignals
 
@@ -71,6 +78,7 @@ class Prepared:
     alpha_last: list[float] | None = None
     writer: Any = None
     owns_group: bool = False
+    lock: files.FolderLock | None = None  # rank 0: the output folder's, held to the end
 
 
 @dataclass
@@ -202,16 +210,33 @@ def seed_epoch(cfg: Recipe, epoch: int, rank: int, mixer_gen: torch.Generator,
 
 
 def prepare(cfg: Recipe, resume: bool | str = False, overwrite: bool = False) -> Prepared:
-    """Build data, model, mixer, optimiser, scheduler, EMA; check everything; load the
-    checkpoint when resuming. Raises :class:`TrainError` on any user error."""
+    """Take the output folder (rank 0: an exclusive :class:`~mixpro.files.FolderLock`, held
+    until :func:`train` returns; a second writer is refused in one line), then build data,
+    model, mixer, optimiser, scheduler, EMA; check everything; load the checkpoint when
+    resuming. Raises :class:`TrainError` (or :class:`~mixpro.files.FolderLocked`) on any user
+    error, and then frees the folder."""
     info = distributed.setup(cfg.device)
-    owns = info.distributed
     torch.set_num_threads(cfg.threads or auto_threads(info.world, auto_workers(cfg, info.world)))
     if info.device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {cfg.device} requested but CUDA is not available")
     out = output_dir(cfg)
     resume_path = (out / "last.pt" if resume is True else Path(resume)) if resume else None
-    stale = check_output(out, resume_path, overwrite)
+    check_output(out, resume_path, overwrite)  # a file, unwritable: before creating anything
+    lock = files.FolderLock(out).acquire() if info.is_main else None
+    try:
+        return _prepare(cfg, info, out, resume_path, overwrite, lock)
+    except BaseException:
+        if lock is not None:
+            lock.release(remove_folder=True)
+        raise
+
+
+def _prepare(cfg: Recipe, info: distributed.DistInfo, out: Path, resume_path: Path | None,
+             overwrite: bool, lock: files.FolderLock | None) -> Prepared:
+    owns = info.distributed
+    stale = check_output(out, resume_path, overwrite)  # again, now that no one else writes
+    if lock is not None:
+        files.clean_stale_temps(out, ARTEFACTS)
     if cfg.tensorboard:
         import importlib.util
 
@@ -282,11 +307,12 @@ def prepare(cfg: Recipe, resume: bool | str = False, overwrite: bool = False) ->
     prep = Prepared(cfg=cfg, info=info, out=out, model=model, ctx=None, train_loader=train_loader,
                     test_loader=test_loader, train_sampler=sampler, train_data=train_data,
                     mixer_gen=mixer_gen, model_config=model_config, owns_group=owns,
-                    batches=batches)
+                    batches=batches, lock=lock)
     if resume_path is not None:
         ck = ckpt_io.read(resume_path, training=True)
         ckpt_io.check_matches(ck, recipe, resume_path, RESUME_MUST_MATCH)
         ckpt_io.check_cls_head(ck, head, resume_path)
+        ckpt_io.check_classes(ck, classes, resume_path)
         then = ck["config"].get("world_size", 1)
         if then != info.world:
             raise ckpt_io.CheckpointError(
@@ -314,7 +340,7 @@ def prepare(cfg: Recipe, resume: bool | str = False, overwrite: bool = False) ->
         for path in stale:  # --overwrite: the old run goes only now that all checks passed
             shutil.rmtree(path) if path.is_dir() else path.unlink()
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+        files.atomic_write_text(yaml.safe_dump(recipe, sort_keys=False), out / "config.yaml")
         if cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -365,8 +391,8 @@ def _save(p: Prepared, epoch: int, state: EpochState | None = None) -> None:
         ckpt["best_acc"] = p.best_acc
         ckpt_io.atomic_save({k: ckpt[k] for k in ("version", "model", "config", "epoch",
                                                   "metrics", "best_acc")}, p.out / "best.pt")
-    ckpt_io.atomic_write_text("".join(json.dumps(m) + "\n" for m in p.metrics),
-                              p.out / "metrics.jsonl")
+    files.atomic_write_text("".join(json.dumps(m) + "\n" for m in p.metrics),
+                            p.out / "metrics.jsonl")
 
 
 def _restore_position(p: Prepared) -> EpochState:
@@ -403,7 +429,7 @@ def _finish(p: Prepared, wall: float) -> dict:
         if p.alpha_last:
             plots.alpha_histogram(p.alpha_last, p.out / "alpha_hist.png",
                                     title=f"{p.cfg.run_name}: α of the last batch")
-        ckpt_io.atomic_write_text(json.dumps(summary, indent=2), p.out / FINAL)
+        files.atomic_write_text(json.dumps(summary, indent=2), p.out / FINAL)
     return summary
 
 
@@ -420,6 +446,8 @@ def train(cfg: Recipe, resume: bool | str = False, overwrite: bool = False) -> R
         with StopSignals() as signals:
             return _epochs(p, signals, t_start)
     finally:
+        if p.lock is not None:
+            p.lock.release()
         if p.owns_group:
             distributed.cleanup()
 
@@ -432,27 +460,41 @@ def _epochs(p: Prepared, signals: StopSignals, t_start: float) -> Result:
             print(f"resuming {p.out} after epoch {p.start_epoch}/{cfg.epochs}{where}",
                   file=sys.stderr)
     every = cfg.checkpoint_every_steps
+
+    def stop_now() -> bool:
+        return distributed.any_rank(bool(signals.signum), info)
+
+    def save_and_stop(epoch: int, st: EpochState) -> Stopped:
+        if info.is_main:
+            _save(p, epoch, st)
+        distributed.barrier(info)
+        return Stopped(signals.signum or signal.SIGTERM, p.out, epoch, st.step)
+
     for epoch in range(p.start_epoch, cfg.epochs):
         seed_epoch(cfg, epoch, info.rank, p.mixer_gen, p.train_data)
         p.train_sampler.set_epoch(epoch)
         state = None
         if p.position is not None:
+            p.batches.start = int(p.position["step"])
+        # the iterator before any RNG is restored: iter(DataLoader) draws its base seed from
+        # the global RNG, at the same point of the stream as in an uninterrupted epoch
+        batches = iter(p.train_loader)
+        if p.position is not None:
             state = _restore_position(p)
             p.position = None
 
         def after_step(st: EpochState, epoch: int = epoch) -> bool:
-            stop = distributed.any_rank(bool(signals.signum), info)
+            if stop_now():  # also at the epoch's last step: its end was not saved yet
+                raise save_and_stop(epoch, st)
             due = every is not None and (epoch * ctx.steps_per_epoch + st.step) % every == 0
-            if (stop or due) and st.step < ctx.steps_per_epoch:
+            if due and st.step < ctx.steps_per_epoch:
                 if info.is_main:
                     _save(p, epoch, st)
                 distributed.barrier(info)
-            if stop:
-                raise Stopped(signals.signum or signal.SIGTERM, p.out, epoch, st.step)
             return False
 
         try:
-            stats = train_one_epoch(ctx, p.train_loader, epoch, state, after_step)
+            stats = train_one_epoch(ctx, batches, epoch, state, after_step)
         except TrainingDiverged as e:
             raise TrainError(f"training diverged ({e}); last good checkpoint kept "
                              f"in {p.out}") from None
@@ -466,13 +508,18 @@ def _epochs(p: Prepared, signals: StopSignals, t_start: float) -> Result:
                "steps": stats["steps"]}
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
             multi = bool(p.model_config.get("multi_label"))
-            test = evaluate(ctx.model, p.test_loader, info, ctx.amp_dtype, multi_label=multi)
+            try:  # a signal stops the evaluation: the trained epoch is saved, evaluated later
+                test = evaluate(ctx.model, p.test_loader, info, ctx.amp_dtype,
+                                multi_label=multi, stop=stop_now)
+                ema = None if ctx.ema is None else evaluate(
+                    ctx.ema.module, p.test_loader, info, multi_label=multi, stop=stop_now)
+            except EvaluationStopped:
+                raise save_and_stop(epoch, st) from None
             row.update(test_acc=test["acc"], test_loss=test["loss"])
             if multi:
                 row["test_map"] = test["map"]
-            if ctx.ema is not None:
-                row["test_acc_ema"] = evaluate(ctx.ema.module, p.test_loader, info,
-                                               multi_label=multi)["acc"]
+            if ema is not None:
+                row["test_acc_ema"] = ema["acc"]
         if stats["alpha_last"] is not None:
             p.alpha_last = stats["alpha_last"]
         p.metrics.append(row)
