@@ -9,25 +9,29 @@ data-limited preset, resumable across sessions.
 
 Runs go to ``runs/ablations/<study>/``. ``sync`` copies each finished run's ``final.json``,
 ``metrics.jsonl`` and ``config.yaml`` (no checkpoints) and the study's ``results.*`` into
-``docs/results/ablations/<study>/``; ``run`` first restores those, so a committed run is never
-redone (``mixpro compare`` skips a run whose ``final.json`` exists).
+``docs/results/ablations/<study>/``; ``run`` first restores those whose recorded recipe is the
+planned one (a committed run of another recipe, e.g. in a clone whose preset was changed, is
+not restored, and that is said), so a committed run is never redone (``mixpro compare`` reuses
+a run whose ``final.json`` records the planned recipe).
 
 ``share``: several studies contain the same run (MixPro's defaults are Table 10's ``cosine``,
 Fig. 5a's scale 2, Fig. 5b's β = 1, Table 8's MaskMix row and Table 6's MixPro row). A run
 whose recipe equals a finished run's of another study, key for key apart from
-``NOT_THE_RUN`` (``output``, ``progress``, ``tensorboard``), is that run: its files are
-copied with a ``SHARED`` note naming the source, not trained again.
+``mixpro.train.compare.NOT_THE_RUN`` (the same rule ``mixpro compare`` reuses runs by), is
+that run: its files are copied with a ``SHARED`` note naming the source, not trained again.
 
-``work``: trains the unfinished runs of the studies one at a time on one thread, claiming each
-with a lock file, so two workers on two cores share the queue (on a 2-core machine two
-single-thread runs finish far sooner than one two-thread run after another). Then ``run``
-writes each study's table from the finished runs.
+``work``: trains the unfinished runs of the studies one at a time on one thread, so two
+workers on two cores share the queue (on a 2-core machine two single-thread runs finish far
+sooner than one two-thread run after another). A run is taken by the run folder's lock that
+``mixpro train`` holds while it trains (:class:`mixpro.files.FolderLock`; the kernel frees it
+when a worker dies, even by SIGKILL, so a killed worker's run is taken by the next one); every
+run skipped is said, with why. Then ``run`` writes each study's table from the finished runs
+(and refuses a run that a live worker holds).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 from collections.abc import Iterable
@@ -39,7 +43,6 @@ DOCS = ROOT / "docs" / "results" / "ablations"
 SEEDS = [0, 1, 2]
 RECIPE = "fashion_mnist_limited"
 KEEP = ("final.json", "metrics.jsonl", "config.yaml", "SHARED")
-NOT_THE_RUN = ("output", "progress", "tensorboard")  # recipe keys that do not change a result
 
 # study -> (methods, grid, what it reproduces)
 STUDIES: dict[str, tuple[list[str], list[str], str]] = {
@@ -82,6 +85,8 @@ def planned(study: str, threads: int | None = 1):
 
 
 def _key(recipe: dict) -> str:
+    from mixpro.train.compare import NOT_THE_RUN
+
     return json.dumps({k: v for k, v in recipe.items() if k not in NOT_THE_RUN},
                       sort_keys=True, default=str)
 
@@ -111,28 +116,37 @@ def share(study: str) -> int:
 
 
 def work(studies: list[str]) -> int:
-    """Train every unfinished run of ``studies`` not claimed by another worker."""
+    """Train every unfinished run of ``studies`` that no live worker trains; say every skip.
+    Returns 2 when some run holds another recipe's files (said, not trained), else 0."""
     import torch
 
-    from mixpro.train import run
+    from mixpro.files import FolderLocked
+    from mixpro.train import compare
 
     torch.set_num_threads(1)
+    rc = 0
     for study in studies:
         restore(study)
         share(study)
         for out, cfg in planned(study).items():
-            claim = out.with_name(out.name + ".claim")
-            if (out / "final.json").exists():
-                continue
-            claim.parent.mkdir(parents=True, exist_ok=True)
+            legacy = out.with_name(out.name + ".claim")  # claim files of earlier versions
+            if legacy.exists():
+                legacy.unlink()
+                print(f"{study}: removed the old claim file {legacy.name} (runs are locked now)",
+                      flush=True)
             try:
-                os.close(os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-            except FileExistsError:
-                continue
-            print(f"{study}: training {out.name}", flush=True)
-            run.train(cfg, resume=(out / "last.pt").exists())
-            claim.unlink()
-    return 0
+                state = compare.status(cfg)
+                if state == "finished":
+                    continue
+                print(f"{study}: training {out.name} ({state})", flush=True)
+                compare.run_one(cfg, state)
+            except FolderLocked as e:
+                print(f"{study}: {out.name} skipped: another worker trains it ({e.holder})",
+                      flush=True)
+            except compare.StaleRun as e:
+                print(f"{study}: {out.name} skipped: {e}", flush=True)
+                rc = 2
+    return rc
 
 
 def fig2a(study: str = "table10") -> Path | None:
@@ -176,12 +190,28 @@ def sync(study: str) -> int:
     return n
 
 
-def restore(study: str) -> None:
-    """Put the committed finished runs of ``study`` back where ``mixpro compare`` finds them."""
+def restore(study: str) -> int:
+    """Put the committed finished runs of ``study`` whose recorded recipe is the planned one
+    back where ``mixpro compare`` finds them; say each one that differs (not restored).
+    Returns how many were restored."""
+    from mixpro.train.compare import recipe_differences, recorded_recipe
+
+    plan = {out.name: cfg for out, cfg in planned(study).items()}
+    n = 0
     for run in sorted((DOCS / study / "runs").glob("*")):
         out = RUNS / study / run.name
-        if not (out / "final.json").exists():
-            _copy(run, out, [f.name for f in run.iterdir()])
+        if (out / "final.json").exists() or run.name not in plan:
+            continue
+        recorded = recorded_recipe(run)
+        diff = recipe_differences(recorded or {}, plan[run.name].to_dict())
+        if recorded is None or diff:
+            keys = ", ".join(f"{k} {a!r} vs {b!r}" for k, (a, b) in list(diff.items())[:3])
+            print(f"{study}: committed run {run.name} not restored: its recipe differs from "
+                  f"the planned one ({keys or 'no config.yaml'})", flush=True)
+            continue
+        _copy(run, out, [f.name for f in run.iterdir()])
+        n += 1
+    return n
 
 
 def main(argv: list[str]) -> int:

@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -54,24 +55,76 @@ def test_a_run_with_the_same_recipe_is_shared_and_a_different_one_is_not(tmp_pat
     assert (mod.DOCS / "table10" / "runs" / "mixpro_alpha-cosine-seed0" / "SHARED").exists()
 
 
-def test_work_skips_finished_and_claimed_runs(tmp_path, monkeypatch):
+def test_work_skips_finished_and_live_runs_and_says_so(tmp_path, monkeypatch, capsys):
+    from mixpro import files
+    from mixpro.train import run
+
     mod = _ablations(tmp_path, monkeypatch)
     plan = mod.planned("fig5b")
     trained = []
-    from mixpro.train import run
-
-    monkeypatch.setattr(run, "train", lambda cfg, resume: trained.append(Path(cfg.output).name))
+    monkeypatch.setattr(run, "train", lambda cfg, resume, overwrite: trained.append(
+        Path(cfg.output).name) or SimpleNamespace(summary={}))
     names = [p.name for p in plan]
     _finished(mod, "fig5b", names[0], plan[mod.RUNS / "fig5b" / names[0]].to_dict())
-    (mod.RUNS / "fig5b" / (names[1] + ".claim")).touch()  # another worker has it
-    assert mod.work(["fig5b"]) == 0
+    live = files.FolderLock(mod.RUNS / "fig5b" / names[1]).acquire()  # a live worker has it
+    (mod.RUNS / "fig5b" / (names[2] + ".claim")).touch()  # a claim file of an older version
+    try:
+        assert mod.work(["fig5b"]) == 0
+    finally:
+        live.release()
     assert trained == names[2:]
-    claims = [p.name for p in (mod.RUNS / "fig5b").glob("*.claim")]
-    assert claims == [names[1] + ".claim"]  # each trained run's claim is released
-    # a study whose folder does not exist yet: the claims create it
+    out = capsys.readouterr().out
+    assert f"{names[1]} skipped: another worker trains it (pid {__import__('os').getpid()}" in out
+    assert not list((mod.RUNS / "fig5b").glob("*.claim"))
+    # a study whose folder does not exist yet
     trained.clear()
     assert mod.work(["table9"]) == 0
     assert trained == [p.name for p in mod.planned("table9")]
+
+
+def test_a_killed_workers_run_is_taken_by_the_next_worker(tmp_path, monkeypatch, capsys):
+    """SIGKILL frees the folder lock (the kernel drops it): the next worker trains the run."""
+    import subprocess
+    import sys
+
+    from mixpro.train import run
+
+    mod = _ablations(tmp_path, monkeypatch)
+    plan = mod.planned("fig5b")
+    first = next(iter(plan))
+    first.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from mixpro.files import FolderLock; "
+        f"FolderLock({str(first)!r}).acquire(); print('held', flush=True); time.sleep(60)")],
+        stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    (first / "config.yaml").write_text(yaml.safe_dump(plan[first].to_dict()))  # no checkpoint
+    holder.kill()
+    holder.wait()
+    trained = []
+    monkeypatch.setattr(run, "train", lambda cfg, resume, overwrite: trained.append(
+        (Path(cfg.output).name, resume, overwrite)) or SimpleNamespace(summary={}))
+    assert mod.work(["fig5b"]) == 0
+    assert trained[0] == (first.name, False, True)  # restarted: killed before a checkpoint
+    assert f"training {first.name} (restart)" in capsys.readouterr().out
+
+
+def test_restore_skips_a_committed_run_of_another_recipe(tmp_path, monkeypatch, capsys):
+    mod = _ablations(tmp_path, monkeypatch)
+    plan = {p.name: c for p, c in mod.planned("table9").items()}
+    names = list(plan)
+    for i, name in enumerate(names[:2]):
+        rec = plan[name].to_dict()
+        if i == 1:
+            rec["epochs"] = 6
+        src = mod.DOCS / "table9" / "runs" / name
+        src.mkdir(parents=True)
+        (src / "config.yaml").write_text(yaml.safe_dump(rec))
+        (src / "final.json").write_text("{}")
+    assert mod.restore("table9") == 1
+    assert (mod.RUNS / "table9" / names[0] / "final.json").exists()
+    assert not (mod.RUNS / "table9" / names[1]).exists()
+    assert f"{names[1]} not restored" in capsys.readouterr().out
 
 
 def test_synced_runs_are_not_git_ignored(tmp_path, monkeypatch):

@@ -49,9 +49,9 @@ def test_sweep_writes_table_and_plot_then_skips_and_resumes(tmp_path, monkeypatc
     calls = []
     real = run.train
 
-    def spy(cfg, resume=False):
+    def spy(cfg, resume=False, overwrite=False):
         calls.append((cfg.method, cfg.seed, resume))
-        return real(cfg, resume=resume)
+        return real(cfg, resume=resume, overwrite=overwrite)
 
     monkeypatch.setattr(run, "train", spy)
     rows2 = sweep(None, methods=["none", "mixpro"], seeds=[0, 1], output=out,

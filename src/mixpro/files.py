@@ -189,20 +189,22 @@ class FolderLock:
         self.release()
 
 
-def is_locked(folder: str | os.PathLike) -> bool:
-    """Whether a live process holds ``folder``'s :class:`FolderLock` (without taking it)."""
+def lock_holder(folder: str | os.PathLike) -> str | None:
+    """Who holds ``folder``'s :class:`FolderLock` (pid, host, since), None when no live
+    process does; the lock is not taken."""
     path = Path(folder) / LOCK_NAME
-    if not path.is_file():
-        return False
-    fd = os.open(path, os.O_RDONLY)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
-        return True
+        return os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
     finally:
         os.close(fd)
-    return False
+    return None
 
 
 __all__ = ["LOCK_NAME", "FolderLock", "FolderLocked", "WriteError", "atomic_write",
-           "atomic_write_bytes", "atomic_write_text", "clean_stale_temps", "is_locked"]
+           "atomic_write_bytes", "atomic_write_text", "clean_stale_temps", "lock_holder"]

@@ -1,10 +1,14 @@
 """``mixpro compare``: methods × grid variants × seeds with one recipe, in-process, resumable.
 
 Owns the sweep: one run per (method, variant, seed) in ``<output>/<label>-seed<seed>`` (the
-label is the method, plus the variant's ``key-value`` name when ``--grid`` is given); a run
-with a ``final.json`` is never redone, one with a ``last.pt`` resumes from it, others start
-fresh. A grid key that a method does not use is dropped for that method (its variants would
-be identical runs), so ``--methods none maskmix --grid mask_scale=1,2`` runs ``none`` once.
+label is the method, plus the variant's ``key-value`` name when ``--grid`` is given). Before
+the first run, every run's folder is checked (:func:`status`): a run whose recorded recipe
+(``config.yaml``) differs from the planned one key for key (apart from :data:`NOT_THE_RUN`) is
+refused in one line naming the keys (``--rerun``: trained again), as is one a live process
+holds; then a run with a ``final.json`` is reused, one with a ``last.pt`` resumes from it,
+one killed before its first checkpoint restarts, others start fresh. A grid key that a method
+does not use is dropped for that method (its variants would be identical runs), so
+``--methods none maskmix --grid mask_scale=1,2`` runs ``none`` once.
 Then the table (per variant: top-1 mean ± std over seeds, n, the per-seed values and the paired
 difference to the reference variant with its 95 % t interval, :mod:`mixpro.sweep`) as
 ``results.md`` and ``results.csv``, and the bar plot ``compare.png``: the paper's Tables 2
@@ -14,6 +18,8 @@ and 6–10 as one command.
 from __future__ import annotations
 
 import csv
+import dataclasses
+import io
 import json
 import statistics
 import sys
@@ -26,11 +32,11 @@ from typing import Any
 import torch
 import yaml
 
-from mixpro import models, sweep
+from mixpro import files, models, sweep
 from mixpro.methods import METHODS, build_mixer
 
 from . import run
-from .output import FINAL
+from .output import ARTEFACTS, FINAL
 from .recipe import (
     FIELDS,
     ConfigError,
@@ -44,6 +50,91 @@ from .recipe import (
 DEFAULT_RECIPE = "fashion_mnist_limited"
 DEFAULT_METHODS = ("none", "cutmix", "transmix", "mixpro")
 SET_BY_COMPARE = ("method", "seed", "output")
+# recipe keys that do not change what a run computes: a finished run is reused across them
+NOT_THE_RUN = ("output", "progress", "tensorboard", "threads", "workers", "device",
+               "checkpoint_every_steps")
+
+
+class StaleRun(ConfigError):
+    """A run folder holds a run of another recipe than the one planned (``path``;
+    ``differences``: ``{key: (recorded, planned)}``)."""
+
+    def __init__(self, path: Path, differences: Mapping[str, tuple[Any, Any]],
+                 others: int = 0) -> None:
+        shown = "; ".join(f"{k} {a!r} there, {b!r} now" for k, (a, b) in
+                          list(differences.items())[:3])
+        more = f", +{len(differences) - 3} more keys" if len(differences) > 3 else ""
+        runs = f" (and {others} more runs)" if others else ""
+        super().__init__(f"{path} holds a run of another recipe ({shown}{more}){runs}: pass "
+                         "--rerun to train it again, or choose another --output-dir")
+        self.path, self.differences = path, dict(differences)
+
+
+def recipe_differences(recorded: Mapping[str, Any], planned: Mapping[str, Any]
+                       ) -> dict[str, tuple[Any, Any]]:
+    """``{key: (recorded, planned)}`` for every recipe key whose values differ, apart from
+    :data:`NOT_THE_RUN`; a key newer than the recorded recipe counts as its default."""
+    defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                for f in dataclasses.fields(Recipe)}
+    out = {}
+    for key in dict.fromkeys([*planned, *recorded]):
+        if key in NOT_THE_RUN:
+            continue
+        then = recorded.get(key, defaults.get(key))
+        now = planned.get(key, defaults.get(key))
+        if then != now:
+            out[key] = (then, now)
+    return out
+
+
+def recorded_recipe(folder: str | Path) -> dict[str, Any] | None:
+    """The recipe a run folder's ``config.yaml`` records (None: no readable one)."""
+    path = Path(folder) / "config.yaml"
+    if not path.is_file():
+        return None
+    try:
+        got = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, OSError, UnicodeDecodeError):
+        return None
+    return got if isinstance(got, dict) else None
+
+
+def status(cfg: Recipe, *, rerun: bool = False) -> str:
+    """What a sweep does with the run folder ``cfg.output``: ``"finished"`` (its
+    ``final.json`` is reused), ``"resume"`` (from its ``last.pt``), ``"restart"`` (run files
+    of this recipe but no checkpoint yet: killed early; its files are replaced), ``"rerun"``
+    (``rerun`` and another recipe's files: replaced) or ``"fresh"``.
+
+    Raises:
+        FolderLocked: a live process is training it.
+        StaleRun: it holds a run of another recipe (and not ``rerun``).
+    """
+    out = Path(cfg.output)
+    holder = files.lock_holder(out)
+    if holder is not None:
+        raise files.FolderLocked(out, holder)
+
+    held = [a for a in ARTEFACTS if (out / a).exists()]
+    if not held:
+        return "fresh"
+    recorded = recorded_recipe(out)
+    differences = (recipe_differences(recorded, cfg.to_dict()) if recorded is not None
+                   else {"config.yaml": ("missing or unreadable", "this plan's")})
+    if differences:
+        if rerun:
+            return "rerun"
+        raise StaleRun(out, differences)
+    if (out / FINAL).is_file():
+        return "finished"
+    return "resume" if (out / "last.pt").is_file() else "restart"
+
+
+def run_one(cfg: Recipe, state: str) -> dict:
+    """Train (or reuse) the run ``cfg`` in the way :func:`status` gave; its summary."""
+    if state == "finished":
+        return json.loads((Path(cfg.output) / FINAL).read_text())
+    return run.train(cfg, resume=state == "resume",
+                     overwrite=state in ("restart", "rerun")).summary
 
 
 @dataclass(frozen=True)
@@ -163,23 +254,18 @@ def write_csv(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
     keys: list[str] = []
     for r in rows:
         keys += [k for k in r if k not in keys]
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: (" ".join(map(str, v)) if isinstance(v, list) else v)
-                        for k, v in r.items()})
+    text = io.StringIO(newline="")
+    w = csv.DictWriter(text, fieldnames=keys)
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (" ".join(map(str, v)) if isinstance(v, list) else v)
+                    for k, v in r.items()})
+    files.atomic_write_text(text.getvalue(), path)
 
 
 def _recorded_head(cfg: Recipe) -> str | None:
     """The ``cls_head`` an existing run of ``cfg.output`` was made with (its config.yaml)."""
-    path = Path(cfg.output) / "config.yaml"
-    if not path.is_file():
-        return None
-    try:
-        return (yaml.safe_load(path.read_text()) or {}).get("cls_head")
-    except yaml.YAMLError:
-        return None
+    return (recorded_recipe(cfg.output) or {}).get("cls_head")
 
 
 def _one_architecture(configs: Iterable[Recipe]) -> None:
@@ -239,6 +325,7 @@ class Plan:
     seeds: list[int]
     configs: dict[tuple[Variant, int], Recipe]  # (variant, seed) -> its run's recipe
     reference: str | None = None  # the Δ column's variant (None: the first)
+    rerun: bool = False  # train again a finished run whose recipe differs from the plan
 
 
 def plan(
@@ -250,12 +337,16 @@ def plan(
     overrides: Mapping[str, Any] | None = None,
     grid: Sequence[str] | Mapping[str, Sequence[str]] = (),
     reference: str | None = None,
+    rerun: bool = False,
 ) -> Plan:
     """The sweep's runs and their recipes, for :func:`compare`; raises :class:`ConfigError`
     on any bad argument before anything runs. ``recipe``: name or YAML path (None: the
     data-limited preset); ``grid``: ``["key=v1,v2", ...]`` (the CLI's ``--grid``) or a parsed
     mapping; ``output``: default ``runs/compare-<recipe>``; ``reference``: the variant the Δ
-    column is paired against (default the first)."""
+    column is paired against (default the first); ``rerun``: train again the runs whose
+    folder holds another recipe's run (default: refuse them). Every distinct run is also
+    checked as :func:`~.run.prepare` would before any data is read (model, mixer, head,
+    patch and mask geometry), so a bad variant fails before the first run trains."""
     overrides = dict(overrides or {})
     try:
         grid_map = dict(grid) if isinstance(grid, Mapping) else sweep.parse_grid(list(grid))
@@ -274,36 +365,56 @@ def plan(
                                                  "seed": s}, check_ignored=False)
     name = next(iter(configs.values())).name
     out = Path(output) if output else Path("runs") / f"compare-{name}"
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--output-dir {out} is a file; choose a folder")
     for (v, s), cfg in configs.items():
         cfg.output = str(out / f"{v.label}-seed{s}")
     _one_architecture(configs.values())
+    checked: set[str] = set()
+    for cfg in configs.values():
+        key = json.dumps({k: v for k, v in cfg.to_dict().items()
+                          if k not in ("seed", *NOT_THE_RUN)}, sort_keys=True, default=str)
+        if key not in checked:
+            checked.add(key)
+            run.check(cfg)
     return Plan(name, out, {k: list(vs) for k, vs in grid_map.items()}, todo, list(seeds),
-                configs, reference)
+                configs, reference, rerun)
 
 
 def compare(p: Plan) -> list[dict[str, Any]]:
     """Run (or continue) the sweep ``p`` (:func:`plan`) and write ``results.md``,
     ``results.csv``, ``compare.png`` into its folder. Returns the table rows."""
     name, out, grid_map, todo, configs = p.name, p.out, p.grid, p.variants, p.configs
-    out.mkdir(parents=True, exist_ok=True)
+    states, stale = {}, []
+    for key, cfg in configs.items():  # every folder checked before the first run
+        try:
+            states[key] = status(cfg, rerun=p.rerun)
+        except StaleRun as e:
+            stale.append(e)
+    if stale:
+        raise StaleRun(stale[0].path, stale[0].differences, others=len(stale) - 1)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"--output-dir {out}: cannot create it ({e.strerror or e})") from None
     t0 = time.perf_counter()
     results: dict[Variant, dict[int, dict]] = {v: {} for v in todo}
+    said = {"finished": "already finished, reused", "resume": "resuming",
+            "restart": "restarting (killed before its first checkpoint)",
+            "rerun": "training again (--rerun: another recipe's run is replaced)",
+            "fresh": "starting"}
     for (v, s), cfg in configs.items():
-        final = Path(cfg.output) / FINAL
-        if final.is_file():
-            print(f"compare: {v.label} seed {s} already finished, skipped", file=sys.stderr)
-            results[v][s] = json.loads(final.read_text())
-            continue
-        resume = (Path(cfg.output) / "last.pt").is_file()
-        print(f"compare: {v.label} seed {s} ({'resuming' if resume else 'starting'})",
-              file=sys.stderr)
-        results[v][s] = run.train(cfg, resume=resume).summary
+        state = states[v, s]
+        if state != "finished":  # a run that another process finished or took meanwhile
+            state = status(cfg, rerun=p.rerun)
+        print(f"compare: {v.label} seed {s} {said[state]}", file=sys.stderr)
+        results[v][s] = run_one(cfg, state)
     rows = summarize(results, p.reference)
     sweep_text = "; grid " + " × ".join(f"{k} ∈ {{{', '.join(vs)}}}" for k, vs in
                                         grid_map.items()) if grid_map else ""
     title = (f"mixpro compare: recipe {name}, seeds {', '.join(map(str, p.seeds))}{sweep_text} "
              f"(final-epoch top-1 on the test set)")
-    (out / "results.md").write_text(markdown(rows, title))
+    files.atomic_write_text(markdown(rows, title), out / "results.md")
     write_csv(rows, out / "results.csv")
     from mixpro.plots.compare import compare_bars
 

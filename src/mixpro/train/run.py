@@ -209,6 +209,30 @@ def seed_epoch(cfg: Recipe, epoch: int, rank: int, mixer_gen: torch.Generator,
         gen.manual_seed(s + 2)
 
 
+def _build(cfg: Recipe, num_classes: int, mixer_gen: torch.Generator, pretrained: bool = False
+           ) -> tuple[torch.nn.Module, dict, Any, dict | None]:
+    """The model (with its class-attention head, if any) and the mixer, their geometry
+    checked: ``(model, model_kwargs, mixer, head)``. Raises :class:`ConfigError`."""
+    model, model_kwargs = _model(cfg, num_classes, pretrained=pretrained)
+    patch = models.patch_size(model) or cfg.patch_size
+    mixer = _mixer(cfg, num_classes, patch, mixer_gen)
+    model, head = _cls_head(cfg, model, mixer.needs_attention)
+    stride = getattr(model, "token_stride", None)
+    if stride is not None and METHODS[cfg.method].token_aligned:  # boxes on the head's tokens
+        mixer = _mixer(cfg, num_classes, patch, mixer_gen, token_size=stride)
+    _check_geometry(cfg, patch, model, mixer.needs_attention)
+    return model, model_kwargs, mixer, head
+
+
+def check(cfg: Recipe) -> None:
+    """The checks of :func:`prepare` that need no data, output folder or weights: model,
+    mixer, class-attention head, cls-token attention, patch/mask/token geometry (what a sweep
+    checks for every run before the first trains). Raises :class:`ConfigError`."""
+    model, _, mixer, _ = _build(cfg, 2, torch.Generator())
+    if mixer.needs_attention:
+        _probe(cfg, model).remove()
+
+
 def prepare(cfg: Recipe, resume: bool | str = False, overwrite: bool = False) -> Prepared:
     """Take the output folder (rank 0: an exclusive :class:`~mixpro.files.FolderLock`, held
     until :func:`train` returns; a second writer is refused in one line), then build data,
@@ -252,21 +276,15 @@ def _prepare(cfg: Recipe, info: distributed.DistInfo, out: Path, resume_path: Pa
     if cfg.fine_tune and fresh and not (cfg.pretrained or cfg.initial_checkpoint):
         raise ConfigError(f"recipe {cfg.name} fine-tunes (fine_tune: true) but no initial weights "
                           "were given: add --initial-checkpoint PATH or --pretrained")
-    model, model_kwargs = _model(cfg, num_classes, pretrained=cfg.pretrained and fresh)
+    mixer_gen = torch.Generator().manual_seed(cfg.seed)
+    model, model_kwargs, mixer, head = _build(cfg, num_classes, mixer_gen,
+                                              pretrained=cfg.pretrained and fresh)
     if cfg.pretrained and fresh and info.is_main:
         print(models.pretrained_report(model, num_classes), flush=True)
-    patch = models.patch_size(model) or cfg.patch_size
-    mixer_gen = torch.Generator().manual_seed(cfg.seed)
-    mixer = _mixer(cfg, num_classes, patch, mixer_gen)
-    model, head = _cls_head(cfg, model, mixer.needs_attention)
-    stride = getattr(model, "token_stride", None)
-    if stride is not None and METHODS[cfg.method].token_aligned:  # boxes on the head's tokens
-        mixer = _mixer(cfg, num_classes, patch, mixer_gen, token_size=stride)
     if cfg.initial_checkpoint and fresh:
         report = ckpt_io.load_initial_weights(model, cfg.initial_checkpoint, cfg.model)
         if info.is_main:
             print(report, flush=True)
-    _check_geometry(cfg, patch, model, mixer.needs_attention)
     model.to(info.device)
 
     train_loader, test_loader, sampler, batches = loaders(cfg, train_data, test_data,
