@@ -4,16 +4,25 @@ loses nothing, sweeps that never report stale runs nor get stuck, disk-full in o
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from test_data import make_fashion
-from test_train import tiny
+from test_train import _strip, kill_in_epoch_2, tiny
+from test_train_reliability import _interrupt_at, _same
 
 from mixpro import checkpoint as ckpt_io
+from mixpro import files
 from mixpro.cli import main
 from mixpro.train import run
+from mixpro.train.recipe import TrainError, load_recipe
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -66,8 +75,15 @@ def test_no_path_runs_code_from_a_checkpoint(finished, data_dir, tmp_path, capsy
     sweep = tmp_path / "sweep"
     (sweep / "none-seed0").mkdir(parents=True)
     _hostile(sweep / "none-seed0" / "last.pt", marker, like=finished / "last.pt")
+    from mixpro.cli import build_parser, recipe_overrides
+    from mixpro.train import compare as cmp
+
+    cmp_argv = ["compare", "--recipe", "fashion_mnist", *base, "--methods", "none",
+                "--seeds", "0", "--output-dir", str(sweep)]
+    planned = cmp.plan("fashion_mnist", methods=["none"], seeds=[0], output=sweep,
+                       overrides=recipe_overrides(build_parser().parse_args(cmp_argv)))
     (sweep / "none-seed0" / "config.yaml").write_text(
-        (finished / "config.yaml").read_text())
+        yaml.safe_dump(next(iter(planned.configs.values())).to_dict()))  # the planned run
     calls = {
         "eval": ["eval", str(evil), "--data-dir", str(data_dir), "--evals", "clean",
                  "--out", str(tmp_path / "ev"), "--no-progress"],
@@ -81,9 +97,7 @@ def test_no_path_runs_code_from_a_checkpoint(finished, data_dir, tmp_path, capsy
         "train --resume (folder)": ["train", *base, "--output", str(folder), "--resume"],
         "train --initial-checkpoint": ["train", *base, "--output", str(tmp_path / "t2"),
                                        "--initial-checkpoint", str(evil)],
-        "compare (run folder)": ["compare", "--recipe", "fashion_mnist", *base,
-                                 "--methods", "none", "--seeds", "0",
-                                 "--output-dir", str(sweep)],
+        "compare (run folder)": cmp_argv,
     }
     for what, argv in calls.items():
         rc = main(argv)
@@ -105,3 +119,211 @@ def test_version_1_checkpoints_still_load_without_the_full_unpickler(finished, t
     read = ckpt_io.read(tmp_path / "v1.pt", training=True)
     assert read["rng"]["numpy"][1].dtype == np.uint32
     ckpt_io.set_rng_state(read["rng"])
+
+
+# -- item 2: one writer per output folder ----------------------------------------------------
+
+
+def test_a_second_writer_is_refused_before_any_work(data_dir, tmp_path, monkeypatch):
+    out = tmp_path / "r"
+    live = files.FolderLock(out).acquire()  # another live process's run, as far as flock goes
+    read = []
+    monkeypatch.setattr(run, "datasets", lambda cfg: read.append(cfg) or 1 / 0)
+    try:
+        with pytest.raises(files.FolderLocked, match=f"{out} is in use by another mixpro "
+                                                     f"process \\(pid {os.getpid()}"):
+            run.train(tiny(data_dir, out))
+    finally:
+        live.release()
+    assert not read and sorted(p.name for p in out.iterdir()) == [files.LOCK_NAME]
+
+
+def test_a_refused_run_leaves_no_folder_and_a_finished_run_frees_its_lock(data_dir, tmp_path):
+    out = tmp_path / "new"
+    with pytest.raises(TrainError, match="mask_scale"):
+        run.train(tiny(data_dir, out, mask_scale=3))
+    assert not out.exists()  # the folder the lock made is gone with the refusal
+    run.train(tiny(data_dir, out, epochs=1, warmup_epochs=0))
+    assert files.lock_holder(out) is None
+    run.train(tiny(data_dir, out, epochs=2), overwrite=True)  # the same process, again
+
+
+def test_two_trainings_started_together_into_one_output(data_dir, tmp_path):
+    out = tmp_path / "r"
+    argv = [sys.executable, "-m", "mixpro", "train", "--data-dir", str(data_dir),
+            "--img-size", "16", "--patch-size", "4", "--model-kwargs",
+            "{embed_dim: 32, depth: 1, num_heads: 2, mlp_ratio: 2.0}", "--epochs", "3",
+            "--warmup-epochs", "0", "--batch-size", "16", "--threads", "1", "--no-progress",
+            "--output", str(out)]
+    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    done = [(p.wait(timeout=240), *p.communicate()) for p in procs]
+    codes = sorted(rc for rc, _, _ in done)
+    assert codes == [0, 2], done
+    _, _, err = next(d for d in done if d[0] == 2)
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("mixpro: error:") and "Traceback" not in err
+    assert "in use by another mixpro process" in last or "already holds a run" in last
+    ck = torch.load(out / "last.pt", weights_only=True)
+    final = json.loads((out / "final.json").read_text())
+    assert ck["epoch"] == 3 and final["epochs"] == 3
+    assert [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()] == \
+        ck["metrics"]
+
+
+def test_concurrent_atomic_writes_of_one_file_use_their_own_temp_files(tmp_path):
+    path = tmp_path / "last.pt"
+    seen = []
+
+    def outer(f):
+        f.write(b"outer")
+        seen.extend(p.name for p in tmp_path.iterdir())
+        files.atomic_write_bytes(b"inner", path)  # a second writer, in the middle
+
+    files.atomic_write(path, outer)
+    assert path.read_bytes() == b"outer"  # neither clobbered the other's temp file
+    assert len(seen) == 1 and seen[0].startswith("last.pt.") and seen[0].endswith(".tmp") \
+        and seen[0] != "last.pt.tmp"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
+# -- item 14: stale temp files of a killed writer --------------------------------------------
+
+
+def test_a_killed_writers_temp_files_go_when_the_next_run_takes_the_folder(data_dir, tmp_path):
+    out = tmp_path / "r"
+    run.train(tiny(data_dir, out, epochs=1, warmup_epochs=0))
+    for name in ("last.pt.tmp", "last.pt.k2j4x9.tmp", "metrics.jsonl.abc.tmp"):
+        (out / name).write_bytes(b"half")
+    (out / "notes.tmp").write_text("mine")
+    run.train(tiny(data_dir, out, epochs=1, warmup_epochs=0), resume=True)
+    assert not list(out.glob("*.pt*.tmp")) and not list(out.glob("metrics.jsonl.*"))
+    assert (out / "notes.tmp").read_text() == "mine"
+
+
+# -- item 4: resume checks the classes ---------------------------------------------------------
+
+
+def test_resume_refuses_renamed_classes(tmp_path):
+    from test_data import _png_tree
+
+    root = _png_tree(tmp_path / "imgs", classes=("a", "b", "c"), n=4)
+    over = dict(data=str(root), img_size=16, epochs=2, warmup_epochs=0, batch_size=4,
+                progress=False, threads=1, method="cutmix", max_steps=1,
+                model_kwargs={"embed_dim": 16, "depth": 1, "num_heads": 2},
+                output=str(tmp_path / "r"))
+    kill_in_epoch_2(load_recipe(None, over), pytest.MonkeyPatch())
+    for split in ("train", "val"):
+        (root / split / "a").rename(root / split / "d")  # same count, labels permuted
+    with pytest.raises(ckpt_io.CheckpointError,
+                       match="label 0 is 'a' in the checkpoint and 'b' now \\(3 labels differ"):
+        run.train(load_recipe(None, over), resume=True)
+    assert torch.load(tmp_path / "r" / "last.pt", weights_only=True)["config"]["classes"] == \
+        ["a", "b", "c"]
+
+
+# -- items 5 and 6: resume is bit-exact with drop path, nothing is lost at an epoch's end ------
+
+
+DROP = dict(epochs=3, method="mixpro", drop_path=0.2, drop_rate=0.1)
+
+
+@pytest.fixture(scope="module")
+def full_drop(data_dir, tmp_path_factory):
+    return run.train(tiny(data_dir, tmp_path_factory.mktemp("full") / "r", **DROP))
+
+
+def _resumed_equals(full, data_dir, out, **kw):
+    resumed = run.train(tiny(data_dir, out, **{**DROP, **kw}), resume=True)
+    assert _same(full.model, resumed.model)
+    assert _strip(full.metrics) == _strip(resumed.metrics)
+
+
+def test_sigterm_mid_epoch_with_drop_path_resumes_bit_exact(full_drop, data_dir, tmp_path,
+                                                            monkeypatch):
+    _interrupt_at(monkeypatch, 6, lambda: signal.raise_signal(signal.SIGTERM))
+    with pytest.raises(run.Stopped, match="epoch 2, step 2"):
+        run.train(tiny(data_dir, tmp_path / "cut", **DROP))
+    monkeypatch.undo()
+    _resumed_equals(full_drop, data_dir, tmp_path / "cut")
+
+
+def test_checkpoint_every_steps_with_drop_path_resumes_bit_exact(full_drop, data_dir, tmp_path,
+                                                                 monkeypatch):
+    def die():
+        raise KeyboardInterrupt
+
+    _interrupt_at(monkeypatch, 7, die)  # last save: global step 5 (epoch 2, step 1)
+    with pytest.raises(KeyboardInterrupt):
+        run.train(tiny(data_dir, tmp_path / "cut", checkpoint_every_steps=5, **DROP))
+    assert torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["position"]["step"] == 1
+    monkeypatch.undo()
+    _resumed_equals(full_drop, data_dir, tmp_path / "cut", checkpoint_every_steps=5)
+
+
+def test_sigkill_with_drop_path_resumes_bit_exact(full_drop, data_dir, tmp_path):
+    out = tmp_path / "cut"
+    over = {**DROP, "checkpoint_every_steps": 1}
+    script = (
+        "import os, signal, sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "import torch\n"
+        "from test_train import tiny\n"
+        "from mixpro.train import run\n"
+        "real = run.train_one_epoch\n"
+        "def once(ctx, loader, epoch, state, after):\n"
+        "    def killing(st):\n"
+        "        stop = after(st)\n"
+        "        if epoch == 1 and st.step == 3:\n"
+        "            os.kill(os.getpid(), signal.SIGKILL)\n"
+        "        return stop\n"
+        "    return real(ctx, loader, epoch, state, killing)\n"
+        "run.train_one_epoch = once\n"
+        "torch.set_num_threads(1)\n"
+        f"run.train(tiny({str(data_dir)!r}, {str(out)!r}, **{over!r}))\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=240)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    ck = torch.load(out / "last.pt", weights_only=True)
+    assert (ck["epoch"], ck["position"]["step"]) == (1, 3)
+    _resumed_equals(full_drop, data_dir, out, checkpoint_every_steps=1)
+
+
+def test_sigterm_in_an_epochs_last_step_keeps_the_epoch(full_drop, data_dir, tmp_path,
+                                                        monkeypatch):
+    _interrupt_at(monkeypatch, 8, lambda: signal.raise_signal(signal.SIGTERM))  # epoch 2, step 4
+    with pytest.raises(run.Stopped, match="epoch 2, step 4"):
+        run.train(tiny(data_dir, tmp_path / "cut", **DROP))
+    ck = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
+    assert (ck["epoch"], ck["position"]["step"]) == (1, 4)  # all of epoch 2's steps kept
+    monkeypatch.undo()
+    _resumed_equals(full_drop, data_dir, tmp_path / "cut")
+
+
+def test_sigterm_during_evaluation_saves_without_waiting_for_it(full_drop, data_dir, tmp_path,
+                                                               monkeypatch):
+    real = run.evaluate
+    batches = []
+
+    def signalled(model, loader, info, *a, stop=None, **k):
+        def counting():
+            batches.append(1)
+            return stop()
+
+        if len(ckpt_metrics(tmp_path / "cut")) == 1:  # epoch 2's evaluation
+            signal.raise_signal(signal.SIGTERM)
+        return real(model, loader, info, *a, stop=counting, **k)
+
+    monkeypatch.setattr(run, "evaluate", signalled)
+    with pytest.raises(run.Stopped, match="epoch 2, step 4"):
+        run.train(tiny(data_dir, tmp_path / "cut", **DROP))
+    assert batches[-1] == 1 and len(batches) == 2 + 1  # epoch 1: 2 batches; epoch 2: 1
+    ck = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
+    assert (ck["epoch"], ck["position"]["step"]) == (1, 4)
+    monkeypatch.undo()
+    _resumed_equals(full_drop, data_dir, tmp_path / "cut")
+
+
+def ckpt_metrics(out: Path) -> list:
+    path = out / "metrics.jsonl"
+    return path.read_text().splitlines() if path.exists() else []
