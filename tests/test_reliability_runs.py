@@ -327,3 +327,157 @@ def test_sigterm_during_evaluation_saves_without_waiting_for_it(full_drop, data_
 def ckpt_metrics(out: Path) -> list:
     path = out / "metrics.jsonl"
     return path.read_text().splitlines() if path.exists() else []
+
+
+# -- items 3, 8 and 13: sweeps reuse only the planned runs, restart killed ones, check first ----
+
+
+def _sweep_over(data_dir, **kw):
+    return {**dict(data_dir=str(data_dir), img_size=16, patch_size=4, epochs=1,
+                   warmup_epochs=0, batch_size=16, eval_batch_size=64, progress=False,
+                   max_steps=2, threads=1,
+                   model_kwargs={"embed_dim": 32, "depth": 1, "num_heads": 2, "mlp_ratio": 2.0}),
+            **kw}
+
+
+def test_compare_refuses_a_finished_run_of_another_recipe(data_dir, tmp_path, capsys):
+    from mixpro.train import compare as cmp
+
+    out = tmp_path / "s"
+    first = cmp.compare(cmp.plan(None, methods=["none", "cutmix"], seeds=[0], output=out,
+                                 overrides=_sweep_over(data_dir)))
+    again = cmp.compare(cmp.plan(None, methods=["none", "cutmix"], seeds=[0], output=out,
+                                 overrides=_sweep_over(data_dir, threads=2)))  # not the run
+    assert [r["mean"] for r in again] == [r["mean"] for r in first]
+    before = (out / "results.md").read_text()
+    with pytest.raises(cmp.StaleRun, match=r"none-seed0 holds a run of another recipe \(epochs "
+                                           r"1 there, 2 now; lr 0.002 there, 0.1 now\) \(and 1 "
+                                           r"more runs\): pass --rerun"):
+        cmp.compare(cmp.plan(None, methods=["none", "cutmix"], seeds=[0], output=out,
+                             overrides=_sweep_over(data_dir, epochs=2, lr=0.1)))
+    assert (out / "results.md").read_text() == before  # nothing trained, nothing rewritten
+    rows = cmp.compare(cmp.plan(None, methods=["none", "cutmix"], seeds=[0], output=out,
+                                overrides=_sweep_over(data_dir, epochs=2, lr=0.1), rerun=True))
+    assert all(json.loads((out / f"{m}-seed0" / "final.json").read_text())["epochs"] == 2
+               for m in ("none", "cutmix"))
+    assert rows[0]["n"] == 1
+    assert "training again (--rerun" in capsys.readouterr().err
+
+
+def test_compare_cli_stale_run_is_one_line(data_dir, tmp_path, capsys):
+    def argv(epochs):
+        return ["compare", "--recipe", "fashion_mnist", "--methods", "none", "--seeds", "0",
+                "--output-dir", str(tmp_path / "s"), "--data-dir", str(data_dir),
+                "--img-size", "16", "--patch-size", "4", "--model-kwargs",
+                "{embed_dim: 32, depth: 1, num_heads: 2}", "--epochs", str(epochs),
+                "--warmup-epochs", "0", "--max-steps", "2", "--batch-size", "16",
+                "--threads", "1", "--no-progress"]
+
+    assert main(argv(1)) == 0
+    capsys.readouterr()
+    assert main(argv(2)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("mixpro: error:") and "epochs 1 there, 2 now" in err[-1]
+    assert main(argv(1)) == 0  # the same recipe again: reused
+    assert "already finished, reused" in capsys.readouterr().err
+
+
+def test_a_sweep_killed_before_a_runs_first_checkpoint_restarts_it(data_dir, tmp_path,
+                                                                   monkeypatch, capsys):
+    from mixpro.train import compare as cmp
+
+    out = tmp_path / "s"
+    p = cmp.plan(None, methods=["none"], seeds=[0], output=out, overrides=_sweep_over(data_dir))
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt  # the kill lands before the first step
+
+    monkeypatch.setattr(run, "train_one_epoch", killed)
+    with pytest.raises(KeyboardInterrupt):
+        cmp.compare(p)
+    monkeypatch.undo()
+    run_dir = out / "none-seed0"
+    assert (run_dir / "config.yaml").exists() and not (run_dir / "last.pt").exists()
+    rows = cmp.compare(cmp.plan(None, methods=["none"], seeds=[0], output=out,
+                                overrides=_sweep_over(data_dir)))
+    assert rows[0]["n"] == 1
+    assert "none seed 0 restarting (killed before its first checkpoint)" in \
+        capsys.readouterr().err
+
+
+def test_compare_checks_every_variant_before_the_first_run(data_dir, tmp_path, monkeypatch):
+    from mixpro.train import compare as cmp
+    from mixpro.train.recipe import ConfigError
+
+    trained = []
+    monkeypatch.setattr(run, "train", lambda *a, **k: trained.append(a))
+    with pytest.raises(ConfigError, match="mask_scale 3 x patch_size 4"):
+        cmp.plan(None, methods=["maskmix"], seeds=[0], output=tmp_path / "s",
+                 overrides=_sweep_over(data_dir), grid=["mask_scale=1,3"])
+    assert not trained and not (tmp_path / "s").exists()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="--output-dir .*file is a file"):
+        cmp.plan(None, methods=["none"], seeds=[0], output=tmp_path / "file",
+                 overrides=_sweep_over(data_dir))
+
+
+def test_compare_refuses_a_run_a_live_process_trains(data_dir, tmp_path):
+    from mixpro.train import compare as cmp
+
+    p = cmp.plan(None, methods=["none"], seeds=[0], output=tmp_path / "s",
+                 overrides=_sweep_over(data_dir))
+    live = files.FolderLock(tmp_path / "s" / "none-seed0").acquire()
+    try:
+        with pytest.raises(files.FolderLocked, match="in use by another mixpro process"):
+            cmp.compare(p)
+    finally:
+        live.release()
+
+
+# -- item 11: a full disk is one line, and nothing half-written blocks the rerun ---------------
+
+
+@pytest.fixture
+def full_disk(monkeypatch):
+    """Every atomic write lands on /dev/full (the kernel answers ENOSPC), as on a full disk;
+    the temp file's name is real, so its removal is checked."""
+    real = files.tempfile.mkstemp
+
+    def on_dev_full(*a, **k):
+        fd, name = real(*a, **k)
+        full = os.open("/dev/full", os.O_WRONLY)
+        os.dup2(full, fd)
+        os.close(full)
+        return fd, name
+
+    if not os.path.exists("/dev/full"):
+        pytest.skip("needs /dev/full")
+    monkeypatch.setattr(files.tempfile, "mkstemp", on_dev_full)
+
+
+@pytest.mark.parametrize("write", [
+    lambda p: ckpt_io.atomic_save({"w": torch.zeros(1000)}, p),  # torch's zip writer
+    lambda p: files.atomic_write_text("x" * 100_000, p),
+])
+def test_a_full_disk_is_a_write_error_and_leaves_the_old_file(tmp_path, full_disk, write):
+    path = tmp_path / "f"
+    path.write_bytes(b"old")
+    with pytest.raises(files.WriteError, match="the disk is full") as e:
+        write(path)
+    assert e.value.full and "\n" not in str(e.value)
+    assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["f"]
+
+
+def test_train_on_a_full_disk_is_one_line_and_the_rerun_works(data_dir, tmp_path, full_disk,
+                                                              monkeypatch, capsys):
+    argv = ["train", "--data-dir", str(data_dir), "--img-size", "16", "--patch-size", "4",
+            "--model-kwargs", "{embed_dim: 32, depth: 1, num_heads: 2}", "--epochs", "1",
+            "--warmup-epochs", "0", "--max-steps", "2", "--batch-size", "16", "--threads", "1",
+            "--no-progress", "--output", str(tmp_path / "r")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mixpro: error: cannot write") and "disk is full" in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "r").exists()  # no 0-byte config.yaml (nor folder) blocks a rerun
+    monkeypatch.undo()
+    assert main(argv) == 0
