@@ -96,6 +96,8 @@ def share(study: str) -> int:
     how many were copied."""
     import yaml
 
+    from mixpro.files import atomic_write_text
+
     done = {}
     for final in sorted(RUNS.glob("*/*/final.json")):
         if final.parent.parent.name != study and (final.parent / "config.yaml").exists():
@@ -109,7 +111,7 @@ def share(study: str) -> int:
         _copy(src, out, [name for name in KEEP if name != "SHARED"])
         origin = (src / "SHARED").read_text().strip() if (src / "SHARED").exists() else \
             str(src.relative_to(ROOT))
-        (out / "SHARED").write_text(f"{origin}\n")
+        atomic_write_text(f"{origin}\n", out / "SHARED")
         print(f"{study}: {out.name} is {origin} (same recipe), copied")
         n += 1
     return n
