@@ -16,8 +16,9 @@ from reference import mix_images_np, token_fraction_np, token_nearest_np
 
 import mixpro
 import mixpro._kernels
-import mixpro.sources
-from mixpro.masks import BlockMasks, BoxMasks, CellMask, GridMasks
+import mixpro.pixels
+from mixpro.masks import BlockMasks, BoxMasks, GridMasks
+from mixpro.pixels import CellMask
 
 SETTINGS = settings(max_examples=40, deadline=None)
 
@@ -109,7 +110,7 @@ def test_grid_mask_any_cell_and_offset(ch, cw, h, w, oy, ox, bm, seed):
     partner = torch.randperm(batch, generator=torch.Generator().manual_seed(seed))
     ref = mix_images_np(x.numpy(), pm.numpy().astype(np.int64), partner.numpy())
     for loop in (True, False):  # both mixing paths
-        with mock.patch.object(mixpro.sources, "_use_cell_loop", lambda images, n, v=loop: v):
+        with mock.patch.object(mixpro.pixels, "_use_cell_loop", lambda images, n, v=loop: v):
             out = mask.apply(x, partner)
         assert np.array_equal(out.numpy(), ref)
 
@@ -153,9 +154,9 @@ def test_cell_loop_and_where_paths_agree(monkeypatch):
     mask = gen(torch.rand(4), (16, 12), device=torch.device("cpu"))
     x = torch.randn(4, 3, 16, 12)
     partner = torch.tensor([3, 2, 1, 0])
-    monkeypatch.setattr(mixpro.sources, "_use_cell_loop", lambda images, n: True)
+    monkeypatch.setattr(mixpro.pixels, "_use_cell_loop", lambda images, n: True)
     loop = mask.apply(x, partner)
-    monkeypatch.setattr(mixpro.sources, "_use_cell_loop", lambda images, n: False)
+    monkeypatch.setattr(mixpro.pixels, "_use_cell_loop", lambda images, n: False)
     where = mask.apply(x, partner)
     assert torch.equal(loop, where)
     assert torch.equal(loop, torch.where(mask.pixel_mask(), x, x[partner]))
@@ -177,12 +178,12 @@ def test_blocked_mixing_equals_the_reference(monkeypatch, block):
                             partner.numpy())
         assert np.array_equal(mask.apply(x, partner).numpy(), ref)
     wt = torch.rand(b, generator=g)
-    blend = mixpro.sources.Blend(wt)
+    blend = mixpro.pixels.Blend(wt)
     ref = (wt.view(-1, 1, 1, 1) * x + (1 - wt.view(-1, 1, 1, 1)) * x[partner]).numpy()
     assert np.allclose(blend.apply(x, partner).numpy(), ref, atol=1e-6)
     box = BoxMasks()(torch.rand(b, generator=g), (h, w), device=cpu, generator=g)
     use = torch.tensor([True, False, True, True, False, False, True])
-    out = mixpro.sources.Switch(use, box, blend).apply(x, partner)
+    out = mixpro.pixels.Switch(use, box, blend).apply(x, partner)
     boxed = torch.where(box.pixel_mask(), x, x[partner])
     assert torch.equal(out[use], boxed[use])  # lerp with weights 0/1 is exact
     assert np.allclose(out[~use].numpy(), ref[~use.numpy()], atol=1e-6)

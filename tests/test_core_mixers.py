@@ -165,8 +165,8 @@ def test_self_paired_samples_report_lambda_one(name, mixer, b):
 def test_mixed_batch_is_the_same_type_for_every_method():
     x, y = _batch(size=(32, 32))
     attn = _attn(6, 64)
-    recipe = mixpro.paper_recipe(num_classes=4, patch_size=4, mask_scale=2,
-                                 generator=torch.Generator().manual_seed(0))
+    recipe = mixpro.paper_recipe(mixpro.MixPro(
+        num_classes=4, patch_size=4, mask_scale=2, generator=torch.Generator().manual_seed(0)))
     seen = set()
     for _ in range(30):
         b = recipe(x, y)
@@ -394,8 +394,8 @@ def _build(kind, mode, patch, g):
         "mixpro": lambda: mixpro.MixPro(num_classes=k, patch_size=patch, mask_scale=2,
                                         mode={"pair": "positions"}.get(mode, mode),
                                         generator=g),
-        "paper": lambda: mixpro.paper_recipe(num_classes=k, patch_size=patch, mask_scale=2,
-                                             generator=g),
+        "paper": lambda: mixpro.paper_recipe(mixpro.MixPro(num_classes=k, patch_size=patch,
+                                                           mask_scale=2, generator=g)),
     }[kind]()
 
 

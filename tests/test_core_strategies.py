@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from reference import lam_attn_np, mix_images_np, token_fraction_np, token_nearest_np
 
 import mixpro
-from mixpro.masks import BoxMasks, CellMask, GridMasks, ShuffledMask, ShuffleMasks
+from mixpro.masks import BoxMasks, GridMasks, ShuffleMasks
+from mixpro.pixels import CellMask, ShuffledMask
 from mixpro.strategies import MASK_STRATEGIES, make_mask_strategy
 
 SETTINGS = settings(max_examples=30, deadline=None)

@@ -68,7 +68,7 @@ def test_unpacked_per_sample_cutmix_equals_timm_target(mode):
 @pytest.mark.parametrize("make", [
     lambda: mixpro.MixPro(num_classes=10, patch_size=4),
     lambda: mixpro.TransMix(num_classes=10, patch_size=4),
-    lambda: mixpro.paper_recipe(num_classes=10, patch_size=4, maskmix_prob=0.5),
+    lambda: mixpro.paper_recipe(mixpro.MixPro(num_classes=10, patch_size=4), maskmix_prob=0.5),
 ])
 def test_attention_mixers_refuse_unpacking_on_every_batch(make):
     mixer = make()

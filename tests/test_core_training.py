@@ -25,8 +25,8 @@ def _mixers():
             rounding="ceil", alpha_detach=False, pal_label_smoothing=0.0, generator=g(6)),
         "learnable": mixpro.MixPro(num_classes=K, patch_size=4, mask_scale=2,
                                    alpha="learnable", generator=g(7)),
-        "paper": mixpro.paper_recipe(num_classes=K, patch_size=4, mask_scale=2,
-                                     generator=g(8)),
+        "paper": mixpro.paper_recipe(mixpro.MixPro(num_classes=K, patch_size=4, mask_scale=2,
+                                                       generator=g(8))),
     }
 
 

@@ -41,7 +41,7 @@ from .mixers import (
     TransMix,
     paper_recipe,
 )
-from .sources import CellMask, ShuffledMask
+from .pixels import CellMask, ShuffledMask
 from .strategies import MASK_STRATEGIES, make_mask_strategy
 
 __version__ = "0.1.0"

@@ -1,4 +1,9 @@
-"""Argument validation shared by the core: one clear error that names the argument."""
+"""Argument validation shared by the core: one clear error that names the argument.
+
+Owns :class:`ArgumentError` (a ``ValueError`` whose ``argument`` attribute names the argument,
+so that an app maps it to its own name, a recipe key or a flag, without editing the text) and
+the checks that raise it.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +13,27 @@ from collections.abc import Sequence
 import torch
 
 
+class ArgumentError(ValueError):
+    """A bad argument of a core function or class: ``argument`` names it, ``problem`` says
+    what is wrong with it; ``str(e)`` is ``f"{argument} {problem}"``."""
+
+    def __init__(self, argument: str, problem: str) -> None:
+        super().__init__(f"{argument} {problem}")
+        self.argument, self.problem = argument, problem
+
+    def renamed(self, name: str) -> str:
+        """The message with the argument called ``name`` (an app's key or flag)."""
+        return f"{name} {self.problem}"
+
+
+class ArgumentTypeError(ArgumentError, TypeError):
+    """An argument of the wrong type (also a ``TypeError``)."""
+
+
 def pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
     """``16 -> (16, 16)``; ``(14, 16)`` stays; anything else is a clear error."""
     if isinstance(value, bool):
-        raise TypeError(f"{name} must be an int or a pair of ints, got bool")
+        raise ArgumentTypeError(name, "must be an int or a pair of ints, got bool")
     if isinstance(value, int):
         out = (value, value)
     elif isinstance(value, Sequence) and len(value) == 2 and all(
@@ -19,46 +41,46 @@ def pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
     ):
         out = (int(value[0]), int(value[1]))
     else:
-        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+        raise ArgumentTypeError(name, f"must be an int or a pair of ints, got {value!r}")
     if min(out) < 1:
-        raise ValueError(f"{name} must be >= 1, got {value!r}")
+        raise ArgumentError(name, f"must be >= 1, got {value!r}")
     return out
 
 
 def positive(value: float, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+        raise ArgumentTypeError(name, f"must be a number, got {type(value).__name__}")
     if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        raise ArgumentError(name, f"must be a finite number > 0, got {value!r}")
     return float(value)
 
 
 def probability(value: float, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+        raise ArgumentTypeError(name, f"must be a number, got {type(value).__name__}")
     if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+        raise ArgumentError(name, f"must be in [0, 1], got {value!r}")
     return float(value)
 
 
 def choice(value: str, name: str, options: Sequence[str]) -> str:
     if value not in options:
-        raise ValueError(f"{name} must be one of {list(options)}, got {value!r}")
+        raise ArgumentError(name, f"must be one of {list(options)}, got {value!r}")
     return value
 
 
 def num_classes(value: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"num_classes must be an int, got {type(value).__name__}")
+        raise ArgumentTypeError("num_classes", f"must be an int, got {type(value).__name__}")
     if value < 2:
-        raise ValueError(f"num_classes must be >= 2, got {value}")
+        raise ArgumentError("num_classes", f"must be >= 2, got {value}")
     return value
 
 
 def smoothing(value: float, name: str = "label_smoothing") -> float:
     value = probability(value, name)
     if value == 1.0:
-        raise ValueError(f"{name} must be < 1, got 1.0")
+        raise ArgumentError(name, "must be < 1, got 1.0")
     return value
 
 

@@ -3,8 +3,8 @@ for CPU caches and thread barriers and identical in result on every device.
 
 Owns :func:`_choose` (select by 0/1 weights), :func:`_mix_blocks` (a per-sample mix run over
 cache-sized blocks of samples), :func:`_single_threaded` (loops of calls with one intra-op
-thread) and :func:`_use_cell_loop` (whether a :class:`~mixpro.sources.CellMask` copies cell by
-cell). Used by :mod:`mixpro.sources`; nothing here draws random numbers.
+thread) and :func:`_use_cell_loop` (whether a :class:`~mixpro.pixels.CellMask` copies cell by
+cell). Used by :mod:`mixpro.pixels`; nothing here draws random numbers.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from .labels import (
     mix_targets,
 )
 from .loss import binary_cross_entropy, soft_target_cross_entropy
-from .sources import PixelSource, TokenMode
+from .pixels import PixelSource, TokenMode
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ class MixedBatch:
         lam_area: ``(B,)`` float32 share of each image's pixels from sample ``i``.
         method: ``'none'``, ``'mixup'``, ``'cutmix'``, ``'transmix'``, ``'maskmix'``, ``'mixpro'``,
             or the mixer's custom name.
-        source: the :class:`~mixpro.sources.PixelSource` that made the images.
+        source: the :class:`~mixpro.pixels.PixelSource` that made the images.
         alpha, lam_attn, lam: ``(B,)`` float32, set by :meth:`targets`. For area-labelled
             batches ``alpha`` is 0, ``lam_attn`` is None and ``lam == lam_area``.
 

@@ -1,13 +1,12 @@
 """Mask generators: a target share of sample ``i`` per sample in, a pixel source out.
 
 A *mask generator* turns a target share of sample ``i`` per sample (``ratio``, τ of the paper)
-into a :class:`~mixpro.sources.CellMask`: :class:`GridMasks` (random cells of any size and
+into a :class:`~mixpro.pixels.CellMask`: :class:`GridMasks` (random cells of any size and
 offset: MaskMix, random 1×, Table 8 B and C), :class:`BoxMasks` (CutMix boxes, optionally
 patch-aligned: Table 8 A), :class:`BlockMasks` (BEiT-style block-wise masks) and
-:class:`ShuffleMasks` (Table 9's shuffled patterns, a :class:`~mixpro.sources.ShuffledMask`).
+:class:`ShuffleMasks` (Table 9's shuffled patterns, a :class:`~mixpro.pixels.ShuffledMask`).
 They share one protocol, :class:`MaskGenerator`. Also the random draws every mixer uses
-(:func:`sample_beta`, :func:`rand`). The pixel sources themselves are :mod:`mixpro.sources`
-(re-exported here).
+(:func:`sample_beta`, :func:`rand`). The pixel sources themselves are :mod:`mixpro.pixels`.
 """
 
 from __future__ import annotations
@@ -20,22 +19,10 @@ import numpy as np
 import torch
 
 from . import _checks
-from .sources import (
-    Blend,
-    CellMask,
-    Identity,
-    PixelSource,
-    ShuffledMask,
-    ShuffleScope,
-    Switch,
-    TokenMode,
-)
+from .pixels import CellMask, ShuffledMask, ShuffleScope
 
-__all__ = [
-    "Blend", "BlockMasks", "BoxMasks", "CellMask", "GridMasks", "Identity", "MaskGenerator",
-    "PixelSource", "ShuffleMasks", "ShuffleScope", "ShuffledMask", "Switch", "TokenMode",
-    "rand", "sample_beta",
-]
+__all__ = ["BlockMasks", "BoxMasks", "GridMasks", "MaskGenerator", "ShuffleMasks", "rand",
+           "sample_beta"]
 
 
 def sample_beta(
@@ -285,14 +272,12 @@ class BoxMasks:
                 y0, y1, x0, x1 = self._box_py(float(ratio[0]), u, h, w)
             else:
                 y0, y1, x0, x1 = self.boxes(ratio, image_size, generator)[0].tolist()
-            mask = CellMask(torch.tensor(_BOX_CELLS, device=device), (0, y0, y1, h),
-                            (0, x0, x1, w))
             kept = np.float32(h * w - (y1 - y0) * (x1 - x0)) / np.float32(h * w)
-            mask._cache["lam"] = torch.tensor([kept], device=device)
             keep = torch.ones(1, 1, h, w, dtype=torch.bool, device=device)
-            keep[..., y0:y1, x0:x1] = False
-            mask._cache["pixel"] = keep  # two calls instead of gathers through the cells
-            return mask
+            keep[..., y0:y1, x0:x1] = False  # two calls instead of gathers through the cells
+            return CellMask.known(torch.tensor(_BOX_CELLS, device=device), (0, y0, y1, h),
+                                  (0, x0, x1, w), lam=torch.tensor([kept], device=device),
+                                  pixel=keep)
         box = self.boxes(ratio, image_size, generator)
         # per-sample boxes: the pixel mask from broadcast comparisons, (B, H, 1) | (B, 1, W)
         box = box.to(device)
@@ -300,10 +285,9 @@ class BoxMasks:
         xs = torch.arange(w, device=device)[None, None, :]
         y0, y1, x0, x1 = (box[:, i, None, None] for i in range(4))
         keep = torch.logical_or((ys < y0) | (ys >= y1), (xs < x0) | (xs >= x1))
-        mask = CellMask(keep, tuple(range(h + 1)), tuple(range(w + 1)))
         area = (box[:, 1] - box[:, 0]) * (box[:, 3] - box[:, 2])  # boxes lie inside the image
-        mask._cache["lam"] = (h * w - area).float() / float(h * w)
-        return mask
+        return CellMask.known(keep, tuple(range(h + 1)), tuple(range(w + 1)),
+                              lam=(h * w - area).float() / float(h * w))
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,11 @@ every :class:`MixedBatch` turns into soft targets with one call,
 
 from __future__ import annotations
 
+import typing
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Literal
+from dataclasses import KW_ONLY, dataclass, field
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
@@ -34,9 +36,17 @@ from .labels import (
     move_parameter,
 )
 from .masks import BoxMasks, GridMasks, MaskGenerator, sample_beta
-from .sources import Blend, Identity, PixelSource, Switch, TokenMode
+from .pixels import Blend, Identity, PixelSource, Switch, TokenMode
 
 Pairing = Literal["flip", "randperm"]
+MaskMode = Literal["batch", "positions", "elem"]
+Rounding = Literal["floor", "ceil"]
+TimmMode = Literal["batch", "pair", "elem"]
+PAIRINGS: tuple[str, ...] = typing.get_args(Pairing)
+MASK_MODES: tuple[str, ...] = typing.get_args(MaskMode)
+ROUNDINGS: tuple[str, ...] = typing.get_args(Rounding)
+TIMM_MODES: tuple[str, ...] = typing.get_args(TimmMode)
+TOKEN_MODES: tuple[str, ...] = typing.get_args(TokenMode)
 
 
 def make_partner(
@@ -51,22 +61,47 @@ def make_partner(
     return torch.randperm(batch, device=gen_device, generator=generator).to(device)
 
 
+@dataclass(frozen=True)
+class Draw:
+    """What a mixer drew for one batch, before anything is applied (Kornia's split of
+    parameter sampling from application): the extension point of a new method.
+
+    Attributes:
+        source: the :class:`~mixpro.pixels.PixelSource` that makes the mixed images.
+        partner: ``(B,)`` int64 partner index (:meth:`Mixer.partner`).
+        lam_area: ``(B,)`` or ``(1,)`` share of each image's pixels from sample ``i``.
+        method: the name the batch reports (``MixedBatch.method``).
+        relabel: how the batch is relabelled with attention; None: area labels.
+    """
+
+    source: PixelSource
+    partner: torch.Tensor
+    lam_area: torch.Tensor
+    method: str
+    relabel: AttentionRelabel | None = None
+
+
 class Mixer(ABC):
-    """Base of all mixers: validation, progress, the call contract."""
+    """Base of all mixers: validation, partners and self-pairs, progress, the call contract.
 
-    method: str = "mixer"
+    A method is one subclass: a dataclass of its keywords whose ``__post_init__`` calls
+    :meth:`_setup`, and :meth:`draw` (what to mix, as a :class:`Draw`). The base applies the
+    draw and builds the :class:`MixedBatch`; a sample paired with itself is unmixed.
+    """
 
-    def __init__(
-        self,
-        num_classes: int,
-        label_smoothing: float,
-        generator: torch.Generator | None,
-    ) -> None:
-        self.num_classes = _checks.num_classes(num_classes)
-        self.label_smoothing = _checks.smoothing(label_smoothing)
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-        self.generator = generator
+    method: ClassVar[str] = "mixer"
+    pairing: Pairing = "flip"
+    relabel: AttentionRelabel | None = None  # attention-labelling mixers set it
+
+    def _setup(self) -> None:
+        """Check the keywords every mixer has (``num_classes``, ``label_smoothing``,
+        ``generator``, ``pairing``) and start at progress 0."""
+        self.num_classes = _checks.num_classes(self.num_classes)
+        self.label_smoothing = _checks.smoothing(self.label_smoothing)
+        if self.generator is not None and not isinstance(self.generator, torch.Generator):
+            raise _checks.ArgumentTypeError(
+                "generator", f"must be a torch.Generator, got {type(self.generator).__name__}")
+        self.pairing = _checks.choice(self.pairing, "pairing", PAIRINGS)
         self.progress = 0.0
 
     def set_progress(self, progress: float) -> None:
@@ -76,7 +111,7 @@ class Mixer(ABC):
     @property
     def needs_attention(self) -> bool:
         """Whether some batches of this mixer need the probe's attention in ``targets``."""
-        return False
+        return self.relabel is not None and self.relabel.alpha.needs_attention
 
     def parameters(self) -> list[nn.Parameter]:
         """Learnable parameters (only the ``learnable`` α strategy has one)."""
@@ -89,55 +124,71 @@ class Mixer(ABC):
             move_parameter(p, device)
         return self
 
+    def partner(self, batch: int, device: torch.device) -> torch.Tensor:
+        """This mixer's partner index ``(batch,)`` (its ``pairing``, its generator)."""
+        return make_partner(batch, self.pairing, device, self.generator)
+
+    @abstractmethod
+    def draw(self, images: torch.Tensor) -> Draw:
+        """Draw what this batch mixes (``images (B, C, H, W)``, already validated)."""
+
+    def mix(self, images: torch.Tensor, labels: torch.Tensor, *,
+            mixer_needs_attention: bool | None = None) -> MixedBatch:
+        """:meth:`__call__`; ``mixer_needs_attention``: what the batch says of the mixer that
+        was called (a :class:`RandomChoice` passes its own; default: this mixer's)."""
+        _checks.images_and_labels(images, labels, self.num_classes)
+        d = self.draw(images)
+        b = images.shape[0]
+        lam_area = d.lam_area.to(device=images.device, dtype=torch.float32).expand(b)
+        # a sample paired with itself is unmixed whatever was drawn for it (with flip pairing
+        # only the middle one of an odd batch)
+        if b % 2 or self.pairing != "flip":
+            own = d.partner == torch.arange(b, device=d.partner.device)
+            lam_area = torch.where(own, 1.0, lam_area)
+        return MixedBatch(
+            images=d.source.apply(images, d.partner),
+            labels=labels,
+            partner=d.partner,
+            lam_area=lam_area,
+            method=d.method,
+            source=d.source,
+            num_classes=self.num_classes,
+            label_smoothing=self.label_smoothing,
+            relabel=d.relabel,
+            progress=self.progress,
+            mixer_needs_attention=(self.needs_attention if mixer_needs_attention is None
+                                   else mixer_needs_attention),
+        )
+
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> MixedBatch:
         """Mix ``images (B, C, H, W)`` with labels ``(B,)`` (class indices) or ``(B, K)``
         (multi-hot floats); neither is modified. ``x, y = mixer(x, y)`` gives timm's
         ``(mixed images, soft targets)`` for area-labelled mixers (see :class:`MixedBatch`)."""
-        _checks.images_and_labels(images, labels, self.num_classes)
-        source, partner, method, lam_area, relabel = self._sample(images)
-        b = images.shape[0]
-        lam_area = lam_area.to(device=images.device, dtype=torch.float32).expand(b)
-        # a sample paired with itself is unmixed whatever was drawn for it (with flip pairing
-        # only the middle one of an odd batch)
-        if b % 2 or getattr(self, "pairing", "flip") != "flip":
-            own = partner == torch.arange(b, device=partner.device)
-            lam_area = torch.where(own, 1.0, lam_area)
-        return MixedBatch(
-            images=source.apply(images, partner),
-            labels=labels,
-            partner=partner,
-            lam_area=lam_area,
-            method=method,
-            source=source,
-            num_classes=self.num_classes,
-            label_smoothing=self.label_smoothing,
-            relabel=relabel,
-            progress=self.progress,
-            mixer_needs_attention=self.needs_attention,
-        )
-
-    @abstractmethod
-    def _sample(
-        self, images: torch.Tensor
-    ) -> tuple[PixelSource, torch.Tensor, str, torch.Tensor, AttentionRelabel | None]:
-        """Draw this batch: (source, partner, method, lam_area (B|1,), relabel or None)."""
+        return self.mix(images, labels)
 
 
-class NoMix(Mixer):
+@dataclass(eq=False, kw_only=True)
+class _Labelled(Mixer):
+    """The keywords of every non-timm mixer (timm's :class:`Mixup` orders them its way)."""
+
+    num_classes: int
+    label_smoothing: float = 0.1
+    generator: torch.Generator | None = field(default=None, repr=False)
+
+
+@dataclass(eq=False, kw_only=True)
+class NoMix(_Labelled):
     """No mixing; targets are the smoothed one-hot labels (the baseline, same return type)."""
 
-    method = "none"
+    method: ClassVar[str] = "none"
 
-    def __init__(
-        self, *, num_classes: int, label_smoothing: float = 0.1, generator=None
-    ) -> None:
-        super().__init__(num_classes, label_smoothing, generator)
+    def __post_init__(self) -> None:
+        self._setup()
 
-    def _sample(self, images):
+    def draw(self, images: torch.Tensor) -> Draw:
         b = images.shape[0]
         src = Identity(b, images.device)
-        own = torch.arange(b, device=images.device)
-        return src, own, self.method, src.lam_area(), None
+        return Draw(src, torch.arange(b, device=images.device), src.lam_area(), self.method)
 
 
 # ------------------------------------------------------------------------------------------
@@ -145,7 +196,8 @@ class NoMix(Mixer):
 # ------------------------------------------------------------------------------------------
 
 
-class MaskMix(Mixer):
+@dataclass(eq=False, kw_only=True)
+class MaskMix(_Labelled):
     """MaskMix (paper §3.2): a random grid mask whose cell is ``mask_scale × patch_size`` px.
 
     ``x̃ = M⊙x_i + (1-M)⊙x_j``: exactly ⌊S·τ⌋ of the S cells keep sample ``i`` (M = 1),
@@ -155,6 +207,7 @@ class MaskMix(Mixer):
         num_classes: number of classes ``K``.
         patch_size: the ViT's patch size in pixels (int or ``(h, w)``).
         mask_scale: cell side in patches (int or ``(h, w)``); the cell must tile the image.
+            Default 2: 32-px cells on ViT-B/16 at 224 px (a 7×7 grid of cells), the paper's.
         beta: β of τ ~ Beta(β, β).
         mode: ``'batch'`` one τ and one mask for the batch (paper pseudo-code, default);
             ``'positions'`` one τ per batch, cell positions per sample (official code);
@@ -168,56 +221,48 @@ class MaskMix(Mixer):
             to the images' device). Default: the global RNG of the images' device.
     """
 
-    method = "maskmix"
+    method: ClassVar[str] = "maskmix"
 
-    def __init__(
-        self,
-        *,
-        num_classes: int,
-        patch_size: int | tuple[int, int],
-        mask_scale: int | tuple[int, int] = 4,
-        beta: float = 1.0,
-        mode: Literal["batch", "positions", "elem"] = "batch",
-        pairing: Pairing = "flip",
-        rounding: Literal["floor", "ceil"] = "floor",
-        label_smoothing: float = 0.1,
-        strategy: MaskGenerator | None = None,
-        generator: torch.Generator | None = None,
-    ) -> None:
-        super().__init__(num_classes, label_smoothing, generator)
-        self.patch_size = _checks.pair(patch_size, "patch_size")
-        self.mask_scale = _checks.pair(mask_scale, "mask_scale")
-        self.beta = _checks.positive(beta, "beta")
-        self.mode = _checks.choice(mode, "mode", ("batch", "positions", "elem"))
-        self.pairing = _checks.choice(pairing, "pairing", ("flip", "randperm"))
-        self.rounding = _checks.choice(rounding, "rounding", ("floor", "ceil"))
-        if strategy is not None and not isinstance(strategy, MaskGenerator):
-            raise TypeError(f"strategy must be a MaskGenerator, got {type(strategy).__name__}")
-        cell = (self.mask_scale[0] * self.patch_size[0], self.mask_scale[1] * self.patch_size[1])
-        self.cell = cell
-        self.strategy: MaskGenerator = strategy or GridMasks(cell, rounding=self.rounding)
-        self._custom_strategy = strategy is not None
+    patch_size: int | tuple[int, int]
+    mask_scale: int | tuple[int, int] = 2
+    beta: float = 1.0
+    mode: MaskMode = "batch"
+    pairing: Pairing = "flip"
+    rounding: Rounding = "floor"
+    strategy: MaskGenerator | None = None
+
+    def __post_init__(self) -> None:
+        self._setup()
+        self.patch_size = _checks.pair(self.patch_size, "patch_size")
+        self.mask_scale = _checks.pair(self.mask_scale, "mask_scale")
+        self.beta = _checks.positive(self.beta, "beta")
+        self.mode = _checks.choice(self.mode, "mode", MASK_MODES)
+        self.rounding = _checks.choice(self.rounding, "rounding", ROUNDINGS)
+        if self.strategy is not None and not isinstance(self.strategy, MaskGenerator):
+            raise _checks.ArgumentTypeError(
+                "strategy", f"must be a MaskGenerator, got {type(self.strategy).__name__}")
+        self.cell = (self.mask_scale[0] * self.patch_size[0],
+                     self.mask_scale[1] * self.patch_size[1])
+        self._custom_strategy = self.strategy is not None
+        if self.strategy is None:
+            self.strategy = GridMasks(self.cell, rounding=self.rounding)
 
     def _check_size(self, image_size: tuple[int, int]) -> None:
         h, w = image_size
         ph, pw = self.patch_size
         if h % ph or w % pw:
-            raise ValueError(
-                f"patch_size {self.patch_size} does not tile the image size {image_size}"
-            )
+            raise _checks.ArgumentError(
+                "patch_size", f"{self.patch_size} does not tile the image size {image_size}")
         if not self._custom_strategy and (h % self.cell[0] or w % self.cell[1]):
             nh, nw = h // ph, w // pw
             ok = [s for s in range(1, min(nh, nw) + 1) if nh % s == 0 and nw % s == 0]
-            raise ValueError(
-                f"mask_scale {self.mask_scale} × patch_size {self.patch_size} = cells of "
-                f"{self.cell} px do not tile the image size {image_size}; mask_scale values "
-                f"that tile this {nh}x{nw} token grid: {ok}"
-            )
+            raise _checks.ArgumentError(
+                "mask_scale",
+                f"{self.mask_scale} × patch_size {self.patch_size} = cells of {self.cell} px "
+                f"do not tile the image size {image_size}; mask_scale values that tile this "
+                f"{nh}x{nw} token grid: {ok}")
 
-    def _relabel(self) -> AttentionRelabel | None:
-        return None
-
-    def _sample(self, images):
+    def draw(self, images: torch.Tensor) -> Draw:
         b, dev = images.shape[0], images.device
         size = (images.shape[-2], images.shape[-1])
         self._check_size(size)
@@ -227,10 +272,10 @@ class MaskMix(Mixer):
         if self.mode == "positions":
             tau = tau.expand(b)
         mask = self.strategy(tau, size, device=dev, generator=self.generator)
-        partner = make_partner(b, self.pairing, dev, self.generator)
-        return mask, partner, self.method, mask.lam_area(), self._relabel()
+        return Draw(mask, self.partner(b, dev), mask.lam_area(), self.method, self.relabel)
 
 
+@dataclass(eq=False, kw_only=True)
 class MixPro(MaskMix):
     """MixPro: MaskMix + Progressive Attention Labeling (the paper's method).
 
@@ -255,54 +300,33 @@ class MixPro(MaskMix):
             for MaskMix's aligned grids, they differ only for misaligned/sub-patch strategies.
     """
 
-    method = "mixpro"
+    method: ClassVar[str] = "mixpro"
 
-    def __init__(
-        self,
-        *,
-        num_classes: int,
-        patch_size: int | tuple[int, int],
-        mask_scale: int | tuple[int, int] = 4,
-        beta: float = 1.0,
-        mode: Literal["batch", "positions", "elem"] = "batch",
-        pairing: Pairing = "flip",
-        rounding: Literal["floor", "ceil"] = "floor",
-        label_smoothing: float = 0.1,
-        alpha: str | AlphaStrategy = "cosine",
-        alpha_detach: bool = True,
-        pal_label_smoothing: float | None = None,
-        alpha_target_smoothing: float | None = 0.0,
-        attention_norm: AttentionNorm = "paper",
-        token_mode: TokenMode = "area",
-        strategy: MaskGenerator | None = None,
-        generator: torch.Generator | None = None,
-    ) -> None:
-        super().__init__(
-            num_classes=num_classes, patch_size=patch_size, mask_scale=mask_scale, beta=beta,
-            mode=mode, pairing=pairing, rounding=rounding, label_smoothing=label_smoothing,
-            strategy=strategy, generator=generator,
-        )
-        self.alpha = make_alpha(alpha, detach=alpha_detach)
-        pal_s = label_smoothing if pal_label_smoothing is None else pal_label_smoothing
-        alpha_s = label_smoothing if alpha_target_smoothing is None else alpha_target_smoothing
+    alpha: str | AlphaStrategy = "cosine"
+    alpha_detach: bool = True
+    pal_label_smoothing: float | None = None
+    alpha_target_smoothing: float | None = 0.0
+    attention_norm: AttentionNorm = "paper"
+    token_mode: TokenMode = "area"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.alpha = make_alpha(self.alpha, detach=self.alpha_detach)
+        s = self.label_smoothing
+        pal_s = s if self.pal_label_smoothing is None else self.pal_label_smoothing
+        alpha_s = s if self.alpha_target_smoothing is None else self.alpha_target_smoothing
         self.relabel = AttentionRelabel(
             alpha=self.alpha,
             patch_size=self.patch_size,
-            token_mode=_checks.choice(token_mode, "token_mode", ("area", "nearest")),
+            token_mode=_checks.choice(self.token_mode, "token_mode", TOKEN_MODES),
             smoothing=_checks.smoothing(pal_s, "pal_label_smoothing"),
             alpha_smoothing=_checks.smoothing(alpha_s, "alpha_target_smoothing"),
-            attention_norm=_checks.choice(attention_norm, "attention_norm", ATTENTION_NORMS),
+            attention_norm=_checks.choice(self.attention_norm, "attention_norm",
+                                          ATTENTION_NORMS),
         )
-
-    @property
-    def needs_attention(self) -> bool:
-        return self.alpha.needs_attention
 
     def parameters(self) -> list[nn.Parameter]:
         return list(self.alpha.parameters()) if isinstance(self.alpha, nn.Module) else []
-
-    def _relabel(self) -> AttentionRelabel:
-        return self.relabel
 
 
 # ------------------------------------------------------------------------------------------
@@ -310,6 +334,7 @@ class MixPro(MaskMix):
 # ------------------------------------------------------------------------------------------
 
 
+@dataclass(eq=False)
 class Mixup(Mixer):
     """Mixup/CutMix with ``timm.data.Mixup``'s keywords and semantics (a drop-in).
 
@@ -319,51 +344,55 @@ class Mixup(Mixer):
 
     Args:
         mixup_alpha, cutmix_alpha, cutmix_minmax, prob, switch_prob, mode, correct_lam,
-            label_smoothing, num_classes: as timm (``mode`` is ``'batch'``, ``'pair'``,
-            ``'elem'``; ``cutmix_minmax`` forces ``cutmix_alpha = 1``).
+            label_smoothing, num_classes: as timm, in timm's order (``mode`` is ``'batch'``,
+            ``'pair'``, ``'elem'``; ``cutmix_minmax`` forces ``cutmix_alpha = 1``).
         box_align: snap CutMix boxes to multiples of this many pixels (Table 8 "A").
         generator: a CPU ``torch.Generator`` for all draws (parameters are drawn on the host,
             as timm does).
     """
 
-    method = "mixup"
+    method: ClassVar[str] = "mixup"
+    _cut_method: ClassVar[str] = "cutmix"
 
-    def __init__(
-        self,
-        mixup_alpha: float = 1.0,
-        cutmix_alpha: float = 0.0,
-        cutmix_minmax: tuple[float, float] | None = None,
-        prob: float = 1.0,
-        switch_prob: float = 0.5,
-        mode: Literal["batch", "pair", "elem"] = "batch",
-        correct_lam: bool = True,
-        label_smoothing: float = 0.1,
-        num_classes: int = 1000,
-        *,
-        box_align: int | tuple[int, int] | None = None,
-        generator: torch.Generator | None = None,
-    ) -> None:
-        super().__init__(num_classes, label_smoothing, generator)
-        if generator is not None and generator.device.type != "cpu":
-            raise ValueError("generator must be a CPU torch.Generator for Mixup/CutMix/TransMix")
-        for name, val in (("mixup_alpha", mixup_alpha), ("cutmix_alpha", cutmix_alpha)):
+    mixup_alpha: float = 1.0
+    cutmix_alpha: float = 0.0
+    cutmix_minmax: tuple[float, float] | None = None
+    prob: float = 1.0
+    switch_prob: float = 0.5
+    mode: TimmMode = "batch"
+    correct_lam: bool = True
+    label_smoothing: float = 0.1
+    num_classes: int = 1000
+    _: KW_ONLY
+    box_align: int | tuple[int, int] | None = None
+    generator: torch.Generator | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self._setup()
+        if self.generator is not None and self.generator.device.type != "cpu":
+            raise _checks.ArgumentError(
+                "generator", "must be a CPU torch.Generator for Mixup/CutMix/TransMix")
+        for name in ("mixup_alpha", "cutmix_alpha"):
+            val = getattr(self, name)
             if isinstance(val, bool) or not isinstance(val, (int, float)) or val < 0:
-                raise ValueError(f"{name} must be a number >= 0, got {val!r}")
-        self.mixup_alpha = float(mixup_alpha)
-        self.cutmix_alpha = float(cutmix_alpha)
-        if cutmix_minmax is not None and not isinstance(cutmix_minmax, (tuple, list)):
-            raise ValueError(f"cutmix_minmax must be (min, max) or None, got {cutmix_minmax!r}")
-        self.cutmix_minmax = None if cutmix_minmax is None else tuple(cutmix_minmax)
+                raise _checks.ArgumentError(name, f"must be a number >= 0, got {val!r}")
+            setattr(self, name, float(val))
+        if self.cutmix_minmax is not None and not isinstance(self.cutmix_minmax, (tuple, list)):
+            raise _checks.ArgumentError(
+                "cutmix_minmax", f"must be (min, max) or None, got {self.cutmix_minmax!r}")
         if self.cutmix_minmax is not None:  # checked by BoxMasks (0 <= min < max, as timm)
+            self.cutmix_minmax = tuple(self.cutmix_minmax)
             self.cutmix_alpha = 1.0
-        self.mix_prob = _checks.probability(prob, "prob")
-        self.switch_prob = _checks.probability(switch_prob, "switch_prob")
-        self.mode = _checks.choice(mode, "mode", ("batch", "pair", "elem"))
-        self.correct_lam = bool(correct_lam)
-        self.boxes = BoxMasks(self.cutmix_minmax, box_align)
+        self.prob = _checks.probability(self.prob, "prob")
+        self.mix_prob = self.prob  # timm's attribute name
+        self.switch_prob = _checks.probability(self.switch_prob, "switch_prob")
+        self.mode = _checks.choice(self.mode, "mode", TIMM_MODES)
+        self.correct_lam = bool(self.correct_lam)
+        self.boxes = BoxMasks(self.cutmix_minmax, self.box_align)
         self.mixup_enabled = True
         if self.mixup_alpha == 0 and self.cutmix_alpha == 0:
-            raise ValueError("mixup_alpha and cutmix_alpha are both 0: nothing to mix (use NoMix)")
+            raise _checks.ArgumentError(
+                "mixup_alpha", "and cutmix_alpha are both 0: nothing to mix (use NoMix)")
 
     def _params(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """λ ``(n,)`` and use-CutMix ``(n,)`` drawn on the host, as timm's ``_params_per_*``."""
@@ -385,13 +414,10 @@ class Mixup(Mixer):
         active = (u[1] < self.mix_prob) & self.mixup_enabled
         return lam.masked_fill(~active, 1.0), use_cut & active
 
-    def _relabel(self, images: torch.Tensor) -> AttentionRelabel | None:
-        return None
-
-    def _sample(self, images):
+    def draw(self, images: torch.Tensor) -> Draw:
         b, dev = images.shape[0], images.device
         size = (images.shape[-2], images.shape[-1])
-        partner = make_partner(b, "flip", dev, None)
+        partner = self.partner(b, dev)
         n = 1 if self.mode == "batch" else b
         lam, use_cut = self._params(n)
         if self.mode == "pair":  # pair (i, B-1-i) shares its draws
@@ -399,49 +425,34 @@ class Mixup(Mixer):
             lam, use_cut = lam[mirror], use_cut[mirror]
         if not bool((lam < 1).any()):
             src = Identity(b, dev)
-            return src, partner, "none", src.lam_area(), None
+            return Draw(src, partner, src.lam_area(), "none")
         if not bool(use_cut.any()):
-            return Blend(lam.to(dev)), partner, "mixup", lam, None
+            return Draw(Blend(lam.to(dev)), partner, lam, "mixup")
         mask = self.boxes(lam, size, device=dev, generator=self.generator)
         if self.mode == "pair":
             mask = mask.select(mirror.to(dev))
         lam_cut = mask.lam_area() if self.correct_lam or self.cutmix_minmax else lam.to(dev)
-        relabel = self._relabel(images)
         if bool(use_cut.all()):
-            return mask, partner, self._cut_method, lam_cut, relabel
+            return Draw(mask, partner, lam_cut, self._cut_method, self.relabel)
         sel = use_cut.to(dev)
         src = Switch(sel, mask, Blend(lam.to(dev)))
         lam_area = torch.where(sel, lam_cut.to(dev), lam.to(dev))
-        return src, partner, "mixup+" + self._cut_method, lam_area, relabel
-
-    _cut_method = "cutmix"
+        return Draw(src, partner, lam_area, "mixup+" + self._cut_method, self.relabel)
 
 
+@dataclass(eq=False)
 class CutMix(Mixup):
-    """CutMix alone: :class:`Mixup` with ``mixup_alpha=0`` and timm's keywords."""
+    """CutMix alone: :class:`Mixup` with ``mixup_alpha=0`` and timm's keywords (in timm's
+    order, without ``mixup_alpha`` and ``switch_prob``)."""
 
-    method = "cutmix"
+    method: ClassVar[str] = "cutmix"
 
-    def __init__(
-        self,
-        cutmix_alpha: float = 1.0,
-        cutmix_minmax: tuple[float, float] | None = None,
-        prob: float = 1.0,
-        mode: Literal["batch", "pair", "elem"] = "batch",
-        correct_lam: bool = True,
-        label_smoothing: float = 0.1,
-        num_classes: int = 1000,
-        *,
-        box_align: int | tuple[int, int] | None = None,
-        generator: torch.Generator | None = None,
-    ) -> None:
-        super().__init__(
-            mixup_alpha=0.0, cutmix_alpha=cutmix_alpha, cutmix_minmax=cutmix_minmax, prob=prob,
-            switch_prob=0.0, mode=mode, correct_lam=correct_lam, label_smoothing=label_smoothing,
-            num_classes=num_classes, box_align=box_align, generator=generator,
-        )
+    mixup_alpha: float = field(default=0.0, init=False)
+    cutmix_alpha: float = 1.0
+    switch_prob: float = field(default=0.0, init=False)
 
 
+@dataclass(eq=False)
 class TransMix(Mixup):
     """TransMix: timm Mixup/CutMix, with CutMix batches relabelled by attention.
 
@@ -458,53 +469,38 @@ class TransMix(Mixup):
     ``Σ m·a``, the un-renormalised formula).
     """
 
-    method = "transmix"
-    _cut_method = "transmix"
+    method: ClassVar[str] = "transmix"
+    _cut_method: ClassVar[str] = "transmix"
 
-    def __init__(
-        self,
-        mixup_alpha: float = 0.8,
-        cutmix_alpha: float = 1.0,
-        cutmix_minmax: tuple[float, float] | None = None,
-        prob: float = 1.0,
-        switch_prob: float = 0.5,
-        mode: Literal["batch", "pair", "elem"] = "batch",
-        correct_lam: bool = True,
-        label_smoothing: float = 0.1,
-        num_classes: int = 1000,
-        *,
-        patch_size: int | tuple[int, int] | None = None,
-        ratio: float = 0.5,
-        token_mode: TokenMode = "nearest",
-        attention_norm: AttentionNorm = "renormalize",
-        box_align: int | tuple[int, int] | None = None,
-        generator: torch.Generator | None = None,
-    ) -> None:
-        super().__init__(
-            mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, cutmix_minmax=cutmix_minmax,
-            prob=prob, switch_prob=switch_prob, mode=mode, correct_lam=correct_lam,
-            label_smoothing=label_smoothing, num_classes=num_classes, box_align=box_align,
-            generator=generator,
-        )
+    mixup_alpha: float = 0.8
+    cutmix_alpha: float = 1.0
+    _: KW_ONLY
+    patch_size: int | tuple[int, int] | None = None
+    ratio: float = 0.5
+    token_mode: TokenMode = "nearest"
+    attention_norm: AttentionNorm = "renormalize"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         if self.cutmix_alpha == 0:
-            raise ValueError("TransMix needs cutmix_alpha > 0 (it relabels CutMix batches)")
-        self.ratio = _checks.probability(ratio, "ratio")
-        self.patch_size = None if patch_size is None else _checks.pair(patch_size, "patch_size")
+            raise _checks.ArgumentError(
+                "cutmix_alpha", "must be > 0 for TransMix (it relabels CutMix batches)")
+        self.ratio = _checks.probability(self.ratio, "ratio")
+        if self.patch_size is not None:
+            self.patch_size = _checks.pair(self.patch_size, "patch_size")
         self.relabel = AttentionRelabel(
             alpha=ConstantAlpha(1.0 - self.ratio, "transmix"),
             patch_size=self.patch_size,
-            token_mode=_checks.choice(token_mode, "token_mode", ("area", "nearest")),
+            token_mode=_checks.choice(self.token_mode, "token_mode", TOKEN_MODES),
             smoothing=self.label_smoothing,
             alpha_smoothing=self.label_smoothing,
-            attention_norm=_checks.choice(attention_norm, "attention_norm", ATTENTION_NORMS),
+            attention_norm=_checks.choice(self.attention_norm, "attention_norm",
+                                          ATTENTION_NORMS),
         )
 
     @property
     def needs_attention(self) -> bool:
         return self.ratio < 1.0
-
-    def _relabel(self, images: torch.Tensor) -> AttentionRelabel:
-        return self.relabel
 
 
 # ------------------------------------------------------------------------------------------
@@ -557,39 +553,36 @@ class RandomChoice:
             m.to(device)
         return self
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> MixedBatch:
+    def mix(self, images: torch.Tensor, labels: torch.Tensor, *,
+            mixer_needs_attention: bool | None = None) -> MixedBatch:
+        """One child, chosen with ``p``, mixes the batch; the batch says what this
+        RandomChoice needs (the same on every batch)."""
         i = int(torch.multinomial(self.p, 1, generator=self.generator))
-        batch = self.mixers[i](images, labels)
-        batch.mixer_needs_attention = self.needs_attention  # the same on every batch
-        return batch
+        needs = self.needs_attention if mixer_needs_attention is None else mixer_needs_attention
+        return self.mixers[i].mix(images, labels, mixer_needs_attention=needs)
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> MixedBatch:
+        return self.mix(images, labels)
 
 
 def paper_recipe(
+    mixpro: MixPro,
+    mixup: Mixup | None = None,
     *,
-    num_classes: int,
-    patch_size: int | tuple[int, int],
-    mask_scale: int | tuple[int, int] = 4,
     maskmix_prob: float = 0.5,
-    mixup_alpha: float = 0.8,
-    cutmix_alpha: float = 1.0,
-    switch_prob: float = 0.5,
-    label_smoothing: float = 0.1,
-    alpha: str | AlphaStrategy = "cosine",
     generator: torch.Generator | None = None,
 ) -> RandomChoice:
-    """MixPro with probability ``maskmix_prob`` per batch, else timm Mixup/CutMix.
+    """``mixpro`` with probability ``maskmix_prob`` per batch, else ``mixup`` (default: timm's
+    Mixup 0.8 / CutMix 1.0 switched 50/50, with ``mixpro``'s classes, smoothing and
+    generator).
 
     The paper's Table 11 lists "MixUp 0.8, CutMix 1, MixPro 1" without saying how they are
     combined; the per-batch 50 % switch (``maskmix_prob=0.5``, then CutMix with
     ``switch_prob``) is the official code's (``AUG.MASKMIX_PROB``).
     """
-    mixpro = MixPro(
-        num_classes=num_classes, patch_size=patch_size, mask_scale=mask_scale,
-        label_smoothing=label_smoothing, alpha=alpha, generator=generator,
-    )
-    mixup = Mixup(
-        mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, switch_prob=switch_prob,
-        label_smoothing=label_smoothing, num_classes=num_classes, generator=generator,
-    )
+    gen = mixpro.generator if generator is None else generator
+    if mixup is None:
+        mixup = Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=mixpro.label_smoothing,
+                      num_classes=mixpro.num_classes, generator=gen)
     p = _checks.probability(maskmix_prob, "maskmix_prob")
-    return RandomChoice([mixpro, mixup], [p, 1.0 - p], generator=generator)
+    return RandomChoice([mixpro, mixup], [p, 1.0 - p], generator=gen)
