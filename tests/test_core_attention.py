@@ -137,7 +137,7 @@ def test_probe_matches_timm_attention_extract(key):
                 p.normal_(0, 0.5)
     x = torch.randn(2, 3, 32, 32)
     probe = mixpro.ClsAttention(model)
-    assert probe.method == ("qkv" if key == "vit" else "probs")
+    assert probe.layout == ("qkv" if key == "vit" else "probs")
     with torch.no_grad():
         model(x)
     got = probe.attention.clone()
@@ -154,8 +154,8 @@ def test_probe_matches_timm_attention_extract(key):
 def test_unfused_method_equals_cls_row_and_restores_fusion():
     model = _make("vit").train()
     x = torch.randn(3, 3, 32, 32)
-    exact = mixpro.ClsAttention(model, method="cls_row")
-    unfused = mixpro.ClsAttention(model, method="unfused")
+    exact = mixpro.ClsAttention(model, reading="cls_row")
+    unfused = mixpro.ClsAttention(model, reading="unfused")
     assert not model.blocks[-1].attn.fused_attn
     torch.manual_seed(1)
     model(x)
@@ -168,12 +168,12 @@ def test_unfused_method_equals_cls_row_and_restores_fusion():
 def test_exact_method_refuses_rope_and_unknown_attention():
     rope = timm.create_model("vit_small_patch16_rope_224", pretrained=False, **TINY)
     with pytest.raises(mixpro.NoClsAttentionError, match="AttentionRope"):
-        mixpro.ClsAttention(rope, method="cls_row")
+        mixpro.ClsAttention(rope, reading="cls_row")
     diff = timm.create_model("vit_tiny_patch16_224", pretrained=False, attn_layer="diff", **TINY)
     with pytest.raises(mixpro.NoClsAttentionError, match="DiffAttention"):
         mixpro.ClsAttention(diff)
-    with pytest.raises(ValueError, match="method"):
-        mixpro.ClsAttention(_make("vit"), method="fast")
+    with pytest.raises(ValueError, match="reading"):
+        mixpro.ClsAttention(_make("vit"), reading="fast")
 
 
 def test_no_stale_attention_when_the_hooked_block_does_not_run():
@@ -255,9 +255,9 @@ def test_unfused_method_reads_class_attention(key):
     model = _make(key).train()
     size = MODELS[key][1]["img_size"]
     x = torch.randn(3, 3, size, size)
-    exact = mixpro.ClsAttention(model, method="cls_row")
-    unfused = mixpro.ClsAttention(model, method="unfused")
-    assert unfused.method == "probs" and not _last_attn(model).fused_attn
+    exact = mixpro.ClsAttention(model, reading="cls_row")
+    unfused = mixpro.ClsAttention(model, reading="unfused")
+    assert unfused.layout == "probs" and not _last_attn(model).fused_attn
     model(x)
     a = unfused.attention
     assert a.shape == exact.attention.shape and (a >= 0).all()
@@ -270,7 +270,7 @@ def test_unfused_method_reads_class_attention(key):
 def test_unfused_probe_failing_in_a_forward_restores_fused_attention():
     model = _make("vit")
     attn = model.blocks[-1].attn
-    mixpro.ClsAttention(model, method="unfused")
+    mixpro.ClsAttention(model, reading="unfused")
     assert not attn.fused_attn
     forward = attn.forward
     attn.forward = lambda x, **kw: (attn.attn_drop(torch.zeros(2, 5)), forward(x, **kw))[1]
@@ -356,7 +356,7 @@ def test_probe_reads_attention_pool_latent_exactly(kw, train):
         pool.kv.weight.normal_(0, 0.5)
     assert mixpro.needs_class_attention(model) is False
     probe = mixpro.ClsAttention(model)
-    assert probe.method == "latent" and pool.fused_attn
+    assert probe.layout == "latent" and pool.fused_attn
     captured = {}
     hook = pool.register_forward_pre_hook(lambda m, a: captured.update(x=a[0].detach()))
     x = torch.randn(3, 3, 32, 32)
@@ -382,4 +382,4 @@ def test_probe_reads_attention_pool_latent_exactly(kw, train):
         assert (got.sum(1) < 1).all()
     assert probe.grid == (8, 8)
     with pytest.raises(mixpro.NoClsAttentionError, match="AttentionPoolLatent"):
-        mixpro.ClsAttention(model, method="unfused")
+        mixpro.ClsAttention(model, reading="unfused")

@@ -132,8 +132,8 @@ def test_unfused_read_of_a_head_equals_the_exact_one(mode, one_thread):
     attn = model.class_attention_parts()[0]
     attn.fused_attn = True  # timm's Swin leaves it off (experimental); CaiT blocks have it on
     exact = mixpro.ClsAttention(model)
-    unfused = mixpro.ClsAttention(model, method="unfused")
-    assert unfused.method == "probs" and not attn.fused_attn
+    unfused = mixpro.ClsAttention(model, reading="unfused")
+    assert unfused.layout == "probs" and not attn.fused_attn
     model(_images("swin"))
     assert torch.allclose(exact.attention, unfused.attention, atol=1e-6)
     unfused.remove()

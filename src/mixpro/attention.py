@@ -1,6 +1,6 @@
 """`ClsAttention`: the head-mean cls→patch attention that drives the classifier, via hooks.
 
-Three ways to read it, chosen per attention class (``method='auto'``):
+Three ways to read it, chosen per attention class (``reading='auto'``):
 
 * ``'cls_row'`` (exact and cheap): the probe hooks the projections of the attention that feeds
   the classifier and, under ``no_grad``, computes only the query row ``softmax(q·Kᵀ·scale)`` per
@@ -27,6 +27,7 @@ token grid from the model instead of guessing it.
 from __future__ import annotations
 
 import importlib
+import typing
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-Method = Literal["auto", "cls_row", "unfused"]
+Reading = Literal["auto", "cls_row", "unfused"]
 Grid = tuple[int, int]
 
 _SOURCE_ATTR = "_mixpro_source"
@@ -200,29 +201,29 @@ def _check_token_pool(model: nn.Module) -> None:
         )
 
 
-def _layout(attn: nn.Module, exact: str | None, method: Method) -> str:
-    """How to read ``attn`` under ``method``; a clear error when it cannot be read exactly."""
+def _layout(attn: nn.Module, exact: str | None, reading: Reading) -> str:
+    """How to read ``attn`` under ``reading``; a clear error when it cannot be read exactly."""
     kind = type(attn).__name__
     can_unfuse = hasattr(attn, "fused_attn") and isinstance(
         getattr(attn, "attn_drop", None), nn.Module
     )
-    if method == "unfused":
+    if reading == "unfused":
         if not can_unfuse:
             raise NoClsAttentionError(
-                f"method='unfused' needs an attention module with `fused_attn` and `attn_drop` "
+                f"reading='unfused' needs an attention module with `fused_attn` and `attn_drop` "
                 f"(timm's convention); {kind} has not"
             )
         return "probs"
     if exact is not None:
         return exact
-    if method == "auto" and isinstance(attn, _UNFUSED_OK) and can_unfuse:
+    if reading == "auto" and isinstance(attn, _UNFUSED_OK) and can_unfuse:
         return "probs"
     supported = ", ".join(c.__name__ for c in _QKV_EXACT + _Q_K_EXACT + _LATENT)
-    hint = (" (method='auto' reads it un-fused)" if isinstance(attn, _UNFUSED_OK) else
-            "; if it passes softmax probabilities to attn_drop, method='unfused' reads them")
+    hint = (" (reading='auto' reads it un-fused)" if isinstance(attn, _UNFUSED_OK) else
+            "; if it passes softmax probabilities to attn_drop, reading='unfused' reads them")
     raise NoClsAttentionError(
         f"the last attention block is {kind}, whose cls row is not softmax(q·kᵀ·scale) of its "
-        f"projections: method={method!r} cannot read it exactly (exact: {supported}){hint}"
+        f"projections: reading={reading!r} cannot read it exactly (exact: {supported}){hint}"
     )
 
 
@@ -231,22 +232,22 @@ def _patch_grid(model: nn.Module) -> tuple[nn.Module | None, GridReader | None]:
     return (pe, _patch_embed_grid) if isinstance(pe, nn.Module) else (None, None)
 
 
-def _latent(model: nn.Module, method: Method) -> _Target | None:
+def _latent(model: nn.Module, reading: Reading) -> _Target | None:
     """ViT with ``global_pool='map'``: the latent query of ``attn_pool`` drives the classifier."""
     pool = getattr(model, "attn_pool", None)
     if getattr(model, "global_pool", None) != "map" or not isinstance(pool, _LATENT):
         return None
-    if method == "unfused":
+    if reading == "unfused":
         raise NoClsAttentionError(
-            "method='unfused' cannot read AttentionPoolLatent (it has no attn_drop); "
-            "method='auto' reads its latent query's row exactly"
+            "reading='unfused' cannot read AttentionPoolLatent (it has no attn_drop); "
+            "reading='auto' reads its latent query's row exactly"
         )
     prefix = int(getattr(model, "num_prefix_tokens", 0))
     include = bool(getattr(model, "pool_include_prefix", False))
     return _Target(pool, "latent", prefix if include else 0, *_patch_grid(model))
 
 
-def _vit(model: nn.Module, method: Method) -> _Target | None:
+def _vit(model: nn.Module, reading: Reading) -> _Target | None:
     blocks = getattr(model, "blocks", None)
     if not isinstance(blocks, nn.Sequential | nn.ModuleList) or len(blocks) == 0:
         return None
@@ -264,11 +265,11 @@ def _vit(model: nn.Module, method: Method) -> _Target | None:
         "qkv" if type(attn) in _QKV_EXACT and isinstance(getattr(attn, "qkv", None), nn.Linear)
         else None
     )
-    return _Target(attn, _layout(attn, exact, method),
+    return _Target(attn, _layout(attn, exact, reading),
                    int(getattr(model, "num_prefix_tokens", 1)), *_patch_grid(model))
 
 
-def _class_attention(model: nn.Module, method: Method) -> _Target | None:
+def _class_attention(model: nn.Module, reading: Reading) -> _Target | None:
     for name in ("blocks_token_only", "cls_attn_blocks"):
         blocks = getattr(model, name, None)
         if isinstance(blocks, nn.Sequential | nn.ModuleList) and len(blocks) > 0:
@@ -277,11 +278,11 @@ def _class_attention(model: nn.Module, method: Method) -> _Target | None:
                 return None
             _check_token_pool(model)
             exact = "q_k" if type(attn) in _Q_K_EXACT else None
-            return _Target(attn, _layout(attn, exact, method), 1, *_patch_grid(model))
+            return _Target(attn, _layout(attn, exact, reading), 1, *_patch_grid(model))
     return None
 
 
-def _head(model: nn.Module, method: Method) -> _Target | None:
+def _head(model: nn.Module, reading: Reading) -> _Target | None:
     """Models that declare their class attention: ``model.class_attention_parts()`` returns
     (attention module, exact layout ``'qkv'``/``'q_k'``, a module whose input is the feature map
     in its ``fmt``, ``'NCHW'`` or ``'NHWC'``) -- :func:`mixpro.with_class_attention`'s models."""
@@ -289,17 +290,17 @@ def _head(model: nn.Module, method: Method) -> _Target | None:
     if not callable(parts):
         return None
     attn, exact, tokens = parts()
-    return _Target(attn, _layout(attn, exact, method), 1, tokens, _feature_map_grid)
+    return _Target(attn, _layout(attn, exact, reading), 1, tokens, _feature_map_grid)
 
 
-ADAPTERS: list[Callable[[nn.Module, Method], _Target | None]] = [
+ADAPTERS: list[Callable[[nn.Module, Reading], _Target | None]] = [
     _head, _latent, _class_attention, _vit,
 ]
 
 
-def _find_target(inner: nn.Module, method: Method) -> _Target:
+def _find_target(inner: nn.Module, reading: Reading) -> _Target:
     for adapter in ADAPTERS:
-        target = adapter(inner, method)
+        target = adapter(inner, reading)
         if target is not None:
             return target
     raise NoClsAttentionError(
@@ -335,7 +336,7 @@ class ClsAttention:
             pooled ViTs), possibly wrapped in DDP. Attach the probe *before* ``torch.compile``
             (a compiled module raises ``TypeError``). Other models raise
             :class:`NoClsAttentionError`.
-        method: ``'auto'`` (exact row where the block allows it, else un-fused; see the
+        reading: ``'auto'`` (exact row where the block allows it, else un-fused; see the
             module docstring), ``'cls_row'`` (exact row only; error otherwise) or
             ``'unfused'`` (read the block's softmax un-fused, for any timm attention with
             ``attn_drop``).
@@ -347,14 +348,14 @@ class ClsAttention:
     :meth:`remove` (or use the probe as a context manager) to detach the hooks.
     """
 
-    def __init__(self, model: nn.Module, method: Method = "auto") -> None:
+    def __init__(self, model: nn.Module, reading: Reading = "auto") -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if method not in ("auto", "cls_row", "unfused"):
-            raise ValueError(f"method must be 'auto', 'cls_row' or 'unfused', got {method!r}")
+        if reading not in typing.get_args(Reading):
+            raise ValueError(f"reading must be 'auto', 'cls_row' or 'unfused', got {reading!r}")
         inner = _unwrap(model)
-        target = _find_target(inner, method)
-        self.method = target.layout
+        target = _find_target(inner, reading)
+        self.layout = target.layout  # what is read: 'qkv', 'q_k', 'probs' or 'latent'
         self.num_prefix_tokens = target.num_prefix_tokens
         self.num_heads = int(target.attn.num_heads)
         self._attn = target.attn
@@ -464,7 +465,7 @@ class ClsAttention:
             probs.shape[2] not in (1, probs.shape[3])
         ):
             self._fail(
-                f"ClsAttention(method='unfused'): {type(self._attn).__name__}.attn_drop got "
+                f"ClsAttention(reading='unfused'): {type(self._attn).__name__}.attn_drop got "
                 f"{tuple(probs.shape)}, not softmax probabilities (B, {self.num_heads}, N, N) "
                 f"or class-attention rows (B, {self.num_heads}, 1, N)"
             )

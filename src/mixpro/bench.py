@@ -333,7 +333,7 @@ def bench_step(
         model = build()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
         probe = (
-            ClsAttention(model, method="unfused") if attention == "unfused"
+            ClsAttention(model, reading="unfused") if attention == "unfused"
             else ClsAttention(model) if attention in ("probe", "extra_forward") else None
         )
 
@@ -384,7 +384,7 @@ def _probe_hook_seconds(
     hooked projections (``qkv``: ViTs, CA-Swin; ``q`` and ``k``: class-attention heads)."""
     probe = ClsAttention(model)
     attn = probe._attn
-    names = {"qkv": ("qkv",), "q_k": ("q", "k")}.get(probe.method)
+    names = {"qkv": ("qkv",), "q_k": ("q", "k")}.get(probe.layout)
     if names is None:
         raise ValueError(f"the probe reads {type(attn).__name__} un-fused: no hook to time")
     captured: dict[str, torch.Tensor] = {}
@@ -397,7 +397,7 @@ def _probe_hook_seconds(
     probe.remove()
 
     def hook() -> None:
-        if probe.method == "qkv":
+        if probe.layout == "qkv":
             probe._on_qkv(attn.qkv, (), captured["qkv"])
         else:
             probe._on_q(attn.q, (), captured["q"])
