@@ -19,7 +19,9 @@ split.
   ``webp``, label ``cls``; class names from ``_info.json``'s ``classes``, else the label
   numbers. Indexed by one streaming pass, so every sample can be read by index.
 
-Every dataset is timm's ``ImageDataset`` with the transforms of :mod:`.folder` and yields
+Every dataset is timm's ``ImageDataset`` with the transforms of :mod:`.folder` (its
+:class:`~.folder.FolderDataset`: images decoded by :func:`~.folder.load_image`, 16-bit images
+scaled to 8 bits, a skipped image named) and yields
 ``(image (C, H, W) float32, target)``: an ``int`` class, or for multi-label data a multi-hot
 ``(K,)`` float32 vector. Errors are one-line :class:`~mixpro.data.DatasetError` s, also for a
 missing optional package (naming the ``pip install 'mixpro[...]'`` extra).
@@ -40,7 +42,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from timm.data import ImageDataset
 from timm.data.readers.reader import Reader
 from timm.data.readers.reader_image_in_tar import ReaderImageInTar
 from torch.utils.data import Dataset
@@ -49,6 +50,7 @@ from . import DatasetError
 from .folder import (
     EVAL_SPLITS,
     TRAIN_SPLITS,
+    FolderDataset,
     check_same_classes,
     find_split,
     image_mode,
@@ -370,7 +372,8 @@ class WdsReader(Reader):
         return {**self.__dict__, "_open": {}}
 
     def _filename(self, index: int, basename: bool = False, absolute: bool = False) -> str:
-        return self.samples[index][1].name
+        shard, ti = self.samples[index]
+        return os.path.basename(ti.name) if basename else f"{self.shards[shard]}:{ti.name}"
 
 
 def _wds_splits(root: str, splits: Sequence[str]) -> tuple[list[Reader], list[str]]:
@@ -421,8 +424,8 @@ def open_splits(spec: str, splits: Sequence[str], transforms: Sequence[Callable]
         raise DatasetError(f"{spec} is an ImageFolder tree, read by mixpro.data.folder")
     target_tf = MultiHot(len(classes)) if multi else None
     mode = image_mode(in_chans)
-    datasets = [ImageDataset(None, reader=r, input_img_mode=mode, transform=tf,
-                             target_transform=target_tf)
+    datasets = [FolderDataset(None, reader=r, input_img_mode=mode, transform=tf,
+                              target_transform=target_tf)
                 for r, tf in zip(readers, transforms, strict=True)]
     return Splits(datasets, classes, multi)
 
