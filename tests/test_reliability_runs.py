@@ -481,3 +481,11 @@ def test_train_on_a_full_disk_is_one_line_and_the_rerun_works(data_dir, tmp_path
     assert not (tmp_path / "r").exists()  # no 0-byte config.yaml (nor folder) blocks a rerun
     monkeypatch.undo()
     assert main(argv) == 0
+
+
+def test_last_pt_records_the_best_accuracy_so_a_resume_keeps_the_best_weights(finished):
+    """last.pt used to hold the best accuracy before its own epoch: a run resumed after its
+    best epoch would then replace best.pt by any later epoch that beat the older best."""
+    last = torch.load(finished / "last.pt", weights_only=True)
+    best = torch.load(finished / "best.pt", weights_only=True)
+    assert last["best_acc"] == best["best_acc"] == last["metrics"][-1]["test_acc"]

@@ -1,17 +1,27 @@
 """The checkpoint format: written by ``mixpro train``, read by every app.
 
-Owns the file format, its atomic writing, its validated reading and rebuilding the model it
-describes; also the initial weights of a fine-tuning run (:func:`load_initial_weights`: a
-``mixpro train`` checkpoint, a plain state dict or a ``.safetensors`` file, the classifier
-head re-initialised when the class count differs). ``last.pt`` / ``best.pt`` hold::
+Owns the file format: assembling it (:func:`training_checkpoint`, :func:`weights_checkpoint`),
+writing it atomically, reading and validating it (:data:`RESUME_KEYS`: the one list of recipe
+keys a resumed run must share with its checkpoint) and rebuilding the model it describes; also
+the initial weights of a fine-tuning run (:func:`load_initial_weights`: a ``mixpro train``
+checkpoint, a plain state dict or a ``.safetensors`` file, the classifier head re-initialised
+when the class count differs). ``last.pt`` / ``best.pt`` hold::
 
     {"version": 2,
      "model": <state dict>,   # timm.create_model(...), wrapped by with_class_attention if cls_head
      "config": {"model": timm_name, "model_kwargs": {...}, "num_classes": K,
                 "cls_head": None | {"mode": "ca" | "ca_swin", ...},   # missing: None
+                "world_size": ranks, "multi_label": bool,
                 "mean": [...], "std": [...], "classes": [...], "recipe": {...}},
      "epoch": completed_epochs, "metrics": [per-epoch dicts], "best_acc": float,
-     "optimizer", "scheduler", "scaler", "ema", "mixer", "rng", "alpha_last"}   # last.pt only
+     # last.pt only:
+     "optimizer", "scheduler", "scaler", "ema": state dicts (scaler, ema: None when unused),
+     "mixer": [learnable mixer tensors], "rng": rng_state(), "alpha_last": [α] | None,
+     "position": None at an epoch's end; in the middle of epoch ``epoch`` (0-based, i.e. the
+                 epoch after the completed ones): {"step": steps done, "stats": the epoch's
+                 running statistics (engine.EpochState as a dict), "mixer_gen": the mixer
+                 generator's state, "data_gen": the dataset's augmentation generator state or
+                 None}}
 
 Every file is read with ``torch.load(weights_only=True)``, never with the full unpickler (a
 crafted file could run code through it): a version-2 file holds tensors, lists and numbers only;
@@ -44,10 +54,16 @@ from .models import ModelError, build_model
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 TRAINING_KEYS = ("model", "config", "epoch", "metrics", "optimizer", "scheduler")
-# recipe keys that must match between a checkpoint and the run resuming it
-MUST_MATCH = ("model", "model_kwargs", "img_size", "patch_size", "in_chans", "method", "data",
-              "train_subset", "subset_seed", "holdout_classes", "batch_size", "epochs", "seed",
-              "ema", "opt", "sched", "mask_scale")
+WEIGHTS_KEYS = ("version", "model", "config", "epoch", "metrics", "best_acc")  # best.pt
+# recipe keys a resumed run must share with its checkpoint: what the model, the data order and
+# the learning-rate schedule depend on (the scheduler's state is restored, not rebuilt, so a
+# changed schedule key would be ignored silently). cls_head is compared by the head it resolves
+# to (check_cls_head), the classes by name (check_classes), the world size by check_world.
+RESUME_KEYS = ("model", "model_kwargs", "img_size", "patch_size", "in_chans", "method", "data",
+               "train_subset", "subset_seed", "holdout_classes", "batch_size", "epochs", "seed",
+               "ema", "opt", "sched", "mask_scale", "lr", "min_lr", "warmup_epochs",
+               "warmup_lr", "max_steps", "sched_per_step", "mask_strategy", "layer_decay",
+               "train_split", "val_split")
 # keys newer than some checkpoints: their value when a checkpoint lacks them
 MISSING_MEANS: dict[str, Any] = {"holdout_classes": [], "mask_strategy": "grid",
                                  "train_split": "train", "val_split": "val"}
@@ -181,8 +197,48 @@ def _unsafe_globals(path: Path) -> list[str]:
     return [g for g in found if g not in allowed]
 
 
+def training_checkpoint(*, model: nn.Module, config: Mapping[str, Any], epoch: int,
+                        metrics: list[dict], best_acc: float, optimizer, scheduler, scaler,
+                        ema, mixer_params: list[torch.Tensor], alpha_last: list[float] | None,
+                        position: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The ``last.pt`` dict (format above) of a run after ``epoch`` completed epochs; the RNG
+    states are read now. ``position``: the mid-epoch progress (None at an epoch's end)."""
+    return {
+        "version": FORMAT_VERSION,
+        "model": model.state_dict(),
+        "config": dict(config),
+        "epoch": epoch,
+        "metrics": metrics,
+        "best_acc": best_acc,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "ema": ema.module.state_dict() if ema is not None else None,
+        "mixer": [t.detach().cpu() for t in mixer_params],
+        "rng": rng_state(),
+        "alpha_last": alpha_last,
+        "position": None if position is None else dict(position),
+    }
+
+
+def weights_checkpoint(training: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``best.pt`` dict: the weights part (:data:`WEIGHTS_KEYS`) of a ``last.pt`` dict."""
+    return {k: training[k] for k in WEIGHTS_KEYS}
+
+
+def check_world(ckpt: Mapping[str, Any], world: int, batch_size: int,
+                path: str | os.PathLike) -> None:
+    """A resumed run must have the checkpoint's world size (its global batch)."""
+    then = ckpt["config"].get("world_size", 1)
+    if then != world:
+        raise CheckpointError(
+            f"checkpoint {path} was trained on {then} process(es) (global batch "
+            f"{then * batch_size}); this run has {world} (global batch {world * batch_size}): "
+            "resume with the same world size")
+
+
 def check_matches(ckpt: Mapping[str, Any], recipe: Mapping[str, Any],
-                  path: str | os.PathLike, keys: tuple[str, ...] = MUST_MATCH) -> None:
+                  path: str | os.PathLike, keys: tuple[str, ...] = RESUME_KEYS) -> None:
     """The run must be the one the checkpoint was written by (``keys`` of the recipe)."""
     saved = ckpt["config"].get("recipe", {})
     for key in keys:
@@ -410,12 +466,13 @@ def load_states(ckpt: Mapping[str, Any], path: str | os.PathLike, *, model: nn.M
 
 __all__ = [
     "FORMAT_VERSION",
-    "MUST_MATCH",
+    "RESUME_KEYS",
     "CheckpointError",
     "atomic_save",
     "check_classes",
     "check_cls_head",
     "check_matches",
+    "check_world",
     "classifier_keys",
     "load_initial_weights",
     "load_model",
@@ -426,4 +483,6 @@ __all__ = [
     "rng_state",
     "set_rng_state",
     "strip_prefixes",
+    "training_checkpoint",
+    "weights_checkpoint",
 ]

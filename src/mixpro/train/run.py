@@ -47,13 +47,7 @@ from .output import ARTEFACTS, FINAL, check_output, output_dir
 from .recipe import ConfigError, Recipe, TrainError
 from .signals import Stopped, StopSignals
 
-# recipe keys a resumed run must share with its checkpoint: what the model, the data order and
-# the learning-rate schedule depend on (the scheduler's state is restored, not rebuilt).
-# cls_head is compared by the head it resolves to (checkpoint.check_cls_head), not as written:
-# 'auto' on a ViT and a checkpoint from before the key both mean no head.
-RESUME_MUST_MATCH = ckpt_io.MUST_MATCH + ("lr", "min_lr", "warmup_epochs", "warmup_lr",
-                                          "max_steps", "sched_per_step", "mask_strategy",
-                                          "layer_decay", "train_split", "val_split")
+
 @dataclass
 class Prepared:
     """Everything a run needs, built and checked (see :func:`prepare`)."""
@@ -328,15 +322,10 @@ def _prepare(cfg: Recipe, info: distributed.DistInfo, out: Path, resume_path: Pa
                     batches=batches, lock=lock)
     if resume_path is not None:
         ck = ckpt_io.read(resume_path, training=True)
-        ckpt_io.check_matches(ck, recipe, resume_path, RESUME_MUST_MATCH)
+        ckpt_io.check_matches(ck, recipe, resume_path)
         ckpt_io.check_cls_head(ck, head, resume_path)
         ckpt_io.check_classes(ck, classes, resume_path)
-        then = ck["config"].get("world_size", 1)
-        if then != info.world:
-            raise ckpt_io.CheckpointError(
-                f"checkpoint {resume_path} was trained on {then} process(es) (global batch "
-                f"{then * cfg.batch_size}); this run has {info.world} (global batch "
-                f"{info.world * cfg.batch_size}): resume with the same world size")
+        ckpt_io.check_world(ck, info.world, cfg.batch_size, resume_path)
         ckpt_io.load_states(ck, resume_path, model=model, optimizer=optimizer,
                             scheduler=scheduler, scaler=scaler, ema=ema,
                             mixer_params=mixer.parameters())
@@ -371,44 +360,32 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def _save(p: Prepared, epoch: int, state: EpochState | None = None) -> None:
-    """Rank 0: ``last.pt`` (everything). At the end of an epoch also ``best.pt`` (weights) and
-    ``metrics.jsonl``; in the middle of one (``state``: the epoch's progress) ``last.pt``
-    also holds the step, the epoch's running statistics and every RNG state, so that a
-    resumed run continues bit for bit."""
+    """Rank 0: ``last.pt`` (:func:`mixpro.checkpoint.training_checkpoint`). At the end of an
+    epoch also ``best.pt`` (weights) and ``metrics.jsonl``; in the middle of one (``state``:
+    the epoch's progress) ``last.pt`` also holds its position (step, running statistics,
+    generator states), so that a resumed run continues bit for bit."""
     ctx = p.ctx
-    model = _unwrap(ctx.model)
-    ckpt = {
-        "version": ckpt_io.FORMAT_VERSION,
-        "model": model.state_dict(),
-        "config": p.model_config,
-        "epoch": epoch,
-        "metrics": p.metrics,
-        "best_acc": p.best_acc,
-        "optimizer": ctx.optimizer.state_dict(),
-        "scheduler": ctx.scheduler.state_dict(),
-        "scaler": ctx.scaler.state_dict() if ctx.scaler is not None else None,
-        "ema": ctx.ema.module.state_dict() if ctx.ema is not None else None,
-        "mixer": [t.detach().cpu() for t in ctx.mixer.parameters()],
-        "rng": ckpt_io.rng_state(),
-        "alpha_last": p.alpha_last,
-        "position": None,
-    }
-    if state is not None:
+    position = None
+    best = False
+    if state is None:  # best first, so that last.pt records the best accuracy it knows of
+        acc = p.metrics[-1]["test_acc"]
+        best = acc is not None and acc >= p.best_acc
+        p.best_acc = acc if best else p.best_acc
+    else:
         gen = getattr(p.train_data, "generator", None)
-        ckpt["position"] = {
-            "step": state.step, "stats": dataclasses.asdict(state),
-            "mixer_gen": p.mixer_gen.get_state(),
-            "data_gen": gen.get_state() if isinstance(gen, torch.Generator) else None,
-        }
-        ckpt_io.atomic_save(ckpt, p.out / "last.pt")
-        return
+        position = {"step": state.step, "stats": dataclasses.asdict(state),
+                    "mixer_gen": p.mixer_gen.get_state(),
+                    "data_gen": gen.get_state() if isinstance(gen, torch.Generator) else None}
+    ckpt = ckpt_io.training_checkpoint(
+        model=_unwrap(ctx.model), config=p.model_config, epoch=epoch, metrics=p.metrics,
+        best_acc=p.best_acc, optimizer=ctx.optimizer, scheduler=ctx.scheduler,
+        scaler=ctx.scaler, ema=ctx.ema, mixer_params=ctx.mixer.parameters(),
+        alpha_last=p.alpha_last, position=position)
     ckpt_io.atomic_save(ckpt, p.out / "last.pt")
-    acc = p.metrics[-1]["test_acc"]
-    if acc is not None and acc >= p.best_acc:
-        p.best_acc = p.metrics[-1]["test_acc"]
-        ckpt["best_acc"] = p.best_acc
-        ckpt_io.atomic_save({k: ckpt[k] for k in ("version", "model", "config", "epoch",
-                                                  "metrics", "best_acc")}, p.out / "best.pt")
+    if state is not None:
+        return
+    if best:
+        ckpt_io.atomic_save(ckpt_io.weights_checkpoint(ckpt), p.out / "best.pt")
     files.atomic_write_text("".join(json.dumps(m) + "\n" for m in p.metrics),
                             p.out / "metrics.jsonl")
 
