@@ -43,7 +43,13 @@ _SOURCE_ATTR = "_mixpro_source"
 
 
 class NoClsAttentionError(ValueError):
-    """The model has no cls token (or class-attention query) that drives its classifier."""
+    """The model has no cls token (or class-attention query) that drives its classifier.
+
+    ``reason``: what is missing, one clause (apps quote it); ``str(e)`` adds what to do."""
+
+    def __init__(self, reason: str, advice: str = "") -> None:
+        super().__init__(f"{reason}{advice}")
+        self.reason, self.advice = reason, advice
 
 
 def _timm_classes(*paths: str) -> tuple[type, ...]:
@@ -194,8 +200,8 @@ def _check_token_pool(model: nn.Module) -> None:
     pool = getattr(model, "global_pool", "token")
     if pool != "token":
         raise NoClsAttentionError(
-            f"{type(model).__name__} pools with global_pool={pool!r}, not the cls token: "
-            "its cls→patch attention does not drive the classifier. Use area labels "
+            f"{type(model).__name__} pools with global_pool={pool!r}, not the cls token",
+            ": its cls→patch attention does not drive the classifier. Use area labels "
             "(MaskMix, CutMix), build the model with global_pool='token' (or 'map'), or give "
             "it a class-attention head: mixpro.with_class_attention(model)."
         )
@@ -223,7 +229,8 @@ def _layout(attn: nn.Module, exact: str | None, reading: Reading) -> str:
             "; if it passes softmax probabilities to attn_drop, reading='unfused' reads them")
     raise NoClsAttentionError(
         f"the last attention block is {kind}, whose cls row is not softmax(q·kᵀ·scale) of its "
-        f"projections: reading={reading!r} cannot read it exactly (exact: {supported}){hint}"
+        f"projections: reading={reading!r} cannot read it exactly",
+        f" (exact: {supported}){hint}"
     )
 
 
@@ -239,8 +246,8 @@ def _latent(model: nn.Module, reading: Reading) -> _Target | None:
         return None
     if reading == "unfused":
         raise NoClsAttentionError(
-            "reading='unfused' cannot read AttentionPoolLatent (it has no attn_drop); "
-            "reading='auto' reads its latent query's row exactly"
+            "reading='unfused' cannot read AttentionPoolLatent (it has no attn_drop)",
+            "; reading='auto' reads its latent query's row exactly"
         )
     prefix = int(getattr(model, "num_prefix_tokens", 0))
     include = bool(getattr(model, "pool_include_prefix", False))
@@ -256,8 +263,9 @@ def _vit(model: nn.Module, reading: Reading) -> _Target | None:
         return None
     if getattr(model, "cls_token", None) is None:
         raise NoClsAttentionError(
-            f"{type(model).__name__} has no cls token (class_token=False): PAL and TransMix "
-            "need cls→patch attention. Use area labels (MaskMix, CutMix) or give it a "
+            f"{type(model).__name__} has no cls token (class_token=False)",
+            ": PAL and TransMix need cls→patch attention. Use area labels (MaskMix, CutMix) or "
+            "give it a "
             "class-attention head: mixpro.with_class_attention(model)."
         )
     _check_token_pool(model)
@@ -304,9 +312,10 @@ def _find_target(inner: nn.Module, reading: Reading) -> _Target:
         if target is not None:
             return target
     raise NoClsAttentionError(
-        f"{type(inner).__name__} has no supported cls-attention block (supported: timm "
-        "ViT/DeiT, CaiT, XCiT, BEiT/EVA with a cls token, ViTs with global_pool='map', and "
-        "models from mixpro.with_class_attention). Give it a class-attention head with "
+        f"{type(inner).__name__} has no supported cls-attention block",
+        " (supported: timm ViT/DeiT, CaiT, XCiT, BEiT/EVA with a cls token, ViTs with "
+        "global_pool='map', and models from mixpro.with_class_attention). Give it a "
+        "class-attention head with "
         "mixpro.with_class_attention(model) (Swin, PVT-v2, ConvNeXt, ResNet, pooled ViTs), or "
         "use MaskMix/CutMix with area labels."
     )

@@ -493,9 +493,9 @@ def check_mask_geometry(
         the attention grid ``(gh, gw)``.
 
     Raises:
-        ValueError naming ``mask_scale`` (with the values that fit) when a cell is not a whole
-        number of tokens or the cells do not tile the image; naming ``image_size`` when the
-        tokens do not tile it.
+        ArgumentError (a ``ValueError``) whose ``argument`` is ``mask_scale`` (the message
+        lists the values that fit) when a cell is not a whole number of tokens or the cells
+        do not tile the image, ``image_size`` when the tokens do not tile it.
     """
     stride = _stride_of(model_or_stride)
     ph, pw = _checks.pair(patch_size, "patch_size")
@@ -503,10 +503,9 @@ def check_mask_geometry(
     h, w = _checks.pair(image_size, "image_size")
     sh, sw = stride
     if h % sh or w % sw:
-        raise ValueError(
-            f"image_size {(h, w)} is not a multiple of the token stride {stride}: the "
-            "attention grid does not tile the image"
-        )
+        raise _checks.ArgumentError(
+            "image_size", f"{(h, w)} is not a multiple of the token stride {stride}: the "
+            "attention grid does not tile the image")
 
     def fits(k: int, p: int, s: int, size: int) -> bool:
         return (k * p) % s == 0 and size % (k * p) == 0
@@ -514,11 +513,10 @@ def check_mask_geometry(
     if not (fits(kh, ph, sh, h) and fits(kw, pw, sw, w)):
         ok = [k for k in range(1, max(h // ph, w // pw) + 1)
               if fits(k, ph, sh, h) and fits(k, pw, sw, w)]
-        raise ValueError(
-            f"mask_scale {(kh, kw)} × patch_size {(ph, pw)} = cells of {(kh * ph, kw * pw)} px: "
-            f"not a whole number of the model's {stride}-px attention tokens tiling "
-            f"{(h, w)}; mask_scale values that fit: {ok or 'none'}"
-        )
+        raise _checks.ArgumentError(
+            "mask_scale", f"{(kh, kw)} × patch_size {(ph, pw)} = cells of "
+            f"{(kh * ph, kw * pw)} px: not a whole number of the model's {stride}-px attention "
+            f"tokens tiling {(h, w)}; mask_scale values that fit: {ok or 'none'}")
     return h // sh, w // sw
 
 

@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 import mixpro
 from mixpro import checkpoint as ckpt_io
 from mixpro import files, models
+from mixpro._checks import ArgumentError
 from mixpro.methods import METHODS, build_mixer
 
 from . import distributed
@@ -46,6 +47,9 @@ from .loaders import EpochBatches, auto_threads, auto_workers, datasets, loaders
 from .output import ARTEFACTS, FINAL, check_output, output_dir
 from .recipe import ConfigError, Recipe, TrainError
 from .signals import Stopped, StopSignals
+
+# the recipe's names of the core's arguments (where they differ)
+_RECIPE_NAMES = {"image_size": "img_size", "mode": "mask_mode"}
 
 
 @dataclass
@@ -126,7 +130,7 @@ def _probe(cfg: Recipe, model: torch.nn.Module) -> mixpro.ClsAttention:
     except mixpro.NoClsAttentionError as e:
         if cfg.cls_head != "none":
             raise ConfigError(f"method {cfg.method} needs cls-token attention: {e}") from None
-        why = str(e).split(". ")[0].split(" (")[0]
+        why = e.reason
         raise ConfigError(
             f"method {cfg.method} needs cls-token attention and cls_head is none: {why}; set "
             "cls_head auto (or ca) to add a class-attention head, or use an area-label "
@@ -175,8 +179,9 @@ def _check_head_geometry(cfg: Recipe, model: torch.nn.Module, patch: int | None,
     if uses_cells:
         try:
             mixpro.check_mask_geometry(model, patch, cfg.mask_scale, cfg.img_size)
-        except ValueError as e:
-            raise ConfigError(f"{what}: {str(e).replace('image_size', 'img_size')}") from None
+        except ArgumentError as e:
+            raise ConfigError(f"{what}: {e.renamed(_RECIPE_NAMES.get(e.argument, e.argument))}"
+                              ) from None
 
 
 def _amp(cfg: Recipe, device: torch.device) -> tuple[torch.dtype | None, bool]:
