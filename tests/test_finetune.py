@@ -43,7 +43,7 @@ def sources(data_dir, tmp_path_factory):
 
 
 def _init(data_dir, out, **kw) -> torch.nn.Module:
-    return run._unwrap(run.prepare(tiny(data_dir, out, **kw)).ctx.model).eval()
+    return run.unwrap_model(run.prepare(tiny(data_dir, out, **kw)).ctx.model).eval()
 
 
 def _same(a: dict, b: dict, keys=None) -> bool:
@@ -89,7 +89,7 @@ def test_a_plain_state_dict_and_safetensors_load_and_resume_ignores_them(data_di
     run.train(cfg)
     (tmp_path / "w.pth").unlink()  # --resume takes the weights of last.pt, not the file's
     last = torch.load(tmp_path / "r" / "last.pt", weights_only=True)["model"]
-    assert _same(last, run._unwrap(run.prepare(cfg, resume=True).ctx.model).state_dict())
+    assert _same(last, run.unwrap_model(run.prepare(cfg, resume=True).ctx.model).state_dict())
 
 
 def test_another_class_count_reinitialises_the_head_only(data_dir, sources, tmp_path, capsys):

@@ -183,7 +183,7 @@ def _is_compiled(model: nn.Module) -> bool:
     return isinstance(model, dynamo.OptimizedModule)
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
+def unwrap_model(model: nn.Module) -> nn.Module:
     """The model inside DistributedDataParallel / DataParallel; compiled models are refused."""
     if _is_compiled(model):
         raise TypeError(
@@ -193,7 +193,7 @@ def _unwrap(model: nn.Module) -> nn.Module:
             "torch.compile(model)"
         )
     inner = getattr(model, "module", None)  # DDP, DataParallel, timm's ModelEma
-    return _unwrap(inner) if isinstance(inner, nn.Module) else model
+    return unwrap_model(inner) if isinstance(inner, nn.Module) else model
 
 
 def _check_token_pool(model: nn.Module) -> None:
@@ -362,7 +362,7 @@ class ClsAttention:
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if reading not in typing.get_args(Reading):
             raise ValueError(f"reading must be 'auto', 'cls_row' or 'unfused', got {reading!r}")
-        inner = _unwrap(model)
+        inner = unwrap_model(model)
         target = _find_target(inner, reading)
         self.layout = target.layout  # what is read: 'qkv', 'q_k', 'probs' or 'latent'
         self.num_prefix_tokens = target.num_prefix_tokens

@@ -46,9 +46,10 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from . import files
-from .errors import UserError
+from .errors import UserError, first_line
 from .models import ModelError, build_model
 
 FORMAT_VERSION = 2
@@ -73,10 +74,6 @@ PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile wrappers
 class CheckpointError(UserError):
     """An unreadable, corrupt or mismatched checkpoint, or one that cannot be written."""
 
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 # -- writing -------------------------------------------------------------------------------
@@ -180,7 +177,7 @@ def _torch_load(path: Path) -> Any:
                 f"({', '.join(unsafe[:3])}), which mixpro never unpickles (that could run "
                 "code); save the state dict alone (torch.save(model.state_dict(), path)) or "
                 "a .safetensors file") from None
-        why = type(e).__name__ if isinstance(e, pickle.UnpicklingError) else _first_line(e)
+        why = type(e).__name__ if isinstance(e, pickle.UnpicklingError) else first_line(e)
         raise CheckpointError(f"cannot read checkpoint {path}: corrupt or not a checkpoint "
                               f"({why})") from None
 
@@ -289,16 +286,11 @@ def check_cls_head(ckpt: Mapping[str, Any], head: Mapping[str, Any] | None,
 
 def strip_prefixes(state_dict: Mapping[str, Any],
                    prefixes: tuple[str, ...] = PREFIXES) -> dict[str, Any]:
-    """Keys without DDP's ``module.`` and ``torch.compile``'s ``_orig_mod.`` prefixes."""
-    out = {}
-    for k, v in state_dict.items():
-        changed = True
-        while changed:
-            changed = False
-            for pre in prefixes:
-                if k.startswith(pre):
-                    k, changed = k[len(pre):], True
-        out[k] = v
+    """Keys without DDP's ``module.`` and ``torch.compile``'s ``_orig_mod.`` prefixes (in
+    either order), by torch's ``consume_prefix_in_state_dict_if_present``."""
+    out = dict(state_dict)
+    for prefix in prefixes * len(prefixes):
+        consume_prefix_in_state_dict_if_present(out, prefix)
     return out
 
 
@@ -375,7 +367,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             obj: Any = load_file(path, device="cpu")
         except (SafetensorError, OSError) as e:
             raise CheckpointError(f"cannot read {path}: corrupt or not a safetensors file "
-                                  f"({_first_line(e)})") from None
+                                  f"({first_line(e)})") from None
     else:
         obj = _torch_load(path)
     if isinstance(obj, Mapping):
@@ -459,7 +451,7 @@ def load_states(ckpt: Mapping[str, Any], path: str | os.PathLike, *, model: nn.M
         if isinstance(e, CheckpointError):
             raise
         raise CheckpointError(f"checkpoint {path} does not fit this run: "
-                              f"{_first_line(e)}") from None
+                              f"{first_line(e)}") from None
     if "rng" in ckpt:
         set_rng_state(ckpt["rng"])
 

@@ -182,6 +182,11 @@ class FolderLock:
     def held(self) -> bool:
         return self._fd is not None
 
+    def __del__(self) -> None:  # a lock nobody releases is freed with its object
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
     def __enter__(self) -> FolderLock:
         return self.acquire()
 

@@ -38,7 +38,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from . import _checks
-from .attention import NoClsAttentionError, _find_target, _is_compiled, _unwrap
+from .attention import NoClsAttentionError, _find_target, _is_compiled, unwrap_model
 
 Mode = Literal["ca", "ca_swin"]
 
@@ -418,7 +418,7 @@ def with_class_attention(
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if isinstance(model, ClassAttentionClassifier):
         raise TypeError("model already has a class-attention head")
-    if _is_compiled(model) or _unwrap(model) is not model:
+    if _is_compiled(model) or unwrap_model(model) is not model:
         raise TypeError(
             f"model: pass the plain timm model, not a {type(model).__name__} wrapper; add the "
             "head first, then wrap (DDP) or compile"
@@ -468,7 +468,7 @@ def needs_class_attention(model: nn.Module) -> bool:
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     inner = getattr(model, "_orig_mod", model) if _is_compiled(model) else model
     try:
-        _find_target(_unwrap(inner), "auto")
+        _find_target(unwrap_model(inner), "auto")
     except NoClsAttentionError:
         return True
     return False
@@ -525,7 +525,7 @@ def _stride_of(model_or_stride: nn.Module | int | tuple[int, int]) -> tuple[int,
         model = model_or_stride
         stride = getattr(model, "token_stride", None)
         if stride is None:
-            info = getattr(_unwrap(getattr(model, "_orig_mod", model)), "feature_info", None)
+            info = getattr(unwrap_model(getattr(model, "_orig_mod", model)), "feature_info", None)
             stride = info[-1].get("reduction") if info else None
         if stride is None:
             raise TypeError(

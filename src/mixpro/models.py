@@ -26,7 +26,7 @@ from typing import Any
 import timm
 from torch import nn
 
-from .errors import UserError
+from .errors import UserError, first_line
 from .heads import ClassAttentionClassifier, needs_class_attention, with_class_attention
 
 # values of the recipe key ``cls_head``
@@ -36,10 +36,6 @@ CLS_HEADS = ("auto", "ca", "ca_swin", "none")
 class ModelError(UserError):
     """An unknown timm name or keywords the model does not take."""
 
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def create_model(
@@ -112,7 +108,7 @@ def _load_error(e: BaseException) -> str:
     lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
     if len(lines) > 1 and lines[0].endswith(":"):
         return f"{lines[0]} {lines[1]}"
-    return _first_line(e)
+    return first_line(e)
 
 
 def _pretrained_source(name: str) -> str:
@@ -121,7 +117,7 @@ def _pretrained_source(name: str) -> str:
     try:
         cfg = timm.models.get_pretrained_cfg(name) if timm.is_model(name) else None
     except RuntimeError as e:  # e.g. an unknown pretrained tag
-        raise ModelError(f"pretrained: {_first_line(e)} in {name!r}") from None
+        raise ModelError(f"pretrained: {first_line(e)} in {name!r}") from None
     if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file):
         raise ModelError(f"pretrained: timm has no pretrained weights for {name!r}; list those "
                          "that have with timm.list_pretrained()")
@@ -238,7 +234,7 @@ def add_cls_head(model: nn.Module, head: Mapping[str, Any] | None
         wrapped = with_class_attention(model, mode=mode, **spec)
     except (TypeError, ValueError) as e:
         raise ModelError(f"cannot add the class-attention head {dict(head)} to "
-                         f"{type(model).__name__}: {_first_line(e)}") from None
+                         f"{type(model).__name__}: {first_line(e)}") from None
     desc: dict[str, Any] = {"mode": mode, **spec}
     if mode == "ca":
         default_ratio = inspect.signature(with_class_attention).parameters["mlp_ratio"].default
@@ -270,7 +266,7 @@ def build_model(description: Mapping[str, Any]) -> nn.Module:
     try:
         model = timm.create_model(arch, pretrained=False, **kwargs)
     except Exception as e:  # noqa: BLE001 - unknown name / bad kwargs from a file
-        raise ModelError(f"cannot build {arch}: {_first_line(e)}") from None
+        raise ModelError(f"cannot build {arch}: {first_line(e)}") from None
     size = (description.get("recipe") or {}).get("img_size")
     if isinstance(size, int) and "img_size" not in kwargs:
         _set_input_size(model, size)

@@ -32,6 +32,7 @@ import mixpro
 from mixpro import checkpoint as ckpt_io
 from mixpro import files, models
 from mixpro._checks import ArgumentError
+from mixpro.attention import unwrap_model
 from mixpro.methods import METHODS, build_mixer
 
 from . import distributed
@@ -360,10 +361,6 @@ def _prepare(cfg: Recipe, info: distributed.DistInfo, out: Path, resume_path: Pa
     return prep
 
 
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return model.module if hasattr(model, "module") else model
-
-
 def _save(p: Prepared, epoch: int, state: EpochState | None = None) -> None:
     """Rank 0: ``last.pt`` (:func:`mixpro.checkpoint.training_checkpoint`). At the end of an
     epoch also ``best.pt`` (weights) and ``metrics.jsonl``; in the middle of one (``state``:
@@ -382,7 +379,7 @@ def _save(p: Prepared, epoch: int, state: EpochState | None = None) -> None:
                     "mixer_gen": p.mixer_gen.get_state(),
                     "data_gen": gen.get_state() if isinstance(gen, torch.Generator) else None}
     ckpt = ckpt_io.training_checkpoint(
-        model=_unwrap(ctx.model), config=p.model_config, epoch=epoch, metrics=p.metrics,
+        model=unwrap_model(ctx.model), config=p.model_config, epoch=epoch, metrics=p.metrics,
         best_acc=p.best_acc, optimizer=ctx.optimizer, scheduler=ctx.scheduler,
         scaler=ctx.scaler, ema=ctx.ema, mixer_params=ctx.mixer.parameters(),
         alpha_last=p.alpha_last, position=position)
@@ -540,4 +537,4 @@ def _epochs(p: Prepared, signals: StopSignals, t_start: float) -> Result:
     summary = _finish(p, time.perf_counter() - t_start)
     if p.writer is not None:
         p.writer.close()
-    return Result(summary, _unwrap(ctx.model), p.metrics, p.out)
+    return Result(summary, unwrap_model(ctx.model), p.metrics, p.out)
