@@ -244,7 +244,7 @@ def test_probe_attention_carries_the_model_grid_for_non_square_patches():
     batch = _transmix_batch((16, 64))
     logits = model(batch.images)
     assert probe.grid == (8, 8)
-    assert mixpro.attention_source(probe.attention).grid == (8, 8)
+    assert mixpro.attention_origin(probe.attention).grid == (8, 8)
     batch.targets(logits, probe.attention)
     ref = _slow_lambda_attn(batch.mask, probe.attention, (8, 8))
     assert torch.allclose(batch.lam_attn, ref, atol=1e-6), (batch.lam_attn, ref)
@@ -306,16 +306,16 @@ def test_targets_refuse_attention_of_another_forward_pass():
     batch.targets(logits, kept)
 
 
-def test_attention_source_survives_a_ddp_style_wrapper():
+def test_attention_origin_survives_a_ddp_style_wrapper():
     model = _make("vit")
     wrapped = torch.nn.DataParallel(model)  # on CPU: passes the tensor through
     probe = mixpro.ClsAttention(wrapped)
     batch = _mixpro_batch(torch.randn(4, 3, 32, 32))
     logits = wrapped(batch.images)
     batch.targets(logits, probe.attention)
-    src = mixpro.attention_source(probe.attention)
+    src = mixpro.attention_origin(probe.attention)
     assert src.came_from(batch.images) and src.forward == 1 and src.grid == (8, 8)
-    assert mixpro.attention_source(probe.attention.clone()) is None
+    assert mixpro.attention_origin(probe.attention.clone()) is None
 
 
 def test_probe_on_a_compiled_model_says_attach_before_compiling():

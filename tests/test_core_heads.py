@@ -116,7 +116,7 @@ def test_probe_reads_the_head_exactly_with_fused_attention(key, mode, train, one
     got = probe.attention
     grid = model.token_grid(x.shape[-2:])
     assert logits.shape == (3, 5)
-    assert probe.grid == grid and mixpro.attention_source(got).grid == grid
+    assert probe.grid == grid and mixpro.attention_origin(got).grid == grid
     assert got.shape == (3, grid[0] * grid[1]) and got.dtype == torch.float32
     assert (got >= 0).all() and (got.sum(1) < 1).all()  # the cls key holds the rest
     ref = _slow_reference(model, captured)

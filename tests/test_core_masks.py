@@ -455,3 +455,33 @@ def test_cell_mask_validation():
         CellMask(torch.ones(1, 2, 2, dtype=torch.bool), (0, 2, 1), (0, 1, 2))
     with pytest.raises(ValueError, match="col_edges"):
         CellMask(torch.ones(1, 2, 2, dtype=torch.bool), (0, 1, 2), (0, 1))
+
+
+def test_single_thread_loops_can_be_turned_off_with_identical_results():
+    from mixpro import _kernels
+
+    x = torch.rand(64, 3, 64, 64)
+    partner = torch.arange(63, -1, -1)
+    keep = torch.rand(64, 1, 64, 64) > 0.5
+    mixed = {}
+    n = torch.get_num_threads()
+    seen = []
+
+    def mix(a, b, rows):
+        seen.append(torch.get_num_threads())
+        return _kernels._choose(keep[rows], a, b)
+
+    try:
+        for on in (True, False):
+            mixpro.set_single_thread_loops(on)
+            torch.set_num_threads(2)
+            seen.clear()
+            mixed[on] = _kernels._mix_blocks(x, partner, mix)
+            assert set(seen) == ({1} if on else {2})
+            assert torch.get_num_threads() == 2
+    finally:
+        mixpro.set_single_thread_loops(True)
+        torch.set_num_threads(n)
+    assert torch.equal(mixed[True], mixed[False])
+    with pytest.raises(TypeError, match="enabled must be a bool"):
+        mixpro.set_single_thread_loops("no")

@@ -3,7 +3,8 @@
 The core (masks, labels, mixers, attention probe, loss) never imports the apps.
 """
 
-from .attention import AttentionSource, ClsAttention, NoClsAttentionError, attention_source
+from ._kernels import set_single_thread_loops
+from .attention import AttentionOrigin, ClsAttention, NoClsAttentionError, attention_origin
 from .heads import (
     ClassAttentionClassifier,
     check_mask_geometry,
@@ -48,7 +49,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ALPHA_STRATEGIES",
-    "AttentionSource",
+    "AttentionOrigin",
     "BlockMasks",
     "BoxMasks",
     "CellMask",
@@ -74,7 +75,7 @@ __all__ = [
     "ShuffledMask",
     "TransMix",
     "attention_lambda",
-    "attention_source",
+    "attention_origin",
     "binary_cross_entropy",
     "check_mask_geometry",
     "combine_lambda",
@@ -84,6 +85,7 @@ __all__ = [
     "mix_targets",
     "needs_class_attention",
     "paper_recipe",
+    "set_single_thread_loops",
     "smooth_one_hot",
     "soft_target_cross_entropy",
     "with_class_attention",

@@ -3,8 +3,9 @@ for CPU caches and thread barriers and identical in result on every device.
 
 Owns :func:`_choose` (select by 0/1 weights), :func:`_mix_blocks` (a per-sample mix run over
 cache-sized blocks of samples), :func:`_single_threaded` (loops of calls with one intra-op
-thread) and :func:`_use_cell_loop` (whether a :class:`~mixpro.pixels.CellMask` copies cell by
-cell). Used by :mod:`mixpro.pixels`; nothing here draws random numbers.
+thread; :func:`set_single_thread_loops` turns that off) and :func:`_use_cell_loop` (whether a
+:class:`~mixpro.pixels.CellMask` copies cell by cell). Used by :mod:`mixpro.pixels`; nothing
+here draws random numbers.
 """
 
 from __future__ import annotations
@@ -47,13 +48,28 @@ def _use_cell_loop(images: torch.Tensor, n_cells: int) -> bool:
 _BLOCK_BYTES = 4 * 2**20
 
 _THREADS_LOCK = threading.Lock()
-_threads_state = {"depth": 0, "saved": 1}
+_threads_state = {"depth": 0, "saved": 1, "enabled": True}
+
+
+def set_single_thread_loops(enabled: bool = True) -> None:
+    """Whether mixpro's CPU loops of calls (blocks of samples, the per-cell copy) set
+    ``torch.set_num_threads(1)`` for their duration (default True: immune to barrier stalls
+    on a busy machine; the count is restored afterwards). ``False`` leaves the process's
+    thread count untouched, e.g. when other Python threads run torch ops meanwhile; results
+    are identical either way."""
+    if not isinstance(enabled, bool):
+        raise TypeError(f"enabled must be a bool, got {type(enabled).__name__}")
+    _threads_state["enabled"] = enabled
 
 
 @contextmanager
 def _single_threaded() -> Iterator[None]:
     """One intra-op thread for a loop of calls, restored afterwards (re-entrant and safe
-    across Python threads: the count is restored when the last user leaves)."""
+    across Python threads: the count is restored when the last user leaves); nothing when
+    :func:`set_single_thread_loops` turned it off."""
+    if not _threads_state["enabled"]:
+        yield
+        return
     with _THREADS_LOCK:
         if _threads_state["depth"] == 0:
             _threads_state["saved"] = torch.get_num_threads()

@@ -18,8 +18,8 @@ Three ways to read it, chosen per attention class (``reading='auto'``):
 
 Any other attention class is refused at construction rather than read wrongly. The result is
 the pre-dropout attention, averaged over heads, with prefix tokens (cls, dist, registers)
-removed: ``(B, N_patches)`` float32, detached. The tensor carries an :class:`AttentionSource`
-(:func:`attention_source`): the input tensor and token grid of the forward pass it came from, so
+removed: ``(B, N_patches)`` float32, detached. The tensor carries an :class:`AttentionOrigin`
+(:func:`attention_origin`): the input tensor and token grid of the forward pass it came from, so
 that :meth:`mixpro.MixedBatch.targets` can refuse attention of another forward pass and take its
 token grid from the model instead of guessing it.
 """
@@ -91,7 +91,7 @@ def _same_view(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 @dataclass(frozen=True, eq=False)
-class AttentionSource:
+class AttentionOrigin:
     """The forward pass an attention tensor belongs to.
 
     Attributes:
@@ -121,14 +121,14 @@ class AttentionSource:
         return f"forward pass #{self.forward} (model input of shape {shapes})"
 
 
-def attention_source(attention: torch.Tensor) -> AttentionSource | None:
-    """The :class:`AttentionSource` a :class:`ClsAttention` map carries, or None.
+def attention_origin(attention: torch.Tensor) -> AttentionOrigin | None:
+    """The :class:`AttentionOrigin` a :class:`ClsAttention` map carries, or None.
 
     Only the tensor returned by :attr:`ClsAttention.attention` carries it: a copy made from it
     (``.clone()``, ``.to(...)``, arithmetic) does not.
     """
     src = getattr(attention, _SOURCE_ATTR, None)
-    return src if isinstance(src, AttentionSource) else None
+    return src if isinstance(src, AttentionOrigin) else None
 
 
 # -- what to hook --------------------------------------------------------------------------------
@@ -353,7 +353,7 @@ class ClsAttention:
     ``attention`` is from the latest forward pass of the model (train or eval mode), detached,
     float32, pre-dropout; reading it before a forward, or after a forward in which the hooked
     block did not run, raises ``RuntimeError`` (never a stale value). It carries the identity
-    of its forward pass (:func:`attention_source`), which ``MixedBatch.targets`` checks. Call
+    of its forward pass (:func:`attention_origin`), which ``MixedBatch.targets`` checks. Call
     :meth:`remove` (or use the probe as a context manager) to detach the hooks.
     """
 
@@ -517,7 +517,7 @@ class ClsAttention:
     def attention(self) -> torch.Tensor:
         """``(B, N_patches)`` float32, detached: head-mean cls→patch attention, latest forward.
 
-        The tensor carries its :class:`AttentionSource` (:func:`attention_source`).
+        The tensor carries its :class:`AttentionOrigin` (:func:`attention_origin`).
         """
         if self._attention is None:
             if self._forwards:
@@ -527,11 +527,11 @@ class ClsAttention:
                 )
             raise RuntimeError("ClsAttention.attention: run a forward pass of the model first")
         attn = self._attention
-        if attention_source(attn) is None:
+        if attention_origin(attn) is None:
             grid = self._grid
             if grid is not None and grid[0] * grid[1] != attn.shape[1]:
                 grid = None  # the grid did not come from these tokens: let targets() check
-            setattr(attn, _SOURCE_ATTR, AttentionSource(
+            setattr(attn, _SOURCE_ATTR, AttentionOrigin(
                 self._forwards, self._inputs, self._shapes, grid))
         return attn
 
@@ -548,7 +548,7 @@ class ClsAttention:
         Raises ``ValueError`` when the latest forward ran on another tensor.
         """
         attn = self.attention
-        src = attention_source(attn)
+        src = attention_origin(attn)
         assert src is not None
         if not src.came_from(images):
             raise ValueError(

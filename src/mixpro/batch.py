@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _checks
-from .attention import attention_source
+from .attention import attention_origin
 from .labels import (
     AlphaStrategy,
     AttentionNorm,
@@ -56,7 +56,7 @@ class AttentionRelabel:
         the forward on ``images`` (else ``ValueError``), and its grid is the model's. Other
         tensors: :meth:`grid`.
         """
-        src = attention_source(attention)
+        src = attention_origin(attention)
         if src is not None:
             if not src.came_from(images):
                 raise ValueError(
