@@ -53,7 +53,7 @@ class _RecipeData:
     holdout_classes: list = field(default_factory=list)  # Fashion-MNIST classes left out
     img_size: int = 32
     in_chans: int | None = None  # None: 1 for Fashion-MNIST, 3 for ImageFolder
-    translate: int = 0  # Fashion-MNIST random shift (px)
+    translate: int = 0  # Fashion-MNIST random shift (px), 0..31
     hflip: float = 0.5
     aa: str | None = None  # timm auto-augment string, e.g. rand-m9-mstd0.5-inc1
     re_prob: float = 0.0  # random erasing probability (ImageFolder)
@@ -109,7 +109,7 @@ class Recipe(_RecipeMixing):
     ema_decay: float = 0.9998
     amp: str = "auto"  # auto (CUDA only) | on | off
     # system
-    seed: int = 0
+    seed: int = 0  # 0 .. 2**63-1
     device: str = "auto"
     threads: int | None = None  # None: cores per process (- 1 with loader workers)
     workers: int | None = None  # None: fits the machine
@@ -151,16 +151,18 @@ HELP: dict[str, str] = {
     "val_split": "test split of data, also used by mixpro eval (not Fashion-MNIST); synonyms "
                  "validation, valid, eval, evaluation are found too, and for hfds test",
     "train_subset": "train on a fixed random subset of this many images",
-    "subset_seed": "seed of that subset (the same for every method and seed)",
+    "subset_seed": "seed of that subset (the same for every method and seed), 0..2**63-1",
     "holdout_classes": "Fashion-MNIST class indices left out of training and test, e.g. "
                        "'[8, 9]'; mixpro eval uses their test images as the OOD set",
     "img_size": "input side in pixels",
     "in_chans": "input channels (null: 1 for Fashion-MNIST, 3 for ImageFolder)",
-    "translate": "Fashion-MNIST: random shift of up to this many pixels",
+    "translate": "Fashion-MNIST: random shift of up to this many pixels (0..31)",
     "hflip": "horizontal flip probability",
     "aa": "timm auto-augment, e.g. rand-m9-mstd0.5-inc1 (ImageFolder)",
     "re_prob": "random erasing probability (ImageFolder)",
-    "interpolation": "resize interpolation (ImageFolder)",
+    "interpolation": "resize interpolation (ImageFolder): nearest | bilinear | bicubic | box | "
+                     "hamming | lanczos | random (training: bilinear or bicubic at random; "
+                     "evaluation: bilinear)",
     "crop_pct": "centre-crop fraction at evaluation (ImageFolder)",
     "model": "any timm model name",
     "model_kwargs": "extra timm.create_model keywords, YAML, e.g. '{depth: 6}'",
@@ -217,7 +219,7 @@ HELP: dict[str, str] = {
     "ema": "keep an EMA of the weights (timm ModelEmaV3) and test it too",
     "ema_decay": "EMA decay",
     "amp": "auto (CUDA only) | on | off",
-    "seed": "random seed",
+    "seed": "random seed, 0..2**63-1",
     "device": "auto | cpu | cuda | cuda:N",
     "threads": "intra-op threads (null: cores per process, minus one with loader workers)",
     "workers": "data-loader workers (null: fits the machine)",
@@ -347,6 +349,23 @@ def check_used(method: str, keys: Mapping[str, Any] | list[str]) -> None:
                           f"{'it' if len(unused) == 1 else 'them'} or pick a method that does")
 
 
+# seeds: torch takes up to 2**64 - 1, and the apps add small offsets (epoch, rank, repeat)
+SEED_MAX = 2**63 - 1
+
+
+def _device_ok(device: str) -> bool:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (whether CUDA is here is checked at start)."""
+    if device in ("auto", "cpu"):
+        return True
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        return False
+    return parsed.type == "cuda"
+
+
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
@@ -396,8 +415,19 @@ def validate(cfg: Recipe) -> None:
     _check(cfg.mask_mode in ("batch", "positions", "elem"), "mask_mode: batch|positions|elem")
     _check(cfg.pairing in ("flip", "randperm"), "pairing must be flip or randperm")
     _check(cfg.rounding in ("floor", "ceil"), "rounding must be floor or ceil")
-    _check(cfg.device in ("auto", "cpu") or cfg.device.startswith("cuda"),
-           f"device must be auto, cpu or cuda[:N], got {cfg.device!r}")
+    _check(_device_ok(cfg.device), f"device must be auto, cpu or cuda[:N], got {cfg.device!r}")
+    for key in ("seed", "subset_seed"):
+        v = getattr(cfg, key)
+        _check(0 <= v <= SEED_MAX, f"{key} must be in 0..2**63-1, got {v}")
+    _check(0 <= cfg.translate < 32, f"translate must be in 0..31 (pixels of the 32-px padded "
+           f"Fashion-MNIST image), got {cfg.translate}")
+    from ..data.folder import INTERPOLATIONS, check_auto_augment
+
+    _check(cfg.interpolation in INTERPOLATIONS, f"interpolation must be one of "
+           f"{', '.join(INTERPOLATIONS)}, got {cfg.interpolation!r}")
+    _check(cfg.aa is None or check_auto_augment(cfg.aa),
+           f"aa must be null or a timm auto-augment spec (rand-m9-mstd0.5-inc1, "
+           f"augmix-m5-w4-d2, original, v0r, 3a, ...), got {cfg.aa!r}")
     _check(cfg.in_chans in (None, 1, 3), "in_chans must be 1 or 3")
     for key, value in cfg.model_kwargs.items():
         hint = (" (YAML needs a space after ':', e.g. '{embed_dim: 96}')" if ":" in str(key)
