@@ -130,7 +130,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 def _eval_arguments(parser: argparse.ArgumentParser) -> None:
     from .evaluate.occlusion import DROP_MODES
-    from .evaluate.run import EVALS, EvalOptions
+    from .evaluate.run import EVALS, INTERPOLATIONS, EvalOptions
 
     d = EvalOptions()
     parser.add_argument("checkpoints", nargs="+", help="checkpoints written by mixpro train")
@@ -172,12 +172,11 @@ def _eval_arguments(parser: argparse.ArgumentParser) -> None:
                              "weights with vit_small_patch16_224)")
     parser.add_argument("--calib-bin", type=int, default=d.calib_bin,
                         help="samples per calibration bin (beta, default 100)")
-    parser.add_argument("--interpolation", default=d.interpolation,
-                        choices=("bilinear", "bicubic", "nearest"))
+    parser.add_argument("--interpolation", default=d.interpolation, choices=INTERPOLATIONS)
     parser.add_argument("--batch-size", type=int, default=d.batch_size)
     parser.add_argument("--workers", type=int, default=d.workers)
-    parser.add_argument("--seed", type=int, default=d.seed)
-    parser.add_argument("--device", default=d.device)
+    parser.add_argument("--seed", type=int, default=d.seed, help="0..2**63-1")
+    parser.add_argument("--device", default=d.device, help="cpu | cuda | cuda:N")
     parser.add_argument("--out", default=d.out, help="output folder (eval.json, PNGs)")
     parser.add_argument("--no-progress", action="store_true")
 

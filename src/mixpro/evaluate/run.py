@@ -34,7 +34,7 @@ from mixpro.checkpoint import (
     load_weights,
     read_state_dict,
 )
-from mixpro.data import DatasetError
+from mixpro.data import DatasetError, folder
 from mixpro.data.sources import (
     EvalData,
     Normalize,
@@ -51,8 +51,8 @@ from . import metrics
 from .occlusion import DROP_MODES, ClsSaliency, OcclusionError, model_grid, occlusion_sweep
 from .report import format_table
 
-__all__ = ["EVALS", "EvalError", "EvalOptions", "evaluate_checkpoints", "format_table",
-           "prepare"]
+__all__ = ["EVALS", "INTERPOLATIONS", "EvalError", "EvalOptions", "check_device", "check_seed",
+           "evaluate_checkpoints", "format_table", "prepare"]
 
 EVALS = ("clean", "ood", "occlusion")
 
@@ -82,8 +82,8 @@ class EvalOptions:
     interpolation: str = "bilinear"
     batch_size: int = 256
     workers: int = 0
-    seed: int = 0
-    device: str = "cuda" if torch.cuda.is_available() else "cpu"
+    seed: int = 0  # 0 .. 2**63-1
+    device: str = "cuda" if torch.cuda.is_available() else "cpu"  # cpu | cuda | cuda:N
     out: str = "eval_out"
     progress: bool = True
 
@@ -166,7 +166,43 @@ def _data_spec(given: str | None, config: dict, path: str) -> str:
     return trained_on
 
 
+# seeds: torch takes up to 2**64 - 1, and the occlusion sweep adds the repeat (seed + r)
+SEED_MAX = 2**63 - 1
+# the evaluation's resize: timm's interpolations less 'random' (a training augmentation)
+INTERPOLATIONS = tuple(i for i in folder.INTERPOLATIONS if i != "random")
+
+
+def check_seed(seed: object, flag: str = "--seed", error: type[UserError] = EvalError) -> None:
+    """``error`` (naming ``flag``) unless ``seed`` is an int in ``0 .. 2**63-1``."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
+        raise error(f"{flag} must be an integer in 0..2**63-1, got {seed!r}")
+
+
+def check_device(device: object, flag: str = "--device") -> None:
+    """:class:`EvalError` unless ``device`` is ``cpu`` or a CUDA device that is here."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise EvalError(f"{flag} must be cpu, cuda or cuda:N, got {device!r}") from None
+    if parsed.type == "cpu":
+        return
+    if parsed.type != "cuda":
+        raise EvalError(f"{flag} must be cpu, cuda or cuda:N, got {device!r}")
+    if not torch.cuda.is_available():
+        raise EvalError(f"{flag} {device} asked for, but CUDA is not available here "
+                        f"(use {flag} cpu)")
+    count = torch.cuda.device_count()
+    if parsed.index is not None and parsed.index >= count:
+        raise EvalError(f"{flag} {device}: there {'is' if count == 1 else 'are'} {count} "
+                        f"CUDA device{'' if count == 1 else 's'} (cuda:0..cuda:{count - 1})")
+
+
 def _check_options(o: EvalOptions, checkpoints: list[str]) -> None:
+    check_device(o.device)
+    check_seed(o.seed)
+    if o.interpolation not in INTERPOLATIONS:
+        raise EvalError(f"--interpolation must be one of {', '.join(INTERPOLATIONS)}, got "
+                        f"{o.interpolation!r}")
     for key in ("batch_size", "repeats", "calib_bin"):
         if getattr(o, key) < 1:
             raise EvalError(f"--{key.replace('_', '-')} must be >= 1")
