@@ -16,7 +16,14 @@ import torch
 import mixpro
 from mixpro import models
 from mixpro.checkpoint import load_model
-from mixpro.data.sources import EvalData, Normalize, checkpoint_stats, data_here, eval_data
+from mixpro.data.sources import (
+    EvalData,
+    Normalize,
+    checkpoint_stats,
+    data_here,
+    eval_data,
+    holdout_of,
+)
 from mixpro.errors import UserError
 from mixpro.plots.paper import (
     AttentionFigure,
@@ -24,6 +31,8 @@ from mixpro.plots.paper import (
     maskmix_attention_grid,
     transmix_vs_maskmix,
 )
+
+from .run import check_seed
 
 FIGURES = ("fig1", "fig4", "fig6")
 
@@ -39,12 +48,42 @@ class FigureOptions:
     checkpoint: str | None = None  # needed by fig1 and fig6 (attention maps, λ_attn)
     data: str | None = None  # None: the checkpoint's training data, else fashion-mnist
     which: tuple[str, ...] = FIGURES
-    pairs: int = 5  # pairs shown in fig6
-    mask_scale: int | None = None  # None: the checkpoint's, else 2
-    patch_size: int = 4  # fig4 without a checkpoint
-    image_size: int = 32  # fig4 without a checkpoint
-    seed: int = 0
+    pairs: int = 5  # pairs shown in fig6, >= 1
+    mask_scale: int | None = None  # None: the checkpoint's, else 2; >= 1
+    patch_size: int = 4  # fig4 without a checkpoint, >= 1
+    image_size: int = 32  # fig4 without a checkpoint, >= 1
+    seed: int = 0  # 0 .. 2**63-1
     out: str = "eval_out"
+
+
+def check_options(o: FigureOptions) -> None:
+    """:class:`FigureError` naming the flag of a value out of range (before any work)."""
+    unknown = [f for f in o.which if f not in FIGURES]
+    if unknown:
+        raise FigureError(f"unknown figure {unknown[0]!r}; choose from {', '.join(FIGURES)}")
+    for key in ("pairs", "patch_size", "image_size", "mask_scale"):
+        v = getattr(o, key)
+        if v is None and key == "mask_scale":
+            continue
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise FigureError(f"--{key.replace('_', '-')} must be an integer >= 1, got {v!r}")
+    check_seed(o.seed, error=FigureError)
+
+
+def _check_classes(o: FigureOptions, spec: str, data: EvalData, num_classes: int,
+                   config: dict) -> None:
+    """The images' labels must be the checkpoint's classes (the figures title them)."""
+    n = len(data.classes)
+    if n != num_classes:
+        raise FigureError(f"--data {spec} has {n} classes but --checkpoint {o.checkpoint} "
+                          f"predicts {num_classes}")
+    want = config.get("classes")
+    if isinstance(want, list) and [str(c) for c in want] != data.classes:
+        i = next(i for i, (a, b) in enumerate(zip(map(str, want), data.classes, strict=True))
+                 if a != b)
+        raise FigureError(f"--data {spec} classes differ from --checkpoint {o.checkpoint}: "
+                          f"class {i} is {data.classes[i]!r} in the data, {want[i]!r} in the "
+                          "checkpoint")
 
 
 def data_spec(given: str | None, config: dict | None) -> str:
@@ -91,11 +130,7 @@ def make_figures(options: FigureOptions) -> list[Path]:
         UserError: bad options, an unreadable checkpoint or missing data (one line).
     """
     o = options
-    unknown = [f for f in o.which if f not in FIGURES]
-    if unknown:
-        raise FigureError(f"unknown figure {unknown[0]!r}; choose from {', '.join(FIGURES)}")
-    if o.pairs < 1:
-        raise FigureError("--pairs must be >= 1")
+    check_options(o)
     need = [f for f in o.which if f in ("fig1", "fig6")]
     if need and o.checkpoint is None:
         raise FigureError(f"{' and '.join(need)} need --checkpoint (attention maps, λ_attn)")
@@ -130,14 +165,18 @@ def make_figures(options: FigureOptions) -> list[Path]:
             if msg.startswith("mask_scale"):
                 msg = "--mask-scale" + msg[len("mask_scale"):]
             raise FigureError(f"{o.checkpoint}: {msg}") from None
-    data = eval_data(data_spec(o.data, config), img_size=size, in_chans=chans,
-                     split=((config or {}).get("recipe") or {}).get("val_split"))
+    recipe = (config or {}).get("recipe") or {}
+    spec = data_spec(o.data, config)
+    data = eval_data(spec, img_size=size, in_chans=chans, split=recipe.get("val_split"),
+                     holdout=holdout_of(recipe))  # a checkpoint's own classes only
     out = Path(o.out)
     if out.exists() and not out.is_dir():
         raise FigureError(f"--out {out} exists and is not a folder")
     if data.multi_label:
-        raise FigureError(f"{data_spec(o.data, config)} is multi-label data: the figures title "
+        raise FigureError(f"{spec} is multi-label data: the figures title "
                           "each image with one class (single-label data only)")
+    if model is not None:
+        _check_classes(o, spec, data, int(model.num_classes), config)
     images, labels = _pick(data, max(2 * o.pairs, 2), o.seed)
     written = []
     if model is not None:
@@ -159,4 +198,4 @@ def make_figures(options: FigureOptions) -> list[Path]:
     return written
 
 
-__all__ = ["FIGURES", "FigureError", "FigureOptions", "make_figures"]
+__all__ = ["FIGURES", "FigureError", "FigureOptions", "check_options", "make_figures"]
