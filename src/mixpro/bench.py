@@ -51,6 +51,11 @@ from . import (
     TransMix,
     soft_target_cross_entropy,
 )
+from .errors import UserError
+
+
+class BenchError(UserError):
+    """A user error of ``mixpro bench`` (one line naming the flag, exit status 2)."""
 
 
 @dataclass(frozen=True)
@@ -94,7 +99,7 @@ class BenchOptions:
             if isinstance(v, bool) or not isinstance(v, int):
                 raise TypeError(f"{name} must be an int, got {v!r}")
             if v < (0 if name == "warmup" else 1):
-                raise ValueError(f"{name} must be >= {0 if name == 'warmup' else 1}, got {v}")
+                raise BenchError(f"{name} must be >= {0 if name == 'warmup' else 1}, got {v}")
         for name in ("amp", "skip_step", "skip_mix"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
@@ -106,13 +111,19 @@ class BenchOptions:
             if v is not None and not isinstance(v, str):
                 raise TypeError(f"{name} must be a str or None, got {v!r}")
         if self.skip_mix and self.skip_step:
-            raise ValueError("skip_mix and skip_step together leave nothing to time")
+            raise BenchError("skip_mix and skip_step together leave nothing to time")
+        out = Path(self.output)
+        for p in (out, *out.parents):  # the nearest existing folder on the way must be one
+            if p.exists():
+                if not p.is_dir():
+                    raise BenchError(f"--output {out}: {p} exists and is not a folder")
+                break
         if self.recipe is not None:
             default = {f.name: f.default for f in dataclasses.fields(self)}
             given = [f"--{n.replace('_', '-')}" for n in ("model", "img_size", "batch")
                      if getattr(self, n) != default[n]]
             if given:
-                raise ValueError(f"--recipe sets the step's model, image size and batch: drop "
+                raise BenchError(f"--recipe sets the step's model, image size and batch: drop "
                                  f"{', '.join(given)}")
 
 
@@ -299,30 +310,14 @@ def bench_step(
     grid, and the smallest whole number of last-stage tokens for a head; ``patch_size``,
     ``mask_scale``, ``in_chans`` and ``cls_head`` override that (a recipe's values).
     """
-    from . import models
-
     def build() -> torch.nn.Module:
-        torch.manual_seed(0)
-        model, _ = models.create_model(model_name, num_classes=num_classes, img_size=img_size,
-                                       in_chans=in_chans, patch_size=patch_size,
-                                       model_kwargs=model_kwargs)
-        head = models.resolve_cls_head(model, cls_head, needs_attention=True)
-        return models.add_cls_head(model, head)[0].to(device).train()
+        return _step_model(model_name, img_size=img_size, num_classes=num_classes,
+                           in_chans=in_chans, patch_size=patch_size, model_kwargs=model_kwargs,
+                           cls_head=cls_head).to(device).train()
 
     probe_model = build()
     head = getattr(probe_model, "mode", None)
-    patch = models.patch_size(probe_model) or 4
-    stride = getattr(probe_model, "token_stride", None)
-    if mask_scale is not None:
-        scale = mask_scale
-    elif stride is None:
-        scale = next(s for s in (4, 2, 1) if (img_size // patch) % s == 0)
-    else:
-        scale = next((s for s in range(1, img_size // patch + 1)
-                      if (s * patch) % stride == 0 and img_size % (s * patch) == 0), None)
-        if scale is None:
-            raise ValueError(f"--img-size {img_size} is not a multiple of {model_name}'s "
-                             f"{stride}-px attention tokens")
+    patch, stride, scale = step_geometry(probe_model, model_name, img_size, mask_scale)
 
     gen = torch.Generator(device="cpu").manual_seed(0)
     x = torch.randn(batch, in_chans, img_size, img_size, generator=gen).to(device)
@@ -375,6 +370,48 @@ def bench_step(
     return {"model": model_name, "img_size": img_size, "batch": batch, "amp": amp,
             "cls_head": head, "patch": patch, "mask_scale": scale, "rows": rows,
             "probe_hook_ms": 1e3 * hook, "probe_hook_share_of_step": hook / med["none"]}
+
+
+def _step_model(model_name: str, *, img_size: int, num_classes: int, in_chans: int = 3,
+                patch_size: int | None = None, model_kwargs: dict | None = None,
+                cls_head: str = "auto") -> torch.nn.Module:
+    """The step's model (CPU, seeded), with ``mixpro train``'s class-attention head."""
+    from . import models
+
+    torch.manual_seed(0)
+    model, _ = models.create_model(model_name, num_classes=num_classes, img_size=img_size,
+                                   in_chans=in_chans, patch_size=patch_size,
+                                   model_kwargs=model_kwargs)
+    head = models.resolve_cls_head(model, cls_head, needs_attention=True)
+    return models.add_cls_head(model, head)[0]
+
+
+def step_geometry(model: torch.nn.Module, model_name: str, img_size: int,
+                  mask_scale: int | None = None) -> tuple[int, int | None, int]:
+    """``(patch, token stride, mask_scale)`` of the step: MaskMix cells are ``mask_scale`` x
+    the model's patch (4 for a ConvNet's stem), see :func:`bench_step`.
+
+    Raises:
+        BenchError: ``img_size`` is not a whole number of the model's patches, or (a
+            class-attention head) of its last-stage tokens.
+    """
+    from . import models
+
+    patch = models.patch_size(model) or 4
+    stride = getattr(model, "token_stride", None)
+    if img_size < patch or img_size % patch:
+        raise BenchError(f"--img-size {img_size} is not a multiple of {model_name}'s "
+                         f"{patch}-px patches")
+    if mask_scale is not None:
+        return patch, stride, mask_scale
+    if stride is None:
+        return patch, stride, next(s for s in (4, 2, 1) if (img_size // patch) % s == 0)
+    scale = next((s for s in range(1, img_size // patch + 1)
+                  if (s * patch) % stride == 0 and img_size % (s * patch) == 0), None)
+    if scale is None:
+        raise BenchError(f"--img-size {img_size} is not a multiple of {model_name}'s "
+                         f"{stride}-px attention tokens")
+    return patch, stride, scale
 
 
 def _probe_hook_seconds(
@@ -507,33 +544,44 @@ def run(options: BenchOptions, command: str | None = None) -> dict:
     name = options.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
-    except RuntimeError:
+    except (RuntimeError, ValueError, TypeError):
         device = None
     if device is None or device.type not in ("cpu", "cuda"):
-        raise ValueError(f"--device must be cpu or cuda[:N], got {name!r}")
+        raise BenchError(f"--device must be cpu or cuda[:N], got {name!r}")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked for, but CUDA is not available")
+        raise BenchError("--device cuda asked for, but CUDA is not available")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise BenchError(f"--device {name}: there are {torch.cuda.device_count()} CUDA devices")
     cuda = device.type == "cuda"
     repeats = options.repeats or (20 if cuda else 5)
     result = {"command": command or command_line(options), "environment": environment(device),
               "repeats": repeats, "warmup": options.warmup, "mix": []}
+    step = None
+    if not options.skip_step:
+        step = dict(model_name=options.model, img_size=options.img_size or 224,
+                    batch=options.batch or (128 if cuda else 32), num_classes=1000)
+        if options.recipe is not None:
+            step.update(_recipe_step(options.recipe), num_classes=10)
+        # the step's geometry is checked before anything is timed (the mix section comes first)
+        keys = ("img_size", "num_classes", "in_chans", "patch_size", "model_kwargs", "cls_head")
+        step_geometry(_step_model(step["model_name"], **{k: step[k] for k in keys if k in step}),
+                      step["model_name"], step["img_size"], step.get("mask_scale"))
+    out = Path(options.output)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BenchError(f"--output {out}: cannot create the folder ({e.strerror})") from None
     specs = () if options.skip_mix else (dict(batch=128, channels=3, size=224, patch=16, scale=2),
                                           dict(batch=128, channels=3, size=224, patch=14, scale=4),
                                           dict(batch=128, channels=1, size=32, patch=4, scale=2))
     for spec in specs:
         result["mix"].append(bench_mix(device=device, repeats=repeats, warmup=options.warmup,
                                        **spec))
-    if not options.skip_step:
-        step = dict(model_name=options.model, img_size=options.img_size or 224,
-                    batch=options.batch or (128 if cuda else 32), num_classes=1000)
-        if options.recipe is not None:
-            step.update(_recipe_step(options.recipe), num_classes=10)
+    if step is not None:
         result["step"] = bench_step(device=device, repeats=repeats, warmup=options.warmup,
                                     amp=options.amp, **step)
         if options.recipe is not None:
             result["step"]["recipe"] = options.recipe
-    out = Path(options.output)
-    out.mkdir(parents=True, exist_ok=True)
     stem = f"bench-{device.type}"
     (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / f"{stem}.md").write_text(to_markdown(result) + "\n")
