@@ -49,9 +49,11 @@ from . import (
     Mixup,
     NoMix,
     TransMix,
+    options,
     soft_target_cross_entropy,
 )
 from .errors import UserError
+from .options import option
 
 
 class BenchError(UserError):
@@ -79,37 +81,26 @@ class BenchOptions:
         output: folder for ``bench-<device>.{md,json}``.
     """
 
-    device: str | None = None
-    model: str = "deit_tiny_patch16_224"
-    img_size: int | None = None
-    batch: int | None = None
-    repeats: int | None = None
-    warmup: int = 2
-    amp: bool = False
-    skip_step: bool = False
-    skip_mix: bool = False
-    recipe: str | None = None
-    output: str = "benchmarks/results"
+    device: str | None = option(None, help="cpu or cuda[:N] (default: cuda if available)")
+    model: str = option("deit_tiny_patch16_224", help=(
+        "timm model for the step; models without a cls token (swin_*, convnext_*, resnet*) "
+        "get mixpro train's cls_head auto head"))
+    img_size: int | None = option(None, ge=1, help="step image size (default 224)")
+    batch: int | None = option(None, ge=1, help="step batch (default: 32 on CPU, 128 on "
+                               "CUDA)")
+    repeats: int | None = option(None, ge=1, help="timed repeats (default 5 on CPU, 20 on "
+                                 "CUDA)")
+    warmup: int = option(2, ge=0, help="warm-up rounds before timing")
+    amp: bool = option(False, help="bfloat16 autocast in the step")
+    skip_step: bool = option(False, help="only the mix section")
+    skip_mix: bool = option(False, help="only the step section")
+    recipe: str | None = option(None, help=(
+        "time the step of this mixpro train recipe's model, geometry and batch (e.g. "
+        "fashion_mnist_limited_swin) instead of --model"))
+    output: str = option("benchmarks/results", help="folder for bench-<device>.{md,json}")
 
     def __post_init__(self) -> None:
-        for name in ("img_size", "batch", "repeats", "warmup"):
-            v = getattr(self, name)
-            if v is None and name != "warmup":
-                continue
-            if isinstance(v, bool) or not isinstance(v, int):
-                raise TypeError(f"{name} must be an int, got {v!r}")
-            if v < (0 if name == "warmup" else 1):
-                raise BenchError(f"{name} must be >= {0 if name == 'warmup' else 1}, got {v}")
-        for name in ("amp", "skip_step", "skip_mix"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
-        for name in ("model", "output"):
-            if not isinstance(getattr(self, name), str):
-                raise TypeError(f"{name} must be a str, got {getattr(self, name)!r}")
-        for name in ("device", "recipe"):
-            v = getattr(self, name)
-            if v is not None and not isinstance(v, str):
-                raise TypeError(f"{name} must be a str or None, got {v!r}")
+        options.check_flags(self, BenchError)
         if self.skip_mix and self.skip_step:
             raise BenchError("skip_mix and skip_step together leave nothing to time")
         out = Path(self.output)

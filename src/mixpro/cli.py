@@ -21,22 +21,68 @@ from .errors import UserError
 # -- recipe flags --------------------------------------------------------------------------
 
 
+def _help(spec: Any, default: bool = True) -> str:
+    """A flag's help from its declaration: the help text, the allowed values, the default."""
+    from .options import _show
+
+    text = spec.help
+    if spec.allowed and not spec.choices:
+        text += f"; {spec.allowed}"
+    if default and spec.default is not None and "default" not in text:
+        text += f" (default: {_show(spec.default)})"
+    return text.replace("%", "%%")
+
+
+def add_option_arguments(parser: argparse.ArgumentParser | Any, cls: type) -> None:
+    """One ``--<name>`` flag per declared option of the dataclass ``cls``
+    (:func:`mixpro.options.specs`): its type, choices, default and help all come from the
+    declaration (booleans get ``--name/--no-name``, tuples take several values)."""
+    from .options import flag, specs
+
+    for name, spec in specs(cls).items():
+        if not spec.flag:
+            continue
+        kw: dict[str, Any] = {"dest": name, "help": _help(spec)}
+        if spec.kinds == (bool,):
+            kw.update(action=argparse.BooleanOptionalAction, default=spec.default)
+        elif spec.item is not None:
+            kw.update(nargs="+", type=spec.item, choices=spec.choices,
+                      default=None if spec.default is None else list(spec.default))
+        else:
+            kinds = [k for k in spec.kinds if k in (int, float, str)]
+            kw.update(type=kinds[0] if len(kinds) == 1 else str, choices=spec.choices,
+                      default=spec.default)
+        parser.add_argument(flag(name), **kw)
+
+
+def _methods_epilog() -> str:
+    from .methods import METHODS
+
+    width = max(map(len, METHODS))
+    return "methods (--method):\n" + "\n".join(f"  {n:<{width}}  {m.help}"
+                                                for n, m in METHODS.items())
+
+
 def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     """``--recipe``, ``--set key=value`` and one ``--<key>`` flag per recipe field (values
-    parsed as YAML: ``--lr 1e-3``, ``--model-kwargs '{depth: 2}'``, ``--clip-grad null``)."""
-    from .train.recipe import FIELDS, HELP, allowed_types, available_recipes, parse_value
+    parsed as YAML: ``--lr 1e-3``, ``--model-kwargs '{depth: 2}'``, ``--clip-grad null``);
+    their help comes from the recipe's declarations (:data:`mixpro.train.recipe.SPECS`)."""
+    from .methods import METHODS
+    from .train.recipe import SPECS, available_recipes, parse_value
 
     parser.add_argument("--recipe", default=None,
                         help=f"recipe name ({', '.join(available_recipes())}) or a YAML path")
     parser.add_argument("--set", dest="set_", action="append", default=[], metavar="KEY=VALUE",
                         help="override any recipe key (repeatable)")
     group = parser.add_argument_group("recipe keys (override the recipe)")
-    for name in FIELDS:
-        if name == "name":
+    for name, spec in SPECS.items():
+        if not spec.flag:
             continue
         flag = "--" + name.replace("_", "-")
-        kinds, optional = allowed_types(name)
-        text = HELP[name]
+        kinds, optional = spec.kinds, spec.optional
+        text = _help(spec, default=False)
+        if name == "method":
+            text += ": " + " | ".join(METHODS)
         if kinds == (bool,):
             group.add_argument(flag, dest=name, default=None, help=text,
                                action=argparse.BooleanOptionalAction)
@@ -95,14 +141,15 @@ def _compare(args: argparse.Namespace) -> int:
 
     compare.compare(compare.plan(args.recipe, methods=args.methods, seeds=args.seeds,
                                  output=args.output_dir, overrides=recipe_overrides(args),
-                                 grid=args.grid, reference=args.reference))
+                                 grid=args.grid, reference=args.reference,
+                                 rerun=args.rerun))
     return 0
 
 
 def _eval(args: argparse.Namespace) -> int:
     from .evaluate.run import EvalOptions, evaluate_checkpoints
 
-    options = _options(EvalOptions, args, progress=not args.no_progress)
+    options = _options(EvalOptions, args)
     payload = evaluate_checkpoints(args.checkpoints, options)
     print(payload["table"])
     for kind, path in payload["files"].items():
@@ -129,106 +176,23 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _eval_arguments(parser: argparse.ArgumentParser) -> None:
-    from .evaluate.occlusion import DROP_MODES
-    from .evaluate.run import EVALS, INTERPOLATIONS, EvalOptions
+    from .evaluate.run import EvalOptions
 
-    d = EvalOptions()
     parser.add_argument("checkpoints", nargs="+", help="checkpoints written by mixpro train")
-    parser.add_argument("--data", default=None,
-                        help="'fashion-mnist' (embedded test split), an ImageFolder, or a .tar, "
-                             "folder of tars, hfds/NAME, wds/FOLDER (their val_split from the "
-                             "checkpoint's recipe) (default: the data the checkpoint was "
-                             "trained on)")
-    parser.add_argument("--data-dir", default=None,
-                        help="Fashion-MNIST idx folder (default: $MIXPRO_FASHION_MNIST, then "
-                             "/usr/share/datasets/fashion-mnist)")
-    parser.add_argument("--ood", default=d.ood,
-                        help="OOD set: 'auto' (fashion-mnist: the held-out classes of a "
-                             "checkpoint trained with holdout_classes, else glyphs; otherwise "
-                             "none), 'heldout', 'glyphs', 'none', or an image folder "
-                             "(labels ignored)")
-    parser.add_argument("--evals", nargs="+", choices=EVALS, default=list(EVALS),
-                        help="evaluations to run (default: all)")
-    parser.add_argument("--valid-labels", default=None, metavar="FILE",
-                        help="class index list: slice the logits to these columns "
-                             "(ImageNet-A/-O style); its length must equal the dataset's classes")
-    parser.add_argument("--names", nargs="+", default=None,
-                        help="display names of the checkpoints (default: file stem / run dir)")
-    parser.add_argument("--limit", type=int, default=None,
-                        help="evaluate the first N images only")
-    parser.add_argument("--occlusion-modes", nargs="+", choices=DROP_MODES,
-                        default=list(DROP_MODES))
-    parser.add_argument("--occlusion-images", type=int, default=d.occlusion_images,
-                        help="images used by the occlusion sweep (default 1000; 0 = all)")
-    parser.add_argument("--repeats", type=int, default=d.repeats,
-                        help="random PatchDrop repeats R (mean ± std)")
-    parser.add_argument("--per-image", action="store_true",
-                        help="random PatchDrop: one draw per image (default: per batch, ref.)")
-    parser.add_argument("--saliency", default=None, metavar="CKPT",
-                        help="checkpoint whose cls attention gives the saliency "
-                             "(default: each evaluated model's own)")
-    parser.add_argument("--saliency-model", default=None, metavar="TIMM_NAME",
-                        help="timm architecture of a raw --saliency state dict (e.g. DINO "
-                             "weights with vit_small_patch16_224)")
-    parser.add_argument("--calib-bin", type=int, default=d.calib_bin,
-                        help="samples per calibration bin (beta, default 100)")
-    parser.add_argument("--interpolation", default=d.interpolation, choices=INTERPOLATIONS)
-    parser.add_argument("--batch-size", type=int, default=d.batch_size)
-    parser.add_argument("--workers", type=int, default=d.workers)
-    parser.add_argument("--seed", type=int, default=d.seed, help="0..2**63-1")
-    parser.add_argument("--device", default=d.device, help="cpu | cuda | cuda:N")
-    parser.add_argument("--out", default=d.out, help="output folder (eval.json, PNGs)")
-    parser.add_argument("--no-progress", action="store_true")
+    add_option_arguments(parser, EvalOptions)
 
 
 def _figures_arguments(parser: argparse.ArgumentParser) -> None:
-    from .evaluate.figures import FIGURES, FigureOptions
+    from .evaluate.figures import FigureOptions
 
-    d = FigureOptions()
-    parser.add_argument("--checkpoint", default=None,
-                        help="checkpoint for attention maps and λ_attn (needed by fig1, fig6)")
-    parser.add_argument("--data", default=None,
-                        help="'fashion-mnist' or an ImageFolder (default: the checkpoint's "
-                             "training data, else fashion-mnist)")
-    parser.add_argument("--which", nargs="+", choices=FIGURES, default=list(FIGURES))
-    parser.add_argument("--pairs", type=int, default=d.pairs, help="pairs shown in fig6")
-    parser.add_argument("--mask-scale", type=int, default=None,
-                        help="MaskMix cell side in patches (default: the checkpoint's, else 2)")
-    parser.add_argument("--patch-size", type=int, default=d.patch_size,
-                        help="patch size for fig4 without --checkpoint")
-    parser.add_argument("--image-size", type=int, default=d.image_size,
-                        help="image size for fig4 without --checkpoint")
-    parser.add_argument("--seed", type=int, default=d.seed)
-    parser.add_argument("--out", default=d.out, help="output folder")
+    add_option_arguments(parser, FigureOptions)
 
 
-def _bench_arguments(p: argparse.ArgumentParser) -> None:
-    """The ``mixpro bench`` flags; their ``dest`` names are :class:`~mixpro.bench.BenchOptions`'
-    fields."""
+def _bench_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``mixpro bench`` flags: :class:`~mixpro.bench.BenchOptions`' declarations."""
     from .bench import BenchOptions
 
-    d = BenchOptions()
-    p.add_argument("--device", default=d.device,
-                   help="cpu or cuda (default: cuda if available)")
-    p.add_argument("--model", default=d.model,
-                   help="timm model for the step; models without a cls token (swin_*, "
-                        "convnext_*, resnet*) get mixpro train's cls_head auto head")
-    p.add_argument("--recipe", default=d.recipe,
-                   help="time the step of this mixpro train recipe's model, geometry and batch "
-                        "(e.g. fashion_mnist_limited_swin) instead of --model")
-    p.add_argument("--img-size", type=int, default=d.img_size,
-                   help="step image size (default 224)")
-    p.add_argument("--batch", type=int, default=d.batch,
-                   help="step batch (default: 32 on CPU, 128 on CUDA)")
-    p.add_argument("--repeats", type=int, default=d.repeats, help="timed repeats (default 5/20)")
-    p.add_argument("--warmup", type=int, default=d.warmup)
-    p.add_argument("--amp", action="store_true", default=d.amp,
-                   help="bfloat16 autocast in the step")
-    p.add_argument("--skip-step", action="store_true", default=d.skip_step,
-                   help="only the mix section")
-    p.add_argument("--skip-mix", action="store_true", default=d.skip_mix,
-                   help="only the step section")
-    p.add_argument("--output", default=d.output, help="folder for .md and .json")
+    add_option_arguments(parser, BenchOptions)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -240,7 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="MixPro for ViTs: train, compare, eval, figures, bench")
     sub = parser.add_subparsers(dest="command")
     tr = sub.add_parser("train", allow_abbrev=False,
-                        help="train a model (default: the embedded Fashion-MNIST recipe)")
+                        help="train a model (default: the embedded Fashion-MNIST recipe)",
+                        epilog=_methods_epilog(),
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     tr.add_argument("--resume", nargs="?", const=True, default=False, metavar="CKPT",
                     help="continue from OUTPUT/last.pt (or the given checkpoint)")
     tr.add_argument("--overwrite", action="store_true",
@@ -249,8 +215,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr.set_defaults(func=_train)
     cp = sub.add_parser("compare", allow_abbrev=False,
                         help="methods x variants x seeds with one recipe -> results.md/csv, "
-                             "compare.png")
-    cp.add_argument("--methods", nargs="+", default=list(compare.DEFAULT_METHODS))
+                             "compare.png", epilog=_methods_epilog(),
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    cp.add_argument("--methods", nargs="+", default=list(compare.DEFAULT_METHODS),
+                    help="methods to compare (listed below; default: "
+                         f"{' '.join(compare.DEFAULT_METHODS)})")
     cp.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     cp.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
                     help="sweep a recipe key over values (repeatable: the product of all)")
@@ -258,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="variant the others are compared with (default: the first)")
     cp.add_argument("--output-dir", default=None,
                     help="sweep folder (default runs/compare-<recipe>)")
+    cp.add_argument("--rerun", action="store_true",
+                    help="train again the runs whose folder holds a run of another recipe "
+                         "(default: refuse them, naming the keys that differ)")
     add_recipe_arguments(cp)
     cp.set_defaults(func=_compare, recipe=compare.DEFAULT_RECIPE)
     ev = sub.add_parser("eval", allow_abbrev=False,

@@ -1,9 +1,13 @@
 """Methods by name: the one place that maps mixing options to a mixer.
 
-Owns :class:`MixOptions` (every mixing knob a recipe can set, with the paper's defaults), the
-registry :data:`METHODS` (name → :class:`Method`: how to build the mixer and which options it
-honours) and :func:`build_mixer`. A new method or mask strategy is added here and nowhere
-else; the training app turns its recipe into :class:`MixOptions` and asks :func:`build_mixer`.
+Owns :class:`MixOptions` (every mixing knob a recipe can set, each declared once with its type,
+default, allowed values and help: :func:`mixpro.options.option`), the registry :data:`METHODS`
+(name → :class:`Method`: how to build the mixer, which options it honours, what it needs) with
+:func:`register`, and :func:`build_mixer`. Every consumer reads the registry: ``mixpro train`` /
+``compare`` (choices, help, what to build), ``mixpro bench`` (its rows), the figures, the tests
+and the README's method list (checked by a test). A new method is one mixer class
+(:class:`mixpro.mixers.Mixer`: a dataclass of its keywords and ``draw``) and one
+:func:`register` call; see ``docs/adding-a-method.md``.
 
 Table 6's component rows are presets: ``cutmix``; ``transmix``; ``maskmix_transmix``
 (MaskMix relabelled the TransMix way, λ = 0.5·λ_attn + 0.5·λ_area, i.e. α = 0.5);
@@ -15,59 +19,156 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields, replace
+from typing import Literal
 
 import torch
 
-from .mixers import CutMix, MaskMix, Mixer, MixPro, Mixup, NoMix, RandomChoice, TransMix
+from . import options
+from .labels import ALPHA_STRATEGIES, AttentionNorm
+from .mixers import (
+    CutMix,
+    MaskMix,
+    MaskMode,
+    Mixer,
+    MixPro,
+    Mixup,
+    NoMix,
+    Pairing,
+    RandomChoice,
+    Rounding,
+    TransMix,
+)
+from .options import option
 from .strategies import MASK_STRATEGIES, make_mask_strategy
 
 AnyMixer = Mixer | RandomChoice
+AlphaName = Literal[ALPHA_STRATEGIES]  # type: ignore[valid-type]  # the labels' α names
 
 
 @dataclass(frozen=True)
 class MixOptions:
-    """Every mixing option a recipe can set (names are the recipe keys)."""
+    """Every mixing option a recipe can set (names are the recipe keys), declared once."""
 
-    label_smoothing: float = 0.1
-    mix_prob: float = 1.0  # probability that a Mixup/CutMix/TransMix batch is mixed at all
-    mixup_alpha: float = 0.8
-    cutmix_alpha: float = 1.0
-    switch_prob: float = 0.5
-    transmix_ratio: float = 0.5  # TransMix: λ = r·λ_area + (1 − r)·λ_attn (released code)
-    mask_strategy: str = "grid"  # see mixpro.strategies.MASK_STRATEGIES
-    mask_scale: int = 2
-    beta: float = 1.0
-    mask_mode: str = "batch"
-    pairing: str = "flip"
-    rounding: str = "floor"
-    alpha: str = "cosine"
-    alpha_detach: bool = True
-    pal_label_smoothing: float | None = None
-    attention_norm: str = "paper"  # MixPro's λ_attn: paper (Eq. 5) | renormalize (official)
-    maskmix_prob: float = 0.5  # paper: probability of MixPro instead of Mixup/CutMix
+    label_smoothing: float = option(0.1, ge=0, lt=1,
+                                    help="label smoothing of the (mixed) targets")
+    mix_prob: float = option(1.0, ge=0, le=1, help="probability of mixing a batch at all "
+                             "(Mixup, CutMix, TransMix)")
+    mixup_alpha: float = option(0.8, ge=0, help="Mixup Beta parameter (mixup, mixup_cutmix, "
+                                "transmix, paper)")
+    cutmix_alpha: float = option(1.0, ge=0, help="CutMix Beta parameter (cutmix, "
+                                 "mixup_cutmix, transmix, paper)")
+    switch_prob: float = option(0.5, ge=0, le=1, help="probability of CutMix instead of "
+                                "Mixup when both are on")
+    transmix_ratio: float = option(0.5, ge=0, le=1, help="TransMix: lam = r * lam_area + "
+                                   "(1 - r) * lam_attn (released code: 0.5)")
+    mask_strategy: str = option("grid", choices=tuple(MASK_STRATEGIES),
+                                help="where pixels come from (MaskMix/MixPro)")
+    mask_scale: int = option(2, ge=1, help="MaskMix cell side in patches")
+    beta: float = option(1.0, gt=0, help="MaskMix: tau ~ Beta(beta, beta)")
+    mask_mode: MaskMode = option("batch", help="MaskMix: batch (paper) | positions "
+                                 "(official) | elem")
+    pairing: Pairing = option("flip", help="partner of sample i: flip (paper) | randperm "
+                              "(official)")
+    rounding: Rounding = option("floor", help="cells kept from sample i: floor (paper) | "
+                                "ceil (official)")
+    alpha: AlphaName = option("cosine", help="PAL factor (Table 10; none: area labels)")
+    alpha_detach: bool = option(True, help="detach alpha (paper: unspecified; official: "
+                                "not detached)")
+    pal_label_smoothing: float | None = option(None, ge=0, lt=1, help="smoothing of PAL "
+                                               "targets (null: label_smoothing; 0: official)")
+    attention_norm: AttentionNorm = option("paper", help="MixPro lambda_attn: paper (Eq. 5, "
+                                           "sum of m*a) | renormalize (official code: "
+                                           "sum(m*a)/sum(a))")
+    maskmix_prob: float = option(0.5, ge=0, le=1, help="paper recipe: probability of MixPro "
+                                 "instead of Mixup/CutMix")
+
+    def __post_init__(self) -> None:
+        options.check(self)
 
 
 OPTION_NAMES = tuple(f.name for f in fields(MixOptions))
-Builder = Callable[..., AnyMixer]  # (options, num_classes, patch_size, generator[, box_align])
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a mixer is built for besides its options: ``num_classes``, the model's
+    ``patch_size`` (px), the mixer's ``generator`` and ``token_size`` (px of the tokens the
+    attention is read over: the patch, or the last stage's stride with a class-attention
+    head; None: ``patch_size``)."""
+
+    num_classes: int
+    patch_size: int
+    generator: torch.Generator
+    token_size: int | None = None
+
+    @property
+    def tokens(self) -> int:
+        return self.token_size or self.patch_size
+
+
+def _never(o: MixOptions) -> bool:
+    return False
 
 
 @dataclass(frozen=True)
 class Method:
-    """A named method: ``build(options, num_classes, patch_size, generator)`` and the options
-    it honours (``keys``); ``patch`` says whether it needs the model's patch size;
-    ``token_aligned`` builders also take ``box_align``, the attention tokens' size in px."""
+    """A registered method.
 
-    build: Builder
+    Attributes:
+        build: ``(options, context) -> mixer``.
+        keys: the :class:`MixOptions` it honours (others given to it are refused).
+        help: one line for ``--help`` and the docs.
+        patch: it needs the model's patch size (its masks or boxes are in patches).
+        attention: ``options -> bool``, whether its mixer relabels with attention under
+            those options (the app then needs cls attention, a head on models without one).
+        helpers: helper models it needs at construction (``"extractor"``, ``"teacher"``,
+            ``"model"``); empty for methods that need only the batch.
+    """
+
+    build: Callable[[MixOptions, Context], AnyMixer]
     keys: frozenset[str]
     help: str
     patch: bool = False
-    token_aligned: bool = False
+    attention: Callable[[MixOptions], bool] = _never
+    helpers: tuple[str, ...] = ()
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register(name: str, method: Method) -> Method:
+    """Add ``method`` as ``name`` (every app and the docs check read it from here).
+
+    Raises:
+        ValueError: ``name`` is taken, is not an identifier, or a key is not a MixOptions
+            field.
+    """
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"method name must be an identifier, got {name!r}")
+    if name in METHODS:
+        raise ValueError(f"method {name!r} is already registered")
+    unknown = sorted(set(method.keys) - set(OPTION_NAMES))
+    if unknown:
+        raise ValueError(f"method {name!r}: keys {unknown} are not MixOptions fields")
+    METHODS[name] = method
+    return method
+
+
+def unregister(name: str) -> None:
+    """Remove ``name`` (a throw-away method of a test or a notebook)."""
+    METHODS.pop(name, None)
+
+
+def needs_attention(method: str, options: MixOptions) -> bool:
+    """Whether ``method`` with ``options`` relabels with the model's cls attention."""
+    return METHODS[method].attention(options)
 
 
 _TIMM = frozenset({"label_smoothing", "mix_prob"})
 _MASK = frozenset({"label_smoothing", "mask_strategy", "mask_scale", "beta", "mask_mode",
                    "pairing", "rounding"})
 _PAL = frozenset({"alpha", "alpha_detach", "pal_label_smoothing", "attention_norm"})
+_TRANSMIX = _TIMM | {"mixup_alpha", "cutmix_alpha", "switch_prob", "transmix_ratio"}
 
 
 def _strategy(o: MixOptions, patch: int):
@@ -77,76 +178,81 @@ def _strategy(o: MixOptions, patch: int):
                               rounding=o.rounding)
 
 
-def _maskmix_args(o: MixOptions, k: int, p: int, g: torch.Generator) -> dict:
-    return dict(num_classes=k, patch_size=p, mask_scale=o.mask_scale, beta=o.beta,
-                mode=o.mask_mode, pairing=o.pairing, rounding=o.rounding,
-                label_smoothing=o.label_smoothing, strategy=_strategy(o, p), generator=g)
+def _maskmix_args(o: MixOptions, c: Context) -> dict:
+    return dict(num_classes=c.num_classes, patch_size=c.patch_size, mask_scale=o.mask_scale,
+                beta=o.beta, mode=o.mask_mode, pairing=o.pairing, rounding=o.rounding,
+                label_smoothing=o.label_smoothing, strategy=_strategy(o, c.patch_size),
+                generator=c.generator)
 
 
-def _mixpro(o: MixOptions, k: int, p: int, g: torch.Generator, **changes) -> MixPro:
+def _mixpro(o: MixOptions, c: Context, **changes) -> MixPro:
     o = replace(o, **changes)
-    return MixPro(**_maskmix_args(o, k, p, g), alpha=o.alpha, alpha_detach=o.alpha_detach,
+    return MixPro(**_maskmix_args(o, c), alpha=o.alpha, alpha_detach=o.alpha_detach,
                   pal_label_smoothing=o.pal_label_smoothing, attention_norm=o.attention_norm)
 
 
-def _mixup_cutmix(o: MixOptions, k: int, g: torch.Generator) -> Mixup:
-    return Mixup(mixup_alpha=o.mixup_alpha, cutmix_alpha=o.cutmix_alpha,
-                 switch_prob=o.switch_prob, prob=o.mix_prob, label_smoothing=o.label_smoothing,
-                 num_classes=k, generator=g)
+def _mixup(o: MixOptions, c: Context, cls: type[Mixup] = Mixup, **changes) -> Mixup:
+    kw = dict(mixup_alpha=o.mixup_alpha, cutmix_alpha=o.cutmix_alpha, switch_prob=o.switch_prob,
+              prob=o.mix_prob, label_smoothing=o.label_smoothing, num_classes=c.num_classes,
+              generator=c.generator)
+    kw.update(changes)
+    return cls(**kw)
 
 
-def _paper(o: MixOptions, k: int, p: int, g: torch.Generator) -> RandomChoice:
+def _transmix(o: MixOptions, c: Context, box_align: int | None = None) -> TransMix:
+    return _mixup(o, c, TransMix, patch_size=c.patch_size, ratio=o.transmix_ratio,
+                  box_align=box_align)
+
+
+def _paper(o: MixOptions, c: Context) -> RandomChoice:
     q = o.maskmix_prob
-    if not 0.0 <= q <= 1.0:
-        raise ValueError(f"maskmix_prob must be in [0, 1], got {q}")
-    return RandomChoice([_mixpro(o, k, p, g), _mixup_cutmix(o, k, g)], [q, 1.0 - q],
-                        generator=g)
+    return RandomChoice([_mixpro(o, c), _mixup(o, c)], [q, 1.0 - q], generator=c.generator)
 
 
-METHODS: dict[str, Method] = {
-    "none": Method(lambda o, k, p, g: NoMix(num_classes=k, label_smoothing=o.label_smoothing),
-                   frozenset({"label_smoothing"}), "no mixing (smoothed one-hot targets)"),
-    "mixup": Method(
-        lambda o, k, p, g: Mixup(mixup_alpha=o.mixup_alpha, cutmix_alpha=0.0, prob=o.mix_prob,
-                                 label_smoothing=o.label_smoothing, num_classes=k, generator=g),
-        _TIMM | {"mixup_alpha"}, "Mixup (timm semantics)"),
-    "cutmix": Method(
-        lambda o, k, p, g: CutMix(cutmix_alpha=o.cutmix_alpha, prob=o.mix_prob,
-                                  label_smoothing=o.label_smoothing, num_classes=k, generator=g),
-        _TIMM | {"cutmix_alpha"}, "CutMix, area labels (Table 6 row 1)"),
-    "mixup_cutmix": Method(lambda o, k, p, g: _mixup_cutmix(o, k, g),
-                           _TIMM | {"mixup_alpha", "cutmix_alpha", "switch_prob"},
-                           "Mixup or CutMix per batch (timm)"),
-    "transmix": Method(
-        lambda o, k, p, g: TransMix(
-            mixup_alpha=o.mixup_alpha, cutmix_alpha=o.cutmix_alpha, switch_prob=o.switch_prob,
-            prob=o.mix_prob, patch_size=p, ratio=o.transmix_ratio,
-            label_smoothing=o.label_smoothing, num_classes=k, generator=g),
-        _TIMM | {"mixup_alpha", "cutmix_alpha", "switch_prob", "transmix_ratio"},
-        "TransMix (Table 6 row 2)", patch=True),
-    "transmix_aligned": Method(
-        lambda o, k, p, g, box_align: TransMix(
-            mixup_alpha=o.mixup_alpha, cutmix_alpha=o.cutmix_alpha, switch_prob=o.switch_prob,
-            prob=o.mix_prob, patch_size=p, ratio=o.transmix_ratio, box_align=box_align,
-            label_smoothing=o.label_smoothing, num_classes=k, generator=g),
-        _TIMM | {"mixup_alpha", "cutmix_alpha", "switch_prob", "transmix_ratio"},
-        "TransMix with CutMix boxes on attention-token borders (Table 8 A)", patch=True,
-        token_aligned=True),
-    "maskmix": Method(lambda o, k, p, g: MaskMix(**_maskmix_args(o, k, p, g)), _MASK,
-                      "MaskMix with area labels", patch=True),
-    "maskmix_transmix": Method(
-        lambda o, k, p, g: _mixpro(o, k, p, g, alpha="equal", attention_norm="renormalize"),
-        _MASK | {"pal_label_smoothing", "alpha_detach"},
-        "MaskMix + TransMix labelling: λ = (λ_area + λ_attn)/2 (Table 6 row 3)", patch=True),
-    "cutmix_pal": Method(lambda o, k, p, g: _mixpro(o, k, p, g, mask_strategy="box"),
-                         (_MASK - {"mask_strategy", "mask_scale"}) | _PAL,
-                         "CutMix boxes + PAL (Table 6 row 4)", patch=True),
-    "mixpro": Method(lambda o, k, p, g: _mixpro(o, k, p, g), _MASK | _PAL,
-                     "MaskMix + PAL (Table 6 row 5)", patch=True),
-    "paper": Method(_paper, _MASK | _PAL | _TIMM | {"mixup_alpha", "cutmix_alpha",
-                                                  "switch_prob", "maskmix_prob"},
-                    "MixPro or timm Mixup/CutMix per batch (Table 11)", patch=True),
-}
+def _pal(o: MixOptions) -> bool:
+    return o.alpha != "none"
+
+
+def _transmix_attention(o: MixOptions) -> bool:
+    return o.transmix_ratio < 1.0
+
+
+register("none", Method(
+    lambda o, c: NoMix(num_classes=c.num_classes, label_smoothing=o.label_smoothing),
+    frozenset({"label_smoothing"}), "no mixing (smoothed one-hot targets)"))
+register("mixup", Method(lambda o, c: _mixup(o, c, cutmix_alpha=0.0), _TIMM | {"mixup_alpha"},
+                         "Mixup (timm semantics)"))
+register("cutmix", Method(
+    lambda o, c: CutMix(cutmix_alpha=o.cutmix_alpha, prob=o.mix_prob,
+                        label_smoothing=o.label_smoothing, num_classes=c.num_classes,
+                        generator=c.generator),
+    _TIMM | {"cutmix_alpha"}, "CutMix, area labels (Table 6 row 1)"))
+register("mixup_cutmix", Method(lambda o, c: _mixup(o, c),
+                                _TIMM | {"mixup_alpha", "cutmix_alpha", "switch_prob"},
+                                "Mixup or CutMix per batch (timm)"))
+register("transmix", Method(lambda o, c: _transmix(o, c), _TRANSMIX,
+                            "TransMix (Table 6 row 2)", patch=True,
+                            attention=_transmix_attention))
+register("transmix_aligned", Method(
+    lambda o, c: _transmix(o, c, box_align=c.tokens), _TRANSMIX,
+    "TransMix with CutMix boxes on attention-token borders (Table 8 A)", patch=True,
+    attention=_transmix_attention))
+register("maskmix", Method(lambda o, c: MaskMix(**_maskmix_args(o, c)), _MASK,
+                           "MaskMix with area labels", patch=True))
+register("maskmix_transmix", Method(
+    lambda o, c: _mixpro(o, c, alpha="equal", attention_norm="renormalize"),
+    _MASK | {"pal_label_smoothing", "alpha_detach"},
+    "MaskMix + TransMix labelling: λ = (λ_area + λ_attn)/2 (Table 6 row 3)", patch=True,
+    attention=lambda o: True))
+register("cutmix_pal", Method(lambda o, c: _mixpro(o, c, mask_strategy="box"),
+                              (_MASK - {"mask_strategy", "mask_scale"}) | _PAL,
+                              "CutMix boxes + PAL (Table 6 row 4)", patch=True, attention=_pal))
+register("mixpro", Method(lambda o, c: _mixpro(o, c), _MASK | _PAL,
+                          "MaskMix + PAL (Table 6 row 5)", patch=True, attention=_pal))
+register("paper", Method(_paper, _MASK | _PAL | _TIMM | {"mixup_alpha", "cutmix_alpha",
+                                                         "switch_prob", "maskmix_prob"},
+                         "MixPro or timm Mixup/CutMix per batch (Table 11)", patch=True,
+                         attention=_pal))
 
 
 def ignored_options(method: str, keys: Iterable[str]) -> list[str]:
@@ -163,18 +269,13 @@ def build_mixer(method: str, options: MixOptions, *, num_classes: int, patch_siz
     ``transmix_aligned`` puts its boxes on those tokens' borders.
 
     Raises:
-        ValueError: unknown method or strategy, or an option value the mixer refuses.
+        ValueError: unknown method, or an option value the mixer refuses.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    if options.mask_strategy not in MASK_STRATEGIES:
-        raise ValueError(f"mask_strategy must be one of {', '.join(sorted(MASK_STRATEGIES))}, "
-                         f"got {options.mask_strategy!r}")
-    spec = METHODS[method]
-    if spec.token_aligned:
-        return spec.build(options, num_classes, patch_size, generator,
-                          token_size or patch_size)
-    return spec.build(options, num_classes, patch_size, generator)
+    return METHODS[method].build(options, Context(num_classes, patch_size, generator,
+                                                  token_size))
 
 
-__all__ = ["METHODS", "OPTION_NAMES", "Method", "MixOptions", "build_mixer", "ignored_options"]
+__all__ = ["METHODS", "OPTION_NAMES", "Context", "Method", "MixOptions", "build_mixer",
+           "ignored_options", "needs_attention", "register", "unregister"]

@@ -36,6 +36,7 @@ shuffling on a CutMix box, for comparison with the region-based strategies.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Literal
 
@@ -119,27 +120,41 @@ def shuffle_box(patch_size: Size, mask_scale: Size, rounding: Rounding = "floor"
     return ShuffleMasks(BoxMasks(align=(ph, pw)), tile=(ph, pw), scope="partner")
 
 
-MASK_STRATEGIES: Mapping[str, StrategyFactory] = MappingProxyType({
-    "grid": grid,
-    "box": box,
-    "block": block,
-    "random_patch": random_patch,
-    "aligned_box": aligned_box,
-    "misaligned": misaligned,
-    "subpatch": subpatch,
-    "shuffle": _shuffled("partner"),
-    "shuffle_own": _shuffled("own"),
-    "shuffle_both": _shuffled("both"),
-    "shuffle_box": shuffle_box,
+@dataclass(frozen=True)
+class Strategy:
+    """A named mask strategy: ``build(patch_size, mask_scale, rounding)`` and the title the
+    figures give it (``{k}``: the mask scale). Calling it builds the generator."""
+
+    build: StrategyFactory
+    title: str
+
+    def __call__(self, patch_size: Size, mask_scale: Size,
+                 rounding: Rounding = "floor") -> MaskGenerator:
+        return self.build(patch_size, mask_scale, rounding)
+
+
+MASK_STRATEGIES: Mapping[str, Strategy] = MappingProxyType({
+    "grid": Strategy(grid, "MaskMix {k}× (grid)"),
+    "box": Strategy(box, "Region (CutMix box)"),
+    "block": Strategy(block, "Block (BEiT)"),
+    "random_patch": Strategy(random_patch, "Random 1× (random_patch)"),
+    "aligned_box": Strategy(aligned_box, "Table 8 A: aligned box"),
+    "misaligned": Strategy(misaligned, "Table 8 B: misaligned"),
+    "subpatch": Strategy(subpatch, "Table 8 C: sub-patch"),
+    "shuffle": Strategy(_shuffled("partner"), "Table 9: shuffle j's patches"),
+    "shuffle_own": Strategy(_shuffled("own"), "Table 9: shuffle i's patches"),
+    "shuffle_both": Strategy(_shuffled("both"), "Table 9: shuffle both"),
+    "shuffle_box": Strategy(shuffle_box, "shuffled aligned box"),
 })
-"""Strategy name → factory ``(patch_size, mask_scale, rounding='floor') -> MaskGenerator``."""
+"""Strategy name → :class:`Strategy` (``(patch_size, mask_scale, rounding='floor') ->
+MaskGenerator``, and its figure title)."""
 
 
 def make_mask_strategy(
     name: str,
     *,
     patch_size: Size,
-    mask_scale: Size = 4,
+    mask_scale: Size = 2,
     rounding: Rounding = "floor",
 ) -> MaskGenerator:
     """The generator of strategy ``name`` (a key of :data:`MASK_STRATEGIES`).

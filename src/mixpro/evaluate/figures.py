@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
 import mixpro
-from mixpro import models
+from mixpro import models, options
 from mixpro.checkpoint import load_model
 from mixpro.data.sources import (
     EvalData,
@@ -25,14 +26,13 @@ from mixpro.data.sources import (
     holdout_of,
 )
 from mixpro.errors import UserError
+from mixpro.options import SEED_MAX, option
 from mixpro.plots.paper import (
     AttentionFigure,
     mask_strategies,
     maskmix_attention_grid,
     transmix_vs_maskmix,
 )
-
-from .run import check_seed
 
 FIGURES = ("fig1", "fig4", "fig6")
 
@@ -43,31 +43,25 @@ class FigureError(UserError):
 
 @dataclass(frozen=True)
 class FigureOptions:
-    """Options of ``mixpro figures`` (the CLI flags, same names)."""
+    """Options of ``mixpro figures`` (the CLI flags, same names), each declared once."""
 
-    checkpoint: str | None = None  # needed by fig1 and fig6 (attention maps, λ_attn)
-    data: str | None = None  # None: the checkpoint's training data, else fashion-mnist
-    which: tuple[str, ...] = FIGURES
-    pairs: int = 5  # pairs shown in fig6, >= 1
-    mask_scale: int | None = None  # None: the checkpoint's, else 2; >= 1
-    patch_size: int = 4  # fig4 without a checkpoint, >= 1
-    image_size: int = 32  # fig4 without a checkpoint, >= 1
-    seed: int = 0  # 0 .. 2**63-1
-    out: str = "eval_out"
+    checkpoint: str | None = option(None, help="checkpoint for attention maps and λ_attn "
+                                    "(needed by fig1, fig6)")
+    data: str | None = option(None, help="'fashion-mnist' or an ImageFolder (default: the "
+                              "checkpoint's training data, else fashion-mnist)")
+    which: tuple[Literal[FIGURES], ...] = option(FIGURES, help="figures to draw")  # type: ignore[valid-type]
+    pairs: int = option(5, ge=1, help="pairs shown in fig6")
+    mask_scale: int | None = option(None, ge=1, help="MaskMix cell side in patches (default: "
+                                    "the checkpoint's, else 2)")
+    patch_size: int = option(4, ge=1, help="patch size for fig4 without --checkpoint")
+    image_size: int = option(32, ge=1, help="image size for fig4 without --checkpoint")
+    seed: int = option(0, ge=0, le=SEED_MAX, help="random seed (0..2**63-1)")
+    out: str = option("eval_out", help="output folder")
 
 
 def check_options(o: FigureOptions) -> None:
     """:class:`FigureError` naming the flag of a value out of range (before any work)."""
-    unknown = [f for f in o.which if f not in FIGURES]
-    if unknown:
-        raise FigureError(f"unknown figure {unknown[0]!r}; choose from {', '.join(FIGURES)}")
-    for key in ("pairs", "patch_size", "image_size", "mask_scale"):
-        v = getattr(o, key)
-        if v is None and key == "mask_scale":
-            continue
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise FigureError(f"--{key.replace('_', '-')} must be an integer >= 1, got {v!r}")
-    check_seed(o.seed, error=FigureError)
+    options.check_flags(o, FigureError)
 
 
 def _check_classes(o: FigureOptions, spec: str, data: EvalData, num_classes: int,

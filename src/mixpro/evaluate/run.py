@@ -19,14 +19,14 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import timm
 import torch
 from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler, Subset
 
-from mixpro import NoClsAttentionError, models
+from mixpro import NoClsAttentionError, models, options
 from mixpro.checkpoint import (
     PREFIXES,
     CheckpointError,
@@ -46,6 +46,7 @@ from mixpro.data.sources import (
     ood_data,
 )
 from mixpro.errors import UserError
+from mixpro.options import SEED_MAX, option
 
 from . import metrics
 from .occlusion import DROP_MODES, ClsSaliency, OcclusionError, model_grid, occlusion_sweep
@@ -55,6 +56,8 @@ __all__ = ["EVALS", "INTERPOLATIONS", "EvalError", "EvalOptions", "check_device"
            "evaluate_checkpoints", "format_table", "prepare"]
 
 EVALS = ("clean", "ood", "occlusion")
+# the evaluation's resize: timm's interpolations less 'random' (a training augmentation)
+INTERPOLATIONS = tuple(i for i in folder.INTERPOLATIONS if i != "random")
 
 
 class EvalError(UserError):
@@ -63,29 +66,48 @@ class EvalError(UserError):
 
 @dataclass(frozen=True)
 class EvalOptions:
-    """Options of ``mixpro eval`` (the CLI flags, same names)."""
+    """Options of ``mixpro eval`` (the CLI flags, same names), each declared once."""
 
-    data: str | None = None  # None: the checkpoint's training data (fashion-mnist or folder)
-    data_dir: str | None = None  # Fashion-MNIST idx folder
-    ood: str = "auto"  # auto | heldout | glyphs | none | an image folder
-    evals: tuple[str, ...] = EVALS
-    valid_labels: str | None = None  # class index list file (ImageNet-A/-O style)
-    names: tuple[str, ...] | None = None  # display names of the checkpoints
-    limit: int | None = None  # evaluate the first N images only
-    occlusion_modes: tuple[str, ...] = DROP_MODES
-    occlusion_images: int = 1000  # 0 = all
-    repeats: int = 3  # random PatchDrop repeats
-    per_image: bool = False  # random PatchDrop: one draw per image
-    saliency: str | None = None  # checkpoint whose cls attention gives the saliency
-    saliency_model: str | None = None  # timm architecture of a raw --saliency state dict
-    calib_bin: int = 100
-    interpolation: str = "bilinear"
-    batch_size: int = 256
-    workers: int = 0
-    seed: int = 0  # 0 .. 2**63-1
-    device: str = "cuda" if torch.cuda.is_available() else "cpu"  # cpu | cuda | cuda:N
-    out: str = "eval_out"
-    progress: bool = True
+    data: str | None = option(None, help=(
+        "'fashion-mnist' (embedded test split), an ImageFolder, or a .tar, folder of tars, "
+        "hfds/NAME, wds/FOLDER (their val_split from the checkpoint's recipe) (default: the "
+        "data the checkpoint was trained on)"))
+    data_dir: str | None = option(None, help=(
+        "Fashion-MNIST idx folder (default: $MIXPRO_FASHION_MNIST, then "
+        "/usr/share/datasets/fashion-mnist)"))
+    ood: str = option("auto", help=(
+        "OOD set: 'auto' (fashion-mnist: the held-out classes of a checkpoint trained with "
+        "holdout_classes, else glyphs; otherwise none), 'heldout', 'glyphs', 'none', or an "
+        "image folder (labels ignored)"))
+    evals: tuple[Literal[EVALS], ...] = option(EVALS, help="evaluations to run")  # type: ignore[valid-type]
+    valid_labels: str | None = option(None, help=(
+        "class index list file: slice the logits to these columns (ImageNet-A/-O style); its "
+        "length must equal the dataset's classes"))
+    names: tuple[str, ...] | None = option(None, help="display names of the checkpoints "
+                                           "(default: file stem / run dir)")
+    limit: int | None = option(None, ge=1, help="evaluate the first N images only")
+    occlusion_modes: tuple[Literal[DROP_MODES], ...] = option(  # type: ignore[valid-type]
+        DROP_MODES, help="PatchDrop orders of the occlusion sweep")
+    occlusion_images: int = option(1000, ge=0, help="images used by the occlusion sweep "
+                                   "(0 = all)")
+    repeats: int = option(3, ge=1, help="random PatchDrop repeats R (mean ± std)")
+    per_image: bool = option(False, help="random PatchDrop: one draw per image (default: per "
+                             "batch, as the reference)")
+    saliency: str | None = option(None, help="checkpoint whose cls attention gives the "
+                                  "saliency (default: each evaluated model's own)")
+    saliency_model: str | None = option(None, help=(
+        "timm architecture of a raw --saliency state dict (e.g. DINO weights with "
+        "vit_small_patch16_224)"))
+    calib_bin: int = option(100, ge=1, help="samples per calibration bin (beta)")
+    interpolation: str = option("bilinear", choices=INTERPOLATIONS,
+                                help="resize interpolation of the test images")
+    batch_size: int = option(256, ge=1, help="evaluation batch size")
+    workers: int = option(0, ge=0, help="data-loader workers")
+    seed: int = option(0, ge=0, le=SEED_MAX, help="random seed (0..2**63-1)")
+    device: str = option("cuda" if torch.cuda.is_available() else "cpu",
+                         help="cpu | cuda | cuda:N")
+    out: str = option("eval_out", help="output folder (eval.json, PNGs)")
+    progress: bool = option(True, help="show progress bars")
 
 
 def load_saliency_model(path: str, arch: str | None, img_size: int) -> nn.Module:
@@ -166,12 +188,6 @@ def _data_spec(given: str | None, config: dict, path: str) -> str:
     return trained_on
 
 
-# seeds: torch takes up to 2**64 - 1, and the occlusion sweep adds the repeat (seed + r)
-SEED_MAX = 2**63 - 1
-# the evaluation's resize: timm's interpolations less 'random' (a training augmentation)
-INTERPOLATIONS = tuple(i for i in folder.INTERPOLATIONS if i != "random")
-
-
 def check_seed(seed: object, flag: str = "--seed", error: type[UserError] = EvalError) -> None:
     """``error`` (naming ``flag``) unless ``seed`` is an int in ``0 .. 2**63-1``."""
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
@@ -198,26 +214,10 @@ def check_device(device: object, flag: str = "--device") -> None:
 
 
 def _check_options(o: EvalOptions, checkpoints: list[str]) -> None:
+    options.check_flags(o, EvalError)  # every declared type, choice and range
     check_device(o.device)
-    check_seed(o.seed)
-    if o.interpolation not in INTERPOLATIONS:
-        raise EvalError(f"--interpolation must be one of {', '.join(INTERPOLATIONS)}, got "
-                        f"{o.interpolation!r}")
-    for key in ("batch_size", "repeats", "calib_bin"):
-        if getattr(o, key) < 1:
-            raise EvalError(f"--{key.replace('_', '-')} must be >= 1")
-    if o.limit is not None and o.limit < 1:
-        raise EvalError("--limit must be >= 1")
-    if o.occlusion_images < 0:
-        raise EvalError("--occlusion-images must be >= 0")
-    if o.workers < 0:
-        raise EvalError("--workers must be >= 0")
     if not checkpoints:
         raise EvalError("no checkpoint given")
-    bad = [e for e in o.evals if e not in EVALS] or \
-        [m for m in o.occlusion_modes if m not in DROP_MODES]
-    if bad:
-        raise EvalError(f"unknown evaluation or occlusion mode {bad[0]!r}")
     if o.names is not None and len(o.names) != len(checkpoints):
         raise EvalError(f"--names has {len(o.names)} names for {len(checkpoints)} checkpoints")
     if o.saliency_model and not o.saliency:

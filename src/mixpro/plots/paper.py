@@ -178,15 +178,6 @@ def maskmix_attention_grid(f: AttentionFigure, path: str | Path, *, beta: float 
 # -- Fig. 4 --------------------------------------------------------------------------------
 
 
-STRATEGY_TITLES = {
-    "grid": "MaskMix {k}× (grid)", "box": "Region (CutMix box)", "block": "Block (BEiT)",
-    "random_patch": "Random 1× (random_patch)", "aligned_box": "Table 8 A: aligned box",
-    "misaligned": "Table 8 B: misaligned", "subpatch": "Table 8 C: sub-patch",
-    "shuffle": "Table 9: shuffle j's patches", "shuffle_own": "Table 9: shuffle i's patches",
-    "shuffle_both": "Table 9: shuffle both", "shuffle_box": "shuffled aligned box",
-}
-
-
 def mask_strategies(
     images: torch.Tensor,
     path: str | Path,
@@ -218,7 +209,7 @@ def mask_strategies(
         strat = make_mask_strategy(name, patch_size=patch_size, mask_scale=mask_scale)
         g = torch.Generator().manual_seed(seed)
         mask = strat(torch.tensor([ratio]), size, device=torch.device("cpu"), generator=g)
-        title = STRATEGY_TITLES.get(name, name).format(k=mask_scale)
+        title = MASK_STRATEGIES[name].title.format(k=mask_scale)
         _show(axes[r, c], mask.pixel_mask()[0].float(),
               f"{title}\nλ_area={float(mask.lam_area()[0]):.2f}", 9)
         _show(axes[r + 1, c], mask.apply(images, partner)[0])

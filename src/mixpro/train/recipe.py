@@ -1,31 +1,33 @@
 """Recipes: a flat dataclass of every training knob, loaded from YAML with overrides.
 
-Owns: :class:`Recipe` (fields, defaults = the embedded Fashion-MNIST default, one help text
-per key in :data:`HELP`), loading a recipe by name (``src/mixpro/recipes/<name>.yaml``) or
-path with overrides, and type/range validation with one-line :class:`ConfigError` s naming the
-key. The mixing keys are :class:`mixpro.methods.MixOptions`' fields
-(:meth:`Recipe.mix_options`); which method uses which key is said there. The command-line
-flags made from these fields live in :mod:`mixpro.cli`.
+Owns: :class:`Recipe` (every key declared once, :func:`mixpro.options.option`: type, default =
+the embedded Fashion-MNIST default, allowed values or range, help), loading a recipe by name
+(``src/mixpro/recipes/<name>.yaml``) or path with overrides, and validation with one-line
+:class:`ConfigError` s naming the key (:data:`SPECS`, then the checks across keys in
+:func:`validate`). The mixing keys are :class:`mixpro.methods.MixOptions`' fields, declared
+there (:meth:`Recipe.mix_options`); which method uses which key is said in the method
+registry. The command-line flags (:mod:`mixpro.cli`) and the options table of
+``docs/training.md`` are made from the same declarations.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import types
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
-import mixpro
+from mixpro import options
+from mixpro._checks import ArgumentError
+from mixpro.data.folder import INTERPOLATIONS
 from mixpro.errors import UserError
 from mixpro.methods import METHODS, OPTION_NAMES, MixOptions, ignored_options
 from mixpro.models import CLS_HEADS
-from mixpro.strategies import MASK_STRATEGIES
+from mixpro.options import SEED_MAX, option
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
@@ -42,44 +44,81 @@ class ConfigError(TrainError):
 class _RecipeData:
     """The data and model keys of a :class:`Recipe`."""
 
-    name: str = "fashion_mnist"
-    # data
-    data: str = "fashion_mnist"  # 'fashion_mnist', an ImageFolder root, .tar, hfds/, wds/
-    data_dir: str | None = None  # Fashion-MNIST idx folder (default $MIXPRO_FASHION_MNIST)
-    train_split: str = "train"  # split names (or timm's synonyms) of data other than
-    val_split: str = "val"  # Fashion-MNIST; val also finds validation, valid, eval, ...
-    train_subset: int | None = None  # fixed random subset of the training set
-    subset_seed: int = 0
-    holdout_classes: list = field(default_factory=list)  # Fashion-MNIST classes left out
-    img_size: int = 32
-    in_chans: int | None = None  # None: 1 for Fashion-MNIST, 3 for ImageFolder
-    translate: int = 0  # Fashion-MNIST random shift (px), 0..31
-    hflip: float = 0.5
-    aa: str | None = None  # timm auto-augment string, e.g. rand-m9-mstd0.5-inc1
-    re_prob: float = 0.0  # random erasing probability (ImageFolder)
-    interpolation: str = "bicubic"
-    crop_pct: float = 0.875
+    name: str = option("fashion_mnist", help="the recipe's name (run folders are named by "
+                       "it)", flag=False)
+    data: str = option("fashion_mnist", help=(
+        "'fashion_mnist', an ImageFolder root holding train/ and val/, or what "
+        "timm.data.create_dataset reads: a .tar (<split>/<class>/<image> inside), a folder "
+        "of <split>.tar or <split>/ tar shards, hfds/NAME (a local or cached Hugging Face "
+        "dataset, never downloaded; pip install 'mixpro[hf]'), wds/FOLDER (webdataset "
+        "shards; pip install 'mixpro[wds]')"))
+    data_dir: str | None = option(None, help=(
+        "Fashion-MNIST idx folder (default $MIXPRO_FASHION_MNIST or "
+        "/usr/share/datasets/fashion-mnist); for hfds/NAME the Hugging Face datasets cache "
+        "(default $HF_DATASETS_CACHE)"))
+    train_split: str = option("train", help=(
+        "training split of data (not Fashion-MNIST): a sub-folder, <name>.tar, an hfds split "
+        "or a wds split / shard pattern; 'training' is found too"))
+    val_split: str = option("val", help=(
+        "test split of data, also used by mixpro eval (not Fashion-MNIST); synonyms "
+        "validation, valid, eval, evaluation are found too, and for hfds test"))
+    train_subset: int | None = option(None, ge=2, help="train on a fixed random subset of "
+                                      "this many images")
+    subset_seed: int = option(0, ge=0, le=SEED_MAX, help="seed of that subset (the same for "
+                              "every method and seed)")
+    holdout_classes: list = option(factory=list, help=(
+        "Fashion-MNIST class indices left out of training and test, e.g. '[8, 9]'; mixpro "
+        "eval uses their test images as the OOD set"))
+    img_size: int = option(32, ge=1, help="input side in pixels")
+    in_chans: Literal[1, 3] | None = option(None, help="input channels (null: 1 for "
+                                            "Fashion-MNIST, 3 for ImageFolder)")
+    translate: int = option(0, ge=0, le=31, help="Fashion-MNIST: random shift of up to this "
+                            "many pixels (of the 32-px padded image)")
+    hflip: float = option(0.5, ge=0, le=1, help="horizontal flip probability")
+    aa: str | None = option(None, help="timm auto-augment, e.g. rand-m9-mstd0.5-inc1 "
+                            "(ImageFolder)")
+    re_prob: float = option(0.0, ge=0, le=1, help="random erasing probability (ImageFolder)")
+    interpolation: str = option("bicubic", choices=INTERPOLATIONS,
+                                help="resize interpolation (ImageFolder)")
+    crop_pct: float = option(0.875, gt=0, le=1, help="centre-crop fraction at evaluation "
+                             "(ImageFolder)")
     # model
-    model: str = "vit_tiny_patch16_224"
-    model_kwargs: dict = field(default_factory=lambda: {
-        "embed_dim": 96, "depth": 6, "num_heads": 3, "mlp_ratio": 2.0})
-    patch_size: int | None = 8  # None: the model's own
-    cls_head: str = "auto"  # auto | ca | ca_swin | none: class-attention head (no cls token)
-    drop_path: float = 0.0
-    drop_rate: float = 0.0
-    pretrained: bool = False  # timm's weights, from the local cache only
-    initial_checkpoint: str | None = None  # fine-tune from these weights (fresh runs only)
-    fine_tune: bool = False  # a fresh run refuses to start without pretrained/initial_checkpoint
-    method: str = "mixpro"
+    model: str = option("vit_tiny_patch16_224", help="any timm model name")
+    model_kwargs: dict = option(factory=lambda: {
+        "embed_dim": 96, "depth": 6, "num_heads": 3, "mlp_ratio": 2.0},
+        help="extra timm.create_model keywords, YAML, e.g. '{depth: 6}'")
+    patch_size: int | None = option(8, ge=1, help=(
+        "ViT patch size (null: the model's own); for Swin the patch embedding (4), for "
+        "ConvNets the unit of MaskMix cells"))
+    cls_head: str = option("auto", choices=CLS_HEADS, help=(
+        "class-attention head for models without a cls token (Swin, ConvNeXt, ResNet, pooled "
+        "ViTs): auto (added when the method needs attention: ca_swin for Swin, ca otherwise) "
+        "| ca (a CaiT class-attention head) | ca_swin (CA-Swin: the last Swin block re-used) "
+        "| none"))
+    drop_path: float = option(0.0, ge=0, le=1, help="stochastic depth rate")
+    drop_rate: float = option(0.0, ge=0, le=1, help="dropout rate")
+    pretrained: bool = option(False, help=(
+        "start from timm's pretrained weights of the model (from the local Hugging Face / "
+        "torch hub cache; never downloaded); the head is re-initialised for another class "
+        "count"))
+    initial_checkpoint: str | None = option(None, help=(
+        "fine-tune from the weights in this file: a mixpro train checkpoint, a plain state "
+        "dict (.pth/.pt) or .safetensors; the head is re-initialised for another class count "
+        "(ignored by --resume)"))
+    fine_tune: bool = option(False, help="a fine-tuning recipe: a fresh run refuses to start "
+                             "from random weights (give --initial-checkpoint PATH or "
+                             "--pretrained)")
+    method: str = option("mixpro", help="the mixing method (mixpro.methods.METHODS)")
 
 
-# the mixing keys: MixOptions' fields and defaults, declared once (mixpro.methods)
+# the mixing keys: MixOptions' fields, declared once (mixpro.methods), with their types resolved
+_MIX_HINTS = typing.get_type_hints(MixOptions)
 _RecipeMixing = dataclasses.make_dataclass(
     "_RecipeMixing",
-    [(f.name, f.type, field(default=f.default) if f.default is not dataclasses.MISSING
-      else field(default_factory=f.default_factory)) for f in dataclasses.fields(MixOptions)],
+    [(f.name, _MIX_HINTS[f.name], dataclasses.field(default=f.default, metadata=f.metadata))
+     for f in dataclasses.fields(MixOptions)],
     bases=(_RecipeData,))
-_RecipeMixing.__module__ = __name__  # its string annotations resolve in this module
+_RecipeMixing.__module__ = __name__
 
 
 @dataclass
@@ -91,33 +130,45 @@ class Recipe(_RecipeMixing):
     ``label_smoothing: 0.0``)."""
 
     # optimisation
-    epochs: int = 15
-    batch_size: int = 128
-    eval_batch_size: int = 512
-    eval_every: int = 1  # evaluate every N epochs (and always after the last)
-    opt: str = "adamw"
-    lr: float = 2e-3
-    weight_decay: float = 0.05
-    layer_decay: float | None = None  # layer-wise lr decay (timm create_optimizer_v2)
-    sched: str = "cosine"
-    sched_per_step: bool = True
-    warmup_epochs: int = 1
-    warmup_lr: float = 1e-5
-    min_lr: float = 1e-5
-    clip_grad: float | None = None
-    ema: bool = False
-    ema_decay: float = 0.9998
-    amp: str = "auto"  # auto (CUDA only) | on | off
+    epochs: int = option(15, ge=1, help="training epochs")
+    batch_size: int = option(128, ge=2, help="batch size per process (mixing pairs images)")
+    eval_batch_size: int = option(512, ge=1, help="evaluation batch size")
+    eval_every: int = option(1, ge=1, help="evaluate every N epochs (and after the last)")
+    opt: str = option("adamw", help="timm optimiser name")
+    lr: float = option(2e-3, gt=0, help="peak learning rate")
+    weight_decay: float = option(0.05, ge=0, help="weight decay")
+    layer_decay: float | None = option(None, gt=0, le=1, help=(
+        "layer-wise lr decay in (0, 1]: layer l of L gets lr * layer_decay^(L - l) "
+        "(null: off)"))
+    sched: str = option("cosine", help="timm scheduler name")
+    sched_per_step: bool = option(True, help="update the schedule every step instead of "
+                                  "every epoch")
+    warmup_epochs: int = option(1, ge=0, help="linear warm-up epochs")
+    warmup_lr: float = option(1e-5, ge=0, help="learning rate at the start of warm-up")
+    min_lr: float = option(1e-5, help="final learning rate of the cosine; in [0, lr]")
+    clip_grad: float | None = option(None, gt=0, help="clip the gradient norm to this "
+                                     "(null: off)")
+    ema: bool = option(False, help="keep an EMA of the weights (timm ModelEmaV3) and test "
+                       "it too")
+    ema_decay: float = option(0.9998, gt=0, lt=1, help="EMA decay")
+    amp: Literal["auto", "on", "off"] = option("auto", help="auto (CUDA only) | on | off")
     # system
-    seed: int = 0  # 0 .. 2**63-1
-    device: str = "auto"
-    threads: int | None = None  # None: cores per process (- 1 with loader workers)
-    workers: int | None = None  # None: fits the machine
-    output: str | None = None
-    tensorboard: bool = False
-    progress: bool = True
-    max_steps: int | None = None  # stop each epoch after this many steps (smoke tests)
-    checkpoint_every_steps: int | None = None  # mid-epoch recovery checkpoints
+    seed: int = option(0, ge=0, le=SEED_MAX, help="random seed")
+    device: str = option("auto", help="auto | cpu | cuda | cuda:N")
+    threads: int | None = option(None, ge=1, help=(
+        "intra-op threads (null: cores per process, minus one with loader workers); "
+        "mixpro train sets torch's thread count to it for the run"))
+    workers: int | None = option(None, ge=0, help="data-loader workers (null: fits the "
+                                 "machine)")
+    output: str | None = option(None, help="output folder (default "
+                                "runs/<recipe>-<method>-seed<seed>)")
+    tensorboard: bool = option(False, help="also write TensorBoard scalars")
+    progress: bool = option(True, help="show tqdm progress bars")
+    max_steps: int | None = option(None, ge=1, help="stop each epoch after this many steps "
+                                   "(smoke tests)")
+    checkpoint_every_steps: int | None = option(None, ge=1, help=(
+        "also save a step-exact last.pt every N steps (null: each epoch only); --resume "
+        "continues from it bit for bit"))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -137,129 +188,24 @@ class Recipe(_RecipeMixing):
         return f"{self.name}-{self.method}-seed{self.seed}"
 
 
-HELP: dict[str, str] = {
-    "data": "'fashion_mnist', an ImageFolder root holding train/ and val/, or what "
-            "timm.data.create_dataset reads: a .tar (<split>/<class>/<image> inside), a folder "
-            "of <split>.tar or <split>/ tar shards, hfds/NAME (a local or cached Hugging Face "
-            "dataset, never downloaded; pip install 'mixpro[hf]'), wds/FOLDER (webdataset "
-            "shards; pip install 'mixpro[wds]')",
-    "data_dir": "Fashion-MNIST idx folder (default $MIXPRO_FASHION_MNIST or "
-                "/usr/share/datasets/fashion-mnist); for hfds/NAME the Hugging Face datasets "
-                "cache (default $HF_DATASETS_CACHE)",
-    "train_split": "training split of data (not Fashion-MNIST): a sub-folder, <name>.tar, an "
-                   "hfds split or a wds split / shard pattern; 'training' is found too",
-    "val_split": "test split of data, also used by mixpro eval (not Fashion-MNIST); synonyms "
-                 "validation, valid, eval, evaluation are found too, and for hfds test",
-    "train_subset": "train on a fixed random subset of this many images",
-    "subset_seed": "seed of that subset (the same for every method and seed), 0..2**63-1",
-    "holdout_classes": "Fashion-MNIST class indices left out of training and test, e.g. "
-                       "'[8, 9]'; mixpro eval uses their test images as the OOD set",
-    "img_size": "input side in pixels",
-    "in_chans": "input channels (null: 1 for Fashion-MNIST, 3 for ImageFolder)",
-    "translate": "Fashion-MNIST: random shift of up to this many pixels (0..31)",
-    "hflip": "horizontal flip probability",
-    "aa": "timm auto-augment, e.g. rand-m9-mstd0.5-inc1 (ImageFolder)",
-    "re_prob": "random erasing probability (ImageFolder)",
-    "interpolation": "resize interpolation (ImageFolder): nearest | bilinear | bicubic | box | "
-                     "hamming | lanczos | random (training: bilinear or bicubic at random; "
-                     "evaluation: bilinear)",
-    "crop_pct": "centre-crop fraction at evaluation (ImageFolder)",
-    "model": "any timm model name",
-    "model_kwargs": "extra timm.create_model keywords, YAML, e.g. '{depth: 6}'",
-    "patch_size": "ViT patch size (null: the model's own); for Swin the patch embedding (4), "
-                  "for ConvNets the unit of MaskMix cells",
-    "cls_head": "class-attention head for models without a cls token (Swin, ConvNeXt, ResNet, "
-                "pooled ViTs): auto (added when the method needs attention: ca_swin for Swin, "
-                "ca otherwise) | ca (a CaiT class-attention head) | ca_swin (CA-Swin: the last "
-                "Swin block re-used) | none",
-    "drop_path": "stochastic depth rate",
-    "drop_rate": "dropout rate",
-    "pretrained": "start from timm's pretrained weights of the model (from the local Hugging "
-                  "Face / torch hub cache; never downloaded); the head is re-initialised for "
-                  "another class count",
-    "initial_checkpoint": "fine-tune from the weights in this file: a mixpro train checkpoint, "
-                          "a plain state dict (.pth/.pt) or .safetensors; the head is "
-                          "re-initialised for another class count (ignored by --resume)",
-    "fine_tune": "a fine-tuning recipe: a fresh run refuses to start from random weights "
-                 "(give --initial-checkpoint PATH or --pretrained)",
-    "method": " | ".join(METHODS),
-    "mask_strategy": "where pixels come from (MaskMix/MixPro): " + " | ".join(MASK_STRATEGIES),
-    "mask_scale": "MaskMix cell side in patches",
-    "beta": "MaskMix: tau ~ Beta(beta, beta)",
-    "mask_mode": "MaskMix: batch (paper) | positions (official) | elem",
-    "pairing": "partner of sample i: flip (paper) | randperm (official)",
-    "rounding": "cells kept from sample i: floor (paper) | ceil (official)",
-    "alpha": "PAL factor: cosine | equal | linear | parabolic | learnable | none",
-    "alpha_detach": "detach alpha (paper: unspecified; official: not detached)",
-    "pal_label_smoothing": "smoothing of PAL targets (null: label_smoothing; 0: official)",
-    "attention_norm": "MixPro lambda_attn: paper (Eq. 5, sum of m*a) | renormalize (official "
-                      "code: sum(m*a)/sum(a))",
-    "mixup_alpha": "Mixup Beta parameter (mixup, mixup_cutmix, transmix, paper)",
-    "cutmix_alpha": "CutMix Beta parameter (cutmix, mixup_cutmix, transmix, paper)",
-    "switch_prob": "probability of CutMix instead of Mixup when both are on",
-    "mix_prob": "probability of mixing a batch at all",
-    "maskmix_prob": "paper recipe: probability of MixPro instead of Mixup/CutMix",
-    "transmix_ratio": "TransMix: lam = r * lam_area + (1 - r) * lam_attn",
-    "label_smoothing": "label smoothing of the (mixed) targets",
-    "epochs": "training epochs",
-    "batch_size": "batch size per process",
-    "eval_batch_size": "evaluation batch size",
-    "eval_every": "evaluate every N epochs (and after the last)",
-    "opt": "timm optimiser name",
-    "lr": "peak learning rate",
-    "weight_decay": "weight decay",
-    "layer_decay": "layer-wise lr decay in (0, 1]: layer l of L gets lr * layer_decay^(L - l) "
-                   "(null: off)",
-    "sched": "timm scheduler name",
-    "sched_per_step": "update the schedule every step instead of every epoch",
-    "warmup_epochs": "linear warm-up epochs",
-    "warmup_lr": "learning rate at the start of warm-up",
-    "min_lr": "final learning rate of the cosine",
-    "clip_grad": "clip the gradient norm to this (null: off)",
-    "ema": "keep an EMA of the weights (timm ModelEmaV3) and test it too",
-    "ema_decay": "EMA decay",
-    "amp": "auto (CUDA only) | on | off",
-    "seed": "random seed, 0..2**63-1",
-    "device": "auto | cpu | cuda | cuda:N",
-    "threads": "intra-op threads (null: cores per process, minus one with loader workers)",
-    "workers": "data-loader workers (null: fits the machine)",
-    "output": "output folder (default runs/<recipe>-<method>-seed<seed>)",
-    "tensorboard": "also write TensorBoard scalars",
-    "progress": "show tqdm progress bars",
-    "max_steps": "stop each epoch after this many steps (smoke tests)",
-    "checkpoint_every_steps": "also save a step-exact last.pt every N steps (null: each epoch "
-                              "only); --resume continues from it bit for bit",
-}
-
+SPECS: dict[str, options.Spec] = options.specs(Recipe)
 FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(Recipe)}
-_HINTS = typing.get_type_hints(Recipe)
 
 
 def allowed_types(key: str) -> tuple[tuple[type, ...], bool]:
-    hint = _HINTS[key]
-    args = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-    optional = type(None) in args
-    kinds = tuple(typing.get_origin(a) or a for a in args if a is not type(None))
-    return kinds, optional
+    """The types a value of recipe key ``key`` may have, and whether it may be null."""
+    return SPECS[key].kinds, SPECS[key].optional
 
 
 def coerce(key: str, value: Any) -> Any:
-    """Check (and widen int → float) ``value`` for recipe field ``key``."""
-    if key not in FIELDS:
+    """Check ``value`` for recipe key ``key`` against its declaration (type, choices,
+    range; ints widened to float); :class:`ConfigError` naming the key."""
+    if key not in SPECS:
         raise ConfigError(f"unknown recipe key {key!r}{suggest(key)}")
-    kinds, optional = allowed_types(key)
-    if value is None:
-        if optional:
-            return None
-        raise ConfigError(f"{key} must not be null")
-    if float in kinds and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if int in kinds and isinstance(value, bool):
-        raise ConfigError(f"{key} must be an integer, got {value!r}")
-    if not isinstance(value, kinds):
-        names = " or ".join(k.__name__ for k in kinds) + (" or null" if optional else "")
-        raise ConfigError(f"{key} must be {names}, got {value!r}")
-    return value
+    try:
+        return SPECS[key].check(value)
+    except ArgumentError as e:
+        raise ConfigError(str(e)) from None
 
 
 def suggest(key: str) -> str:
@@ -349,10 +295,6 @@ def check_used(method: str, keys: Mapping[str, Any] | list[str]) -> None:
                           f"{'it' if len(unused) == 1 else 'them'} or pick a method that does")
 
 
-# seeds: torch takes up to 2**64 - 1, and the apps add small offsets (epoch, rank, repeat)
-SEED_MAX = 2**63 - 1
-
-
 def _device_ok(device: str) -> bool:
     """``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (whether CUDA is here is checked at start)."""
     if device in ("auto", "cpu"):
@@ -372,63 +314,19 @@ def _check(ok: bool, message: str) -> None:
 
 
 def validate(cfg: Recipe) -> None:
-    """Value checks that need no data or model (those come in :mod:`.run`)."""
+    """The checks across keys and against registries (each key's own type, choices and range
+    are checked by :func:`coerce`); those that need data or a model come in :mod:`.run`."""
     _check(cfg.method in METHODS,
            f"unknown method {cfg.method!r}; choose one of {', '.join(METHODS)}")
-    _check(cfg.epochs >= 1, f"epochs must be >= 1, got {cfg.epochs}")
-    _check(cfg.batch_size >= 2, f"batch_size must be >= 2 (mixing pairs images), got "
-           f"{cfg.batch_size}")
-    _check(cfg.eval_batch_size >= 1, "eval_batch_size must be >= 1")
-    _check(cfg.eval_every >= 1, "eval_every must be >= 1")
-    for key in ("lr", "warmup_lr", "min_lr", "weight_decay", "ema_decay", "beta",
-                "mixup_alpha", "cutmix_alpha", "crop_pct"):
-        v = getattr(cfg, key)
-        _check(math.isfinite(v), f"{key} must be a finite number, got {v}")
-    _check(cfg.lr > 0, f"lr must be > 0, got {cfg.lr}")
-    _check(cfg.warmup_lr >= 0, f"warmup_lr must be >= 0, got {cfg.warmup_lr}")
     _check(0 <= cfg.min_lr <= cfg.lr, f"min_lr must be in [0, lr={cfg.lr}], got {cfg.min_lr}")
-    _check(cfg.weight_decay >= 0, f"weight_decay must be >= 0, got {cfg.weight_decay}")
-    _check(0 < cfg.ema_decay < 1, f"ema_decay must be in (0, 1), got {cfg.ema_decay}")
-    _check(cfg.beta > 0, f"beta must be > 0, got {cfg.beta}")
-    _check(cfg.mixup_alpha >= 0 and cfg.cutmix_alpha >= 0,
-           "mixup_alpha and cutmix_alpha must be >= 0")
-    _check(0 < cfg.crop_pct <= 1, f"crop_pct must be in (0, 1], got {cfg.crop_pct}")
-    _check(cfg.mask_strategy in MASK_STRATEGIES,
-           f"mask_strategy must be one of {', '.join(sorted(MASK_STRATEGIES))}, got "
-           f"{cfg.mask_strategy!r}")
-    _check(cfg.attention_norm in ("paper", "renormalize"),
-           f"attention_norm must be paper or renormalize, got {cfg.attention_norm!r}")
     _check(0 <= cfg.warmup_epochs < cfg.epochs or cfg.warmup_epochs == 0,
            f"warmup_epochs ({cfg.warmup_epochs}) must be smaller than epochs ({cfg.epochs})")
-    _check(cfg.img_size >= 1, "img_size must be >= 1")
-    _check(cfg.patch_size is None or cfg.patch_size >= 1, "patch_size must be >= 1")
-    _check(cfg.mask_scale >= 1, "mask_scale must be >= 1")
-    _check(cfg.cls_head in CLS_HEADS,
-           f"cls_head must be one of {', '.join(CLS_HEADS)}, got {cfg.cls_head!r}")
-    for key in ("label_smoothing", "drop_path", "drop_rate", "mix_prob", "switch_prob",
-                "maskmix_prob", "transmix_ratio", "hflip", "re_prob"):
-        v = getattr(cfg, key)
-        _check(0.0 <= v <= 1.0, f"{key} must be in [0, 1], got {v}")
-    _check(cfg.amp in ("auto", "on", "off"), f"amp must be auto, on or off, got {cfg.amp!r}")
-    _check(cfg.alpha in mixpro.ALPHA_STRATEGIES,
-           f"alpha must be one of {', '.join(mixpro.ALPHA_STRATEGIES)}, got {cfg.alpha!r}")
-    _check(cfg.mask_mode in ("batch", "positions", "elem"), "mask_mode: batch|positions|elem")
-    _check(cfg.pairing in ("flip", "randperm"), "pairing must be flip or randperm")
-    _check(cfg.rounding in ("floor", "ceil"), "rounding must be floor or ceil")
     _check(_device_ok(cfg.device), f"device must be auto, cpu or cuda[:N], got {cfg.device!r}")
-    for key in ("seed", "subset_seed"):
-        v = getattr(cfg, key)
-        _check(0 <= v <= SEED_MAX, f"{key} must be in 0..2**63-1, got {v}")
-    _check(0 <= cfg.translate < 32, f"translate must be in 0..31 (pixels of the 32-px padded "
-           f"Fashion-MNIST image), got {cfg.translate}")
-    from ..data.folder import INTERPOLATIONS, check_auto_augment
+    from ..data.folder import check_auto_augment
 
-    _check(cfg.interpolation in INTERPOLATIONS, f"interpolation must be one of "
-           f"{', '.join(INTERPOLATIONS)}, got {cfg.interpolation!r}")
     _check(cfg.aa is None or check_auto_augment(cfg.aa),
            f"aa must be null or a timm auto-augment spec (rand-m9-mstd0.5-inc1, "
            f"augmix-m5-w4-d2, original, v0r, 3a, ...), got {cfg.aa!r}")
-    _check(cfg.in_chans in (None, 1, 3), "in_chans must be 1 or 3")
     for key, value in cfg.model_kwargs.items():
         hint = (" (YAML needs a space after ':', e.g. '{embed_dim: 96}')" if ":" in str(key)
                 else "")
@@ -436,7 +334,6 @@ def validate(cfg: Recipe) -> None:
                f"model_kwargs: {key!r} is not a keyword name{hint}")
         _check(value is not None, f"model_kwargs: {key} is null, and timm.create_model "
                "silently ignores null keywords: give a value or drop it")
-    _check(cfg.train_subset is None or cfg.train_subset >= 2, "train_subset must be >= 2")
     _check(bool(cfg.train_split) and bool(cfg.val_split), "train_split and val_split must "
            "not be empty")
     if cfg.holdout_classes:
@@ -450,14 +347,5 @@ def validate(cfg: Recipe) -> None:
             class_split(cfg.holdout_classes)
         except DatasetError as e:
             raise ConfigError(str(e)) from None
-    _check(cfg.max_steps is None or cfg.max_steps >= 1, "max_steps must be >= 1")
-    _check(cfg.checkpoint_every_steps is None or cfg.checkpoint_every_steps >= 1,
-           "checkpoint_every_steps must be >= 1 or null")
-    _check(cfg.clip_grad is None or cfg.clip_grad > 0, "clip_grad must be > 0 or null")
-    _check(cfg.layer_decay is None or 0 < cfg.layer_decay <= 1,
-           f"layer_decay must be in (0, 1] or null, got {cfg.layer_decay}")
     _check(not (cfg.pretrained and cfg.initial_checkpoint),
            "pretrained and initial_checkpoint both set the initial weights: choose one")
-    for key in ("threads", "workers"):
-        v = getattr(cfg, key)
-        _check(v is None or v >= (1 if key == "threads" else 0), f"{key} is out of range: {v}")

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 import mixpro
 from mixpro import checkpoint as ckpt_io
-from mixpro import files, models
+from mixpro import files, methods, models
 from mixpro._checks import ArgumentError
 from mixpro.attention import unwrap_model
 from mixpro.methods import METHODS, build_mixer
@@ -108,10 +108,11 @@ def _model(cfg: Recipe, num_classes: int, pretrained: bool = False
 def _mixer(cfg: Recipe, num_classes: int, patch: int | None, generator: torch.Generator,
            token_size: int | None = None):
     try:
-        return build_mixer(cfg.method, cfg.mix_options(), num_classes=num_classes,
+        return build_mixer(cfg.method, _mix_options(cfg), num_classes=num_classes,
                            patch_size=patch or 1, generator=generator, token_size=token_size)
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"method {cfg.method}: {e}") from None
+    except ArgumentError as e:
+        name = _RECIPE_NAMES.get(e.argument, e.argument)
+        raise ConfigError(f"method {cfg.method}: {e.renamed(name)}") from None
 
 
 def _cls_head(cfg: Recipe, model: torch.nn.Module, needs_attention: bool
@@ -211,17 +212,25 @@ def seed_epoch(cfg: Recipe, epoch: int, rank: int, mixer_gen: torch.Generator,
 
 def _build(cfg: Recipe, num_classes: int, mixer_gen: torch.Generator, pretrained: bool = False
            ) -> tuple[torch.nn.Module, dict, Any, dict | None]:
-    """The model (with its class-attention head, if any) and the mixer, their geometry
-    checked: ``(model, model_kwargs, mixer, head)``. Raises :class:`ConfigError`."""
+    """The model (with its class-attention head, if any) and the mixer, built once, their
+    geometry checked: ``(model, model_kwargs, mixer, head)``. The registry says whether the
+    method relabels with attention (so which head); the head gives the attention tokens' size
+    that token-aligned methods use. Raises :class:`ConfigError`."""
     model, model_kwargs = _model(cfg, num_classes, pretrained=pretrained)
     patch = models.patch_size(model) or cfg.patch_size
-    mixer = _mixer(cfg, num_classes, patch, mixer_gen)
-    model, head = _cls_head(cfg, model, mixer.needs_attention)
-    stride = getattr(model, "token_stride", None)
-    if stride is not None and METHODS[cfg.method].token_aligned:  # boxes on the head's tokens
-        mixer = _mixer(cfg, num_classes, patch, mixer_gen, token_size=stride)
+    needs_attention = methods.needs_attention(cfg.method, _mix_options(cfg))
+    model, head = _cls_head(cfg, model, needs_attention)
+    mixer = _mixer(cfg, num_classes, patch, mixer_gen,
+                   token_size=getattr(model, "token_stride", None))
     _check_geometry(cfg, patch, model, mixer.needs_attention)
     return model, model_kwargs, mixer, head
+
+
+def _mix_options(cfg: Recipe) -> methods.MixOptions:
+    try:
+        return cfg.mix_options()
+    except ArgumentError as e:
+        raise ConfigError(str(e)) from None
 
 
 def check(cfg: Recipe) -> None:
