@@ -43,12 +43,8 @@ import torch
 
 from . import (
     ClsAttention,
-    CutMix,
-    MaskMix,
-    MixPro,
     Mixup,
     NoMix,
-    TransMix,
     options,
     soft_target_cross_entropy,
 )
@@ -178,13 +174,14 @@ def interleaved(
 
 
 def _mixers(num_classes: int, patch: int, scale: int) -> dict[str, object]:
-    return {
-        "mixup": Mixup(mixup_alpha=0.8, num_classes=num_classes),
-        "cutmix": CutMix(num_classes=num_classes),
-        "transmix": TransMix(mixup_alpha=0.0, num_classes=num_classes, patch_size=patch),
-        "maskmix": MaskMix(num_classes=num_classes, patch_size=patch, mask_scale=scale),
-        "mixpro": MixPro(num_classes=num_classes, patch_size=patch, mask_scale=scale),
-    }
+    """Every registered method that needs only the batch (:data:`mixpro.methods.METHODS`),
+    built as ``mixpro train`` builds it (its default options, ``mask_scale=scale``)."""
+    from .methods import METHODS, MixOptions, build_mixer
+
+    opts = MixOptions(mask_scale=scale)
+    return {name: build_mixer(name, opts, num_classes=num_classes, patch_size=patch,
+                              generator=torch.Generator().manual_seed(0))
+            for name, m in METHODS.items() if not m.helpers}
 
 
 # The same job in each library: (job, our mixer, timm.data.Mixup keywords, torchvision class)

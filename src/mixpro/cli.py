@@ -55,6 +55,36 @@ def add_option_arguments(parser: argparse.ArgumentParser | Any, cls: type) -> No
         parser.add_argument(flag(name), **kw)
 
 
+def options_markdown() -> str:
+    """``docs/options.md``: every declared option of every sub-command, as tables (made from
+    the declarations; ``tests/test_declared_once.py`` checks the committed file is this)."""
+    from .bench import BenchOptions
+    from .evaluate.figures import FigureOptions
+    from .evaluate.run import EvalOptions
+    from .options import flag, table
+    from .train.recipe import Recipe
+
+    parts = ["# Options\n",
+             "Made from the declarations (`mixpro.options.option`); regenerate with "
+             "`python -c \"import mixpro.cli as c; c.write_options_doc()\"`.\n",
+             "## `mixpro train` / `mixpro compare`: recipe keys\n",
+             "Every key is a flag (`--key-name V`, values parsed as YAML) and a YAML recipe key. "
+             "The mixing keys are `mixpro.methods.MixOptions`; which method uses which is in "
+             "`mixpro train --help`.\n",
+             table(Recipe, names=lambda n: n, skip=("name",))]
+    for title, cls in (("mixpro eval", EvalOptions), ("mixpro figures", FigureOptions),
+                       ("mixpro bench", BenchOptions)):
+        parts += [f"## `{title}`\n", table(cls, names=flag)]
+    return "\n".join(parts)
+
+
+def write_options_doc(path: str = "docs/options.md") -> None:
+    """Write :func:`options_markdown` to ``path``."""
+    from .files import atomic_write_text
+
+    atomic_write_text(options_markdown(), path)
+
+
 def _methods_epilog() -> str:
     from .methods import METHODS
 

@@ -168,7 +168,7 @@ class Mixer(ABC):
 
 
 @dataclass(eq=False, kw_only=True)
-class _Labelled(Mixer):
+class LabelledMixer(Mixer):
     """The keywords of every non-timm mixer (timm's :class:`Mixup` orders them its way)."""
 
     num_classes: int
@@ -177,7 +177,7 @@ class _Labelled(Mixer):
 
 
 @dataclass(eq=False, kw_only=True)
-class NoMix(_Labelled):
+class NoMix(LabelledMixer):
     """No mixing; targets are the smoothed one-hot labels (the baseline, same return type)."""
 
     method: ClassVar[str] = "none"
@@ -197,7 +197,7 @@ class NoMix(_Labelled):
 
 
 @dataclass(eq=False, kw_only=True)
-class MaskMix(_Labelled):
+class MaskMix(LabelledMixer):
     """MaskMix (paper §3.2): a random grid mask whose cell is ``mask_scale × patch_size`` px.
 
     ``x̃ = M⊙x_i + (1-M)⊙x_j``: exactly ⌊S·τ⌋ of the S cells keep sample ``i`` (M = 1),

@@ -43,6 +43,12 @@ def option(default: Any = MISSING, *, help: str, choices: Sequence[Any] | None =
     return dataclasses.field(default=default, metadata=meta)
 
 
+def _bound(x: float) -> str:
+    if x == SEED_MAX:
+        return "2**63-1"
+    return str(x) if isinstance(x, int) else f"{x:g}"
+
+
 @dataclass(frozen=True)
 class Spec:
     """One declared option, read back from its field (see :func:`option`)."""
@@ -65,10 +71,10 @@ class Spec:
         """The allowed values in words (``one of a, b``, ``in [0, 1]``, ``>= 1``), or ''."""
         if self.choices is not None:
             return "one of " + ", ".join(map(str, self.choices))
-        lo = (f"[{self.ge:g}" if self.ge is not None else
-              f"({self.gt:g}" if self.gt is not None else None)
-        hi = (f"{self.le:g}]" if self.le is not None else
-              f"{self.lt:g})" if self.lt is not None else None)
+        lo = (f"[{_bound(self.ge)}" if self.ge is not None else
+              f"({_bound(self.gt)}" if self.gt is not None else None)
+        hi = (f"{_bound(self.le)}]" if self.le is not None else
+              f"{_bound(self.lt)})" if self.lt is not None else None)
         if lo and hi:
             return f"in {lo}, {hi}"
         if lo:
