@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from mixpro.data import DatasetError
-from mixpro.data.sources import eval_data, training_data
+from mixpro.data.factory import eval_data, training_data
 
 
 def _png(seed: int, size: tuple[int, int] = (20, 24)) -> bytes:

@@ -9,7 +9,7 @@ import timm
 import torch
 
 from mixpro.cli import main
-from mixpro.data.sources import Normalize
+from mixpro.data.factory import Normalize
 from mixpro.plots import evaluation, paper
 
 KW = dict(img_size=32, patch_size=4, in_chans=1, depth=1, embed_dim=16, num_heads=2)

@@ -7,7 +7,7 @@ import timm
 import torch
 
 import mixpro
-from mixpro.data.sources import Normalize
+from mixpro.data.factory import Normalize
 from mixpro.evaluate import occlusion as O
 
 E1 = torch.tensor([[0.05, 0.20, 0.10, 0.15]])

@@ -16,8 +16,8 @@ import torch
 from PIL import Image
 
 from mixpro.data import DatasetError
+from mixpro.data.factory import eval_data, training_data
 from mixpro.data.folder import scan_classes
-from mixpro.data.sources import eval_data, training_data
 
 W = 16
 RAMP = np.round(np.arange(W) * 65535 / (W - 1)).astype(np.uint16)  # 0 .. 65535 across columns

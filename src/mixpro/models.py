@@ -34,7 +34,12 @@ CLS_HEADS = ("auto", "ca", "ca_swin", "none")
 
 
 class ModelError(UserError):
-    """An unknown timm name or keywords the model does not take."""
+    """An unknown timm name or keywords the model does not take (``keywords_refused``: the
+    model's constructor refused a keyword, a ``TypeError``)."""
+
+    def __init__(self, message: str, *, keywords_refused: bool = False) -> None:
+        super().__init__(message)
+        self.keywords_refused = keywords_refused
 
 
 
@@ -79,13 +84,17 @@ def create_model(
             try:
                 model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes,
                                           **kwargs, **train_kwargs)
-            except TypeError as e:
-                if "img_size" not in str(e) and "patch_size" not in str(e):
+            except TypeError as refused:
+                # ConvNets take no img_size / patch_size: without them, or the first error
+                plain = {k: v for k, v in kwargs.items() if k not in ("img_size", "patch_size")}
+                if plain == kwargs:
                     raise
-                # ConvNets take no img_size / patch_size
-                kwargs = {k: v for k, v in kwargs.items() if k not in ("img_size", "patch_size")}
-                model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes,
-                                          **kwargs, **train_kwargs)
+                try:
+                    model = timm.create_model(name, pretrained=pretrained,
+                                              num_classes=num_classes, **plain, **train_kwargs)
+                except TypeError:
+                    raise refused from None
+                kwargs = plain
     except OSError:  # huggingface_hub's LocalEntryNotFoundError: not in the cache
         if not pretrained:
             raise
@@ -96,7 +105,8 @@ def create_model(
     except (TypeError, ValueError, AssertionError, RuntimeError) as e:
         weights = " and timm's pretrained weights" if pretrained else ""
         raise ModelError(f"cannot build model {name} with {kwargs}{weights}: "
-                         f"{_load_error(e)}") from None
+                         f"{_load_error(e)}", keywords_refused=isinstance(e, TypeError)
+                         ) from None
     if img_size is not None and "img_size" not in kwargs:
         _set_input_size(model, img_size)
     return model, kwargs

@@ -4,7 +4,7 @@
   held-out class split).
 * :mod:`.folder` — ImageFolder trees (``train/``, ``val/``) with timm's transforms.
 * :mod:`.glyphs` — typeset letters, the far-OOD set for Fashion-MNIST.
-* :mod:`.sources` — what the apps call: :func:`training_data` (train + test splits, classes,
+* :mod:`.factory` — what the apps call: :func:`training_data` (train + test splits, classes,
   normalisation), :func:`eval_data`, :func:`ood_data`, :class:`Normalize`.
 
 All raise :class:`DatasetError` (a one-line user error) for missing or corrupt data.

@@ -46,6 +46,7 @@ from timm.data.readers.reader import Reader
 from timm.data.readers.reader_image_in_tar import ReaderImageInTar
 from torch.utils.data import Dataset
 
+from ..errors import first_line
 from . import DatasetError
 from .folder import (
     EVAL_SPLITS,
@@ -103,10 +104,6 @@ def require(module: str, extra: str, what: str) -> ModuleType:
                            f"'mixpro[{extra}]'") from None
 
 
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
-
-
 class MultiHot:
     """Class indices → multi-hot float32 target ``(num_classes,)``."""
 
@@ -157,7 +154,7 @@ def _tar_reader(path: Path) -> TarReader:
     except ValueError:  # timm unpacks an empty sample list
         raise DatasetError(f"{path}: no images in the tar(s) (expected <class>/<image>)") from None
     except (OSError, tarfile.TarError) as e:
-        raise DatasetError(f"{path}: unreadable tar ({_first_line(e)})") from None
+        raise DatasetError(f"{path}: unreadable tar ({first_line(e)})") from None
 
 
 def _classes(reader: TarReader, targets: np.ndarray | None = None) -> list[str]:
@@ -236,7 +233,7 @@ def _hf_load(name: str, cache_dir: str | None) -> Mapping[str, Any]:
                 loaded = datasets.load_dataset(name, cache_dir=cache_dir)
     except Exception as e:  # datasets raises OSError, ValueError, its own errors, ...
         if path.exists():
-            raise DatasetError(f"{where}: cannot load ({_first_line(e)})") from None
+            raise DatasetError(f"{where}: cannot load ({first_line(e)})") from None
         cache = cache_dir or datasets.config.HF_DATASETS_CACHE
         raise DatasetError(f"{where}: not a local dataset and not in the Hugging Face cache "
                            f"{cache} (mixpro never downloads: load it once with "
@@ -349,7 +346,7 @@ class WdsReader(Reader):
                             group["image"] = ti
             except (OSError, tarfile.TarError, ValueError) as e:
                 raise DatasetError(f"{shard}: unreadable webdataset shard "
-                                   f"({_first_line(e)})") from None
+                                   f"({first_line(e)})") from None
             for group in groups.values():
                 if "image" in group and group.get("cls", -1) >= 0:
                     self.samples.append((i, group["image"]))
@@ -391,7 +388,7 @@ def _wds_splits(root: str, splits: Sequence[str]) -> tuple[list[Reader], list[st
         try:
             files = _parse_split_info(name, info).filenames
         except (RuntimeError, KeyError, ValueError) as e:
-            raise DatasetError(f"{where}: split {split!r} not found ({_first_line(e)}); give "
+            raise DatasetError(f"{where}: split {split!r} not found ({first_line(e)}); give "
                                "an _info.json or the split as a shard pattern, e.g. "
                                "'train-{000..009}.tar'") from None
         readers.append(WdsReader([os.path.join(root, f) for f in files]))

@@ -2,7 +2,7 @@
 
 Owns the command's options (:class:`FigureOptions`), its checks (one-line
 :class:`FigureError`) and :func:`make_figures`: it loads the checkpoint
-(:mod:`mixpro.checkpoint`), picks images (:mod:`mixpro.data.sources`) and draws them
+(:mod:`mixpro.checkpoint`), picks images (:mod:`mixpro.data.factory`) and draws them
 (:mod:`mixpro.plots.paper`).
 """
 
@@ -16,8 +16,9 @@ import torch
 
 import mixpro
 from mixpro import models, options
+from mixpro._checks import ArgumentError
 from mixpro.checkpoint import load_model
-from mixpro.data.sources import (
+from mixpro.data.factory import (
     EvalData,
     Normalize,
     checkpoint_stats,
@@ -26,7 +27,7 @@ from mixpro.data.sources import (
     holdout_of,
 )
 from mixpro.errors import UserError
-from mixpro.options import SEED_MAX, option
+from mixpro.options import SEED_MAX, flag, option
 from mixpro.plots.paper import (
     AttentionFigure,
     mask_strategies,
@@ -143,7 +144,7 @@ def make_figures(options: FigureOptions) -> list[Path]:
         try:
             mixpro.ClsAttention(model).remove()
         except mixpro.NoClsAttentionError as e:
-            raise FigureError(f"{o.checkpoint}: {str(e).split(':')[0]}") from None
+            raise FigureError(f"{o.checkpoint}: {e.reason}") from None
     else:
         size, chans, patch = (o.image_size, o.image_size), 1, o.patch_size
     cfg = config or {}
@@ -154,11 +155,9 @@ def make_figures(options: FigureOptions) -> list[Path]:
     if model is not None and getattr(model, "token_stride", None) is not None:
         try:  # a class-attention head: MaskMix cells must be whole last-stage tokens
             mixpro.check_mask_geometry(model, patch, scale, size)
-        except ValueError as e:
-            msg = str(e)
-            if msg.startswith("mask_scale"):
-                msg = "--mask-scale" + msg[len("mask_scale"):]
-            raise FigureError(f"{o.checkpoint}: {msg}") from None
+        except ArgumentError as e:
+            raise FigureError(f"{o.checkpoint}: {e.renamed(flag(e.argument))}"
+                              ) from None
     recipe = (config or {}).get("recipe") or {}
     spec = data_spec(o.data, config)
     data = eval_data(spec, img_size=size, in_chans=chans, split=recipe.get("val_split"),

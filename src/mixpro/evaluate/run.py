@@ -5,7 +5,7 @@ Owns the evaluation's options (:class:`EvalOptions`), the checks that run before
 top-1/top-5, RMS calibration error, AURRA, OOD AUPRC/AUROC, PatchDrop occlusion) and
 :func:`evaluate_checkpoints`, the Python entry point that writes ``eval.json`` and the
 occlusion PNG. Checkpoints come from :mod:`mixpro.checkpoint`, data from
-:mod:`mixpro.data.sources`, the table from :mod:`.report`, the plot from :mod:`mixpro.plots`.
+:mod:`mixpro.data.factory`, the table from :mod:`.report`, the plot from :mod:`mixpro.plots`.
 
 Default OOD set for Fashion-MNIST: typeset letters (:mod:`mixpro.data.glyphs`), or the
 held-out classes of a checkpoint trained with ``holdout_classes``.
@@ -35,7 +35,7 @@ from mixpro.checkpoint import (
     read_state_dict,
 )
 from mixpro.data import DatasetError, folder
-from mixpro.data.sources import (
+from mixpro.data.factory import (
     EvalData,
     Normalize,
     checkpoint_stats,
@@ -282,7 +282,7 @@ def prepare(checkpoints: list[str], o: EvalOptions) -> list[Job]:
                 except NoClsAttentionError as e:
                     src = o.saliency or path
                     raise EvalError(f"salient PatchDrop needs cls attention from {src}: "
-                                    f"{str(e).split(':')[0]}") from None
+                                    f"{e.reason}") from None
                 from .occlusion import pool_attention
 
                 pool_attention(torch.zeros(1, saliency.grid[0] * saliency.grid[1]),

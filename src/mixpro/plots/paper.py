@@ -10,7 +10,7 @@ Owns:
   the token sources drawn; red tokens hold pixels of both images (paper Fig. 1).
 
 ``normalize`` arguments map ``[0, 1]`` images to the model's input (e.g.
-:class:`mixpro.data.sources.Normalize`).
+:class:`mixpro.data.factory.Normalize`).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The data side of a run: datasets from a recipe, the per-epoch index batches, the loaders,
 and how many threads and loader workers a process gets.
 
-Owns :func:`datasets` (the recipe's keys → :func:`mixpro.data.sources.training_data`),
+Owns :func:`datasets` (the recipe's keys → :func:`mixpro.data.factory.training_data`),
 :class:`EpochBatches` (a resumed epoch skips trained batches without loading them),
 :func:`loaders` and :func:`auto_threads` / :func:`auto_workers`.
 """
@@ -13,7 +13,7 @@ import os
 
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 
-from mixpro.data.sources import TrainingData, is_fashion_mnist, training_data
+from mixpro.data.factory import TrainingData, is_fashion_mnist, training_data
 
 from . import distributed
 from .recipe import Recipe

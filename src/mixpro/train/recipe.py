@@ -24,7 +24,7 @@ import yaml
 from mixpro import options
 from mixpro._checks import ArgumentError
 from mixpro.data.folder import INTERPOLATIONS
-from mixpro.errors import UserError
+from mixpro.errors import UserError, first_line
 from mixpro.methods import METHODS, OPTION_NAMES, MixOptions, ignored_options
 from mixpro.models import CLS_HEADS
 from mixpro.options import SEED_MAX, option
@@ -232,7 +232,7 @@ def read_yaml(recipe: str) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"cannot read recipe {path}: {str(e).splitlines()[0]}") from None
+        raise ConfigError(f"cannot read recipe {path}: {first_line(e)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"recipe {path} must be a mapping of keys to values")
     data.setdefault("name", path.stem)

@@ -33,6 +33,7 @@ from mixpro import checkpoint as ckpt_io
 from mixpro import files, methods, models
 from mixpro._checks import ArgumentError
 from mixpro.attention import unwrap_model
+from mixpro.errors import first_line
 from mixpro.methods import METHODS, build_mixer
 
 from . import distributed
@@ -100,7 +101,7 @@ def _model(cfg: Recipe, num_classes: int, pretrained: bool = False
             pretrained=pretrained, drop_path_rate=cfg.drop_path, drop_rate=cfg.drop_rate)
     except models.ModelError as e:
         hint = ""
-        if cfg.model_kwargs and "unexpected keyword argument" in str(e):
+        if cfg.model_kwargs and e.keywords_refused:
             hint = f" (model_kwargs: set the keywords of {cfg.model}, e.g. --model-kwargs '{{}}')"
         raise ConfigError(f"{e}{hint}") from None
 
@@ -317,7 +318,7 @@ def _prepare(cfg: Recipe, info: distributed.DistInfo, out: Path, resume_path: Pa
             warmup_lr=cfg.warmup_lr, min_lr=cfg.min_lr, step_on_epochs=not cfg.sched_per_step,
             updates_per_epoch=steps)
     except (ValueError, AssertionError, KeyError) as e:
-        raise ConfigError(f"optimizer/scheduler: {str(e).splitlines()[0]}") from None
+        raise ConfigError(f"optimizer/scheduler: {first_line(e)}") from None
     if scheduler is None:
         raise ConfigError(f"unknown scheduler {cfg.sched!r}")
     amp_dtype, use_scaler = _amp(cfg, info.device)
