@@ -107,17 +107,17 @@ def test_index_list_errors(tmp_path):
     f = tmp_path / "idx.txt"
     f.write_text("1, 3, 4\n")
     assert M.load_index_list(f, num_logits=5, num_labels=3) == [1, 3, 4]
-    with pytest.raises(M.IndexListError, match="has 3 entries but the dataset has 200"):
+    with pytest.raises(M.MetricInputError, match="has 3 entries but the dataset has 200"):
         M.load_index_list(f, num_logits=5, num_labels=200)
-    with pytest.raises(M.IndexListError, match="outside 0..3"):
+    with pytest.raises(M.MetricInputError, match="outside 0..3"):
         M.load_index_list(f, num_logits=4)
     f.write_text("1 1 2")
-    with pytest.raises(M.IndexListError, match="repeated"):
+    with pytest.raises(M.MetricInputError, match="repeated"):
         M.load_index_list(f, num_logits=5)
     f.write_text("1 x 2")
-    with pytest.raises(M.IndexListError, match="non-integer"):
+    with pytest.raises(M.MetricInputError, match="non-integer"):
         M.load_index_list(f, num_logits=5)
-    with pytest.raises(M.IndexListError, match="cannot read"):
+    with pytest.raises(M.MetricInputError, match="cannot read"):
         M.load_index_list(tmp_path / "missing.txt", num_logits=5)
 
 

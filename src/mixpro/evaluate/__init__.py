@@ -11,7 +11,6 @@ The commands (:mod:`.run`, :mod:`.figures`) are not imported here. The app impor
 """
 
 from .metrics import (
-    IndexListError,
     MetricInputError,
     auprc,
     auroc,
@@ -37,7 +36,6 @@ from .occlusion import (
 
 __all__ = [
     "ClsSaliency",
-    "IndexListError",
     "MetricInputError",
     "OcclusionError",
     "auprc",

@@ -24,9 +24,11 @@ from typing import Literal
 import numpy as np
 import torch
 
+from mixpro.errors import UserError
+
 __all__ = [
     "MetricInputError",
-    "IndexListError",
+    "MetricInputError",
     "aurra",
     "auprc",
     "auroc",
@@ -43,12 +45,9 @@ Norm = Literal["2", "1", "infty"]
 ArrayLike = np.ndarray | torch.Tensor | Sequence[float]
 
 
-class MetricInputError(ValueError):
-    """Inputs a metric cannot be computed on (shape mismatch, too few samples, ...)."""
-
-
-class IndexListError(MetricInputError):
-    """A class index list that does not fit the model (wrong length, out of range, repeats)."""
+class MetricInputError(UserError):
+    """Inputs a metric cannot be computed on (shape mismatch, too few samples, a class index
+    list that does not fit the model, ...): a one-line user error of ``mixpro eval``."""
 
 
 def _np(x: ArrayLike, name: str, dtype=np.float64) -> np.ndarray:
@@ -107,13 +106,13 @@ def subset_logits(logits: torch.Tensor, indices: Sequence[int] | torch.Tensor) -
     idx = torch.as_tensor(indices, dtype=torch.long).flatten()
     k = logits.shape[-1]
     if idx.numel() == 0:
-        raise IndexListError("the class index list is empty")
+        raise MetricInputError("the class index list is empty")
     if int(idx.min()) < 0 or int(idx.max()) >= k:
-        raise IndexListError(
+        raise MetricInputError(
             f"class index list has values outside 0..{k - 1} of the model's {k} logits"
         )
     if idx.unique().numel() != idx.numel():
-        raise IndexListError("class index list has repeated indices")
+        raise MetricInputError("class index list has repeated indices")
     return logits.index_select(-1, idx.to(logits.device))
 
 
@@ -126,13 +125,13 @@ def load_index_list(
     try:
         text = Path(path).read_text()
     except OSError as e:
-        raise IndexListError(f"cannot read class index list {path}: {e.strerror}") from None
+        raise MetricInputError(f"cannot read class index list {path}: {e.strerror}") from None
     try:
         idx = [int(t) for t in text.replace(",", " ").split()]
     except ValueError:
-        raise IndexListError(f"class index list {path} holds non-integer entries") from None
+        raise MetricInputError(f"class index list {path} holds non-integer entries") from None
     if num_labels is not None and len(idx) != num_labels:
-        raise IndexListError(
+        raise MetricInputError(
             f"class index list {path} has {len(idx)} entries but the dataset has "
             f"{num_labels} classes"
         )

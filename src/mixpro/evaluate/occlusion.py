@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from mixpro import ClsAttention, models
+from mixpro.errors import UserError
 
 __all__ = [
     "DROP_MODES",
@@ -55,8 +56,8 @@ DEFAULT_LEVELS: dict[str, tuple[float, ...]] = {
 }
 
 
-class OcclusionError(ValueError):
-    """Occlusion settings that do not fit the images or the models."""
+class OcclusionError(UserError):
+    """Occlusion settings that do not fit the images or the models (a one-line user error)."""
 
 
 Grid = tuple[int, int]

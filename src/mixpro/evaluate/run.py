@@ -49,7 +49,7 @@ from mixpro.errors import UserError
 from mixpro.options import SEED_MAX, option
 
 from . import metrics
-from .occlusion import DROP_MODES, ClsSaliency, OcclusionError, model_grid, occlusion_sweep
+from .occlusion import DROP_MODES, ClsSaliency, model_grid, occlusion_sweep
 from .report import format_table
 
 __all__ = ["EVALS", "INTERPOLATIONS", "EvalError", "EvalOptions", "check_device", "check_seed",
@@ -382,7 +382,7 @@ def evaluate_checkpoints(checkpoints: list[str], options: EvalOptions = EvalOpti
     o = options
     try:
         jobs = prepare(list(checkpoints), o)
-    except (metrics.MetricInputError, OcclusionError, NoClsAttentionError) as e:
+    except NoClsAttentionError as e:  # the core's; the app's own errors are UserErrors
         raise EvalError(str(e)) from None
     torch.manual_seed(o.seed)
     out = Path(o.out)
