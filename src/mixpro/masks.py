@@ -80,6 +80,17 @@ def _random_cells(
     return torch.zeros_like(first).scatter_(1, order, first)
 
 
+def _tiling(unit: int | tuple[int, int], name: str, image_size: tuple[int, int]
+            ) -> tuple[tuple[int, int], tuple[int, int]]:
+    """``(unit (uh, uw), image (h, w))`` after checking that ``unit`` px tiles the image
+    (an :class:`~mixpro._checks.ArgumentError` naming ``name`` otherwise)."""
+    uh, uw = _checks.pair(unit, name)
+    h, w = image_size
+    if h % uh or w % uw:
+        raise _checks.ArgumentError(name, f"{(uh, uw)} does not tile the image size {(h, w)}")
+    return (uh, uw), (h, w)
+
+
 def _edges(size: int, cell: int, offset: int) -> tuple[int, ...]:
     """Cell boundaries of a grid of ``cell`` pixels shifted by ``offset`` (clipped to 0..size)."""
     inner = range(cell - offset if offset else cell, size, cell)
@@ -314,10 +325,7 @@ class BlockMasks:
         device: torch.device,
         generator: torch.Generator | None = None,
     ) -> CellMask:
-        ph, pw = _checks.pair(self.patch, "patch")
-        h, w = image_size
-        if h % ph or w % pw:
-            raise ValueError(f"patch {(ph, pw)} does not tile the image size {(h, w)}")
+        (ph, pw), (h, w) = _tiling(self.patch, "patch", image_size)
         nh, nw = h // ph, w // pw
         n, dev = ratio.shape[0], ratio.device
         target = (ratio.double() * nh * nw).floor().long()
@@ -388,10 +396,7 @@ class ShuffleMasks:
         device: torch.device,
         generator: torch.Generator | None = None,
     ) -> ShuffledMask:
-        th, tw = _checks.pair(self.tile, "tile")
-        h, w = image_size
-        if h % th or w % tw:
-            raise ValueError(f"tile {(th, tw)} does not tile the image size {(h, w)}")
+        (th, tw), (h, w) = _tiling(self.tile, "tile", image_size)
         mask = self.base(ratio, image_size, device=device, generator=generator)
         if not isinstance(mask, CellMask):
             raise TypeError(f"base must return a CellMask, got {type(mask).__name__}")
