@@ -16,7 +16,8 @@ normalisation statistics of each source:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,26 @@ def data_here(spec: str) -> bool:
     """Whether the data ``spec`` names can be here: Fashion-MNIST, ``hfds/`` and ``wds/`` names
     (checked when loaded), else an existing path."""
     return is_fashion_mnist(spec) or formats.kind(spec) in formats.PREFIXES or Path(spec).exists()
+
+
+def checkpoint_data(given: str | None, config: Mapping[str, Any] | None,
+                    checkpoint: str | os.PathLike) -> str:
+    """The data to evaluate or draw a checkpoint on: ``given`` (``--data``), else the data it
+    was trained on (its recipe's ``data``; an ImageFolder or tar must still be here), with
+    the embedded Fashion-MNIST as ``fashion-mnist``.
+
+    Raises:
+        DatasetError: the training data is not here (pass ``--data``).
+    """
+    if given is not None:
+        return given
+    trained_on = str(((config or {}).get("recipe") or {}).get("data", "fashion-mnist"))
+    if is_fashion_mnist(trained_on):
+        return "fashion-mnist"
+    if not data_here(trained_on):
+        raise DatasetError(f"checkpoint {checkpoint} was trained on the data {trained_on}, "
+                           "which is not here; pass --data with its location")
+    return trained_on
 
 
 def stats(spec: str, in_chans: int) -> tuple[list[float], list[float]]:
@@ -254,6 +275,7 @@ __all__ = [
     "EvalData",
     "Normalize",
     "TrainingData",
+    "checkpoint_data",
     "checkpoint_stats",
     "data_here",
     "eval_data",

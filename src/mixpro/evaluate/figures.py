@@ -21,8 +21,8 @@ from mixpro.checkpoint import load_model
 from mixpro.data.factory import (
     EvalData,
     Normalize,
+    checkpoint_data,
     checkpoint_stats,
-    data_here,
     eval_data,
     holdout_of,
 )
@@ -79,21 +79,6 @@ def _check_classes(o: FigureOptions, spec: str, data: EvalData, num_classes: int
         raise FigureError(f"--data {spec} classes differ from --checkpoint {o.checkpoint}: "
                           f"class {i} is {data.classes[i]!r} in the data, {want[i]!r} in the "
                           "checkpoint")
-
-
-def data_spec(given: str | None, config: dict | None) -> str:
-    """The data to draw images from: ``given``, else the checkpoint's training data (an
-    ImageFolder must still exist), else the embedded Fashion-MNIST."""
-    if given is not None:
-        return given
-    recipe = (config or {}).get("recipe") or {}
-    trained_on = str(recipe.get("data", "fashion_mnist"))
-    if trained_on in ("fashion_mnist", "fashion-mnist"):
-        return "fashion-mnist"
-    if not data_here(trained_on):
-        raise FigureError(f"the checkpoint was trained on the data {trained_on}, which "
-                          "is not here; pass --data with its location")
-    return trained_on
 
 
 def _pick(data: EvalData, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -159,7 +144,7 @@ def make_figures(options: FigureOptions) -> list[Path]:
             raise FigureError(f"{o.checkpoint}: {e.renamed(flag(e.argument))}"
                               ) from None
     recipe = (config or {}).get("recipe") or {}
-    spec = data_spec(o.data, config)
+    spec = checkpoint_data(o.data, config, o.checkpoint)
     data = eval_data(spec, img_size=size, in_chans=chans, split=recipe.get("val_split"),
                      holdout=holdout_of(recipe))  # a checkpoint's own classes only
     out = Path(o.out)

@@ -38,11 +38,10 @@ from mixpro.data import DatasetError, folder
 from mixpro.data.factory import (
     EvalData,
     Normalize,
+    checkpoint_data,
     checkpoint_stats,
-    data_here,
     eval_data,
     holdout_of,
-    is_fashion_mnist,
     ood_data,
 )
 from mixpro.errors import UserError
@@ -52,7 +51,7 @@ from . import metrics
 from .occlusion import DROP_MODES, ClsSaliency, model_grid, occlusion_sweep
 from .report import format_table
 
-__all__ = ["EVALS", "INTERPOLATIONS", "EvalError", "EvalOptions", "check_device", "check_seed",
+__all__ = ["EVALS", "INTERPOLATIONS", "EvalError", "EvalOptions", "check_device",
            "evaluate_checkpoints", "format_table", "prepare"]
 
 EVALS = ("clean", "ood", "occlusion")
@@ -176,24 +175,6 @@ def _check_classes(path: str, config: dict, num_logits: int, data: EvalData,
         )
 
 
-def _data_spec(given: str | None, config: dict, path: str) -> str:
-    if given is not None:
-        return given
-    trained_on = str((config.get("recipe") or {}).get("data", "fashion-mnist"))
-    if is_fashion_mnist(trained_on):
-        return "fashion-mnist"
-    if not data_here(trained_on):
-        raise EvalError(f"checkpoint {path} was trained on the data {trained_on}, "
-                        "which is not here; pass --data with its location")
-    return trained_on
-
-
-def check_seed(seed: object, flag: str = "--seed", error: type[UserError] = EvalError) -> None:
-    """``error`` (naming ``flag``) unless ``seed`` is an int in ``0 .. 2**63-1``."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
-        raise error(f"{flag} must be an integer in 0..2**63-1, got {seed!r}")
-
-
 def check_device(device: object, flag: str = "--device") -> None:
     """:class:`EvalError` unless ``device`` is ``cpu`` or a CUDA device that is here."""
     try:
@@ -242,7 +223,7 @@ def prepare(checkpoints: list[str], o: EvalOptions) -> list[Job]:
         model.to(o.device)
         img, chans = models.image_size(model), models.in_chans(model)
         holdout = holdout_of(config.get("recipe") or {})
-        spec = _data_spec(o.data, config, path)
+        spec = checkpoint_data(o.data, config, path)
         data = eval_data(spec, img_size=img, in_chans=chans, interpolation=o.interpolation,
                          data_dir=o.data_dir, holdout=holdout,
                          split=(config.get("recipe") or {}).get("val_split"))
