@@ -5,6 +5,8 @@ The core (masks, labels, mixers, attention probe, loss) never imports the apps.
 
 from ._kernels import set_single_thread_loops
 from .attention import AttentionOrigin, ClsAttention, NoClsAttentionError, attention_origin
+from .fmix import FMix
+from .gridmixup import GridMixup
 from .heads import (
     ClassAttentionClassifier,
     check_mask_geometry,
@@ -43,6 +45,7 @@ from .mixers import (
     paper_recipe,
 )
 from .pixels import CellMask, ShuffledMask
+from .resizemix import ResizeMix
 from .strategies import MASK_STRATEGIES, make_mask_strategy
 
 __version__ = "0.1.0"
@@ -58,6 +61,8 @@ __all__ = [
     "ConstantAlpha",
     "CosineAlpha",
     "CutMix",
+    "FMix",
+    "GridMixup",
     "GridMasks",
     "LearnableAlpha",
     "LinearAlpha",
@@ -71,6 +76,7 @@ __all__ = [
     "NoMix",
     "ParabolicAlpha",
     "RandomChoice",
+    "ResizeMix",
     "ShuffleMasks",
     "ShuffledMask",
     "TransMix",

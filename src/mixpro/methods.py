@@ -19,11 +19,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields, replace
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
 from . import options
+from .fmix import FourierMasks
+from .gridmixup import GridMixupMasks
 from .labels import ALPHA_STRATEGIES, AttentionNorm
 from .mixers import (
     CutMix,
@@ -39,6 +41,7 @@ from .mixers import (
     TransMix,
 )
 from .options import option
+from .resizemix import ResizeBoxes
 from .strategies import MASK_STRATEGIES, make_mask_strategy
 
 AnyMixer = Mixer | RandomChoice
@@ -81,6 +84,15 @@ class MixOptions:
                                            "sum(m*a)/sum(a))")
     maskmix_prob: float = option(0.5, ge=0, le=1, help="paper recipe: probability of MixPro "
                                  "instead of Mixup/CutMix")
+    token_align: bool = option(False, help="fmix, resizemix, gridmixup (and their _pal / "
+                               "_transmix): masks and boxes in whole attention tokens")
+    fmix_decay: float = option(3.0, gt=0, help="FMix: decay power of the mask's spectrum")
+    resizemix_min: float = option(0.1, gt=0, le=1, help="ResizeMix: smallest box side / "
+                                  "image side (tau ~ U(min, max))")
+    resizemix_max: float = option(0.8, gt=0, le=1, help="ResizeMix: largest box side / "
+                                  "image side")
+    gridmixup_max_holes: int = option(6, ge=2, help="GridMixup: most columns of holes "
+                                      "(drawn uniformly from 2..max)")
 
     def __post_init__(self) -> None:
         options.check(self)
@@ -253,6 +265,83 @@ register("paper", Method(_paper, _MASK | _PAL | _TIMM | {"mixup_alpha", "cutmix_
                                                          "switch_prob", "maskmix_prob"},
                          "MixPro or timm Mixup/CutMix per batch (Table 11)", patch=True,
                          attention=_pal))
+
+
+# -- the paper's Table 2, part 1: masks that need only the batch ----------------------------
+# Each mask is a MaskMix strategy: with area labels (NAME), PAL (NAME_pal) or the TransMix rule
+# λ = (λ_area + λ_attn)/2 (NAME_transmix), the same for every mask (Table 6-style grids).
+
+def _table2_masks(o: MixOptions, c: Context) -> dict[str, Any]:
+    """The mask generators of FMix, ResizeMix and GridMixup (the classes ``mixpro.FMix``,
+    ``ResizeMix``, ``GridMixup`` are MaskMix with these)."""
+    align = c.tokens if o.token_align else None
+    return {"fmix": FourierMasks(o.fmix_decay, align),
+            "resizemix": ResizeBoxes((o.resizemix_min, o.resizemix_max), align),
+            "gridmixup": GridMixupMasks((2, o.gridmixup_max_holes), align=align)}
+
+
+_MASK_KEYS = {"fmix": {"fmix_decay"}, "resizemix": {"resizemix_min", "resizemix_max"},
+              "gridmixup": {"gridmixup_max_holes"}}
+_TABLE2_HELP = {"fmix": "FMix: a binarised low-frequency Fourier mask, area labels",
+                "resizemix": "ResizeMix: the whole partner resized into a box, area labels",
+                "gridmixup": "GridMixup (OpenMixup's gridmix): holes in a crop, no wrap, area "
+                             "labels"}
+
+
+def _strategy_mixer(name: str, labels: str) -> Callable[[MixOptions, Context], AnyMixer]:
+    def build(o: MixOptions, c: Context) -> AnyMixer:
+        strategy = _table2_masks(o, c)[name]
+        common = dict(num_classes=c.num_classes, patch_size=c.patch_size, beta=o.beta,
+                      mode="batch", pairing=o.pairing, label_smoothing=o.label_smoothing,
+                      strategy=strategy, generator=c.generator, name=f"{name}_{labels}")
+        if labels == "area":
+            common["name"] = name
+            return MaskMix(**common)
+        if labels == "pal":
+            return MixPro(**common, alpha=o.alpha, alpha_detach=o.alpha_detach,
+                          pal_label_smoothing=o.pal_label_smoothing,
+                          attention_norm=o.attention_norm)
+        return MixPro(**common, alpha="equal", pal_label_smoothing=o.pal_label_smoothing,
+                      alpha_detach=o.alpha_detach, attention_norm="renormalize")
+    return build
+
+
+for _name in ("fmix", "resizemix", "gridmixup"):
+    _keys = frozenset({"label_smoothing", "beta", "pairing", "token_align"}) | _MASK_KEYS[_name]
+    register(_name, Method(_strategy_mixer(_name, "area"), _keys, _TABLE2_HELP[_name]))
+    register(f"{_name}_pal", Method(
+        _strategy_mixer(_name, "pal"), _keys | _PAL,
+        _TABLE2_HELP[_name].replace("area labels", "PAL labels"), patch=True, attention=_pal))
+    register(f"{_name}_transmix", Method(
+        _strategy_mixer(_name, "transmix"), _keys | {"pal_label_smoothing", "alpha_detach"},
+        _TABLE2_HELP[_name].replace("area labels", "TransMix labels (λ_area + λ_attn)/2"),
+        patch=True, attention=lambda o: True))
+
+
+def _mixpro_official(o: MixOptions, c: Context) -> RandomChoice:
+    """Every quirk of the released MixPro code at once."""
+    official = replace(o, mask_mode="positions", pairing="randperm", rounding="ceil",
+                       alpha="cosine", alpha_detach=False, attention_norm="renormalize",
+                       pal_label_smoothing=0.0, mask_strategy="grid")
+    mixpro = MixPro(**_maskmix_args(official, c), alpha="cosine", alpha_detach=False,
+                    pal_label_smoothing=0.0, alpha_target_smoothing=None,
+                    attention_norm="renormalize")
+    q = o.maskmix_prob
+    return RandomChoice([mixpro, _mixup(o, c)], [q, 1.0 - q], generator=c.generator)
+
+
+register("mixpro_official", Method(
+    _mixpro_official, frozenset({"label_smoothing", "mask_scale", "beta", "mixup_alpha",
+                                 "cutmix_alpha", "switch_prob", "maskmix_prob"}),
+    "the released MixPro code: positions, randperm, ceil, α not detached against the smoothed "
+    "target, renormalised λ_attn, hard-label λ-weighted CE, 50 % timm Mixup/CutMix",
+    patch=True, attention=lambda o: True))
+register("transmix_official", Method(
+    lambda o, c: _mixup(o, c, TransMix, patch_size=c.patch_size, ratio=0.5, mode="batch",
+                        token_mode="nearest", attention_norm="renormalize"),
+    frozenset({"label_smoothing", "mix_prob", "mixup_alpha", "cutmix_alpha", "switch_prob"}),
+    "the released TransMix code: (λ_area + λ_attn)/2 on CutMix batches, nearest box→token, "
+    "renormalised λ_attn, one box per batch", patch=True, attention=lambda o: True))
 
 
 def ignored_options(method: str, keys: Iterable[str]) -> list[str]:

@@ -216,7 +216,9 @@ class MaskMix(LabelledMixer):
         rounding: ``'floor'`` (paper) or ``'ceil'`` (official code) for the cell count.
         label_smoothing: timm-style smoothing of both one-hots.
         strategy: another :class:`~mixpro.masks.MaskGenerator` for the ablations (box, block,
-            misaligned or sub-patch grids); overrides ``mask_scale`` and ``rounding``.
+            misaligned or sub-patch grids) or another method's masks (FMix, ResizeMix,
+            GridMixup); overrides ``mask_scale`` and ``rounding``.
+        name: the method name the batches report (default: the class's, ``maskmix``).
         generator: ``torch.Generator`` for all draws (on its own device; results are moved
             to the images' device). Default: the global RNG of the images' device.
     """
@@ -230,6 +232,7 @@ class MaskMix(LabelledMixer):
     pairing: Pairing = "flip"
     rounding: Rounding = "floor"
     strategy: MaskGenerator | None = None
+    name: str | None = field(default=None, repr=False)  # what batches report; None: method
 
     def __post_init__(self) -> None:
         self._setup()
@@ -272,7 +275,8 @@ class MaskMix(LabelledMixer):
         if self.mode == "positions":
             tau = tau.expand(b)
         mask = self.strategy(tau, size, device=dev, generator=self.generator)
-        return Draw(mask, self.partner(b, dev), mask.lam_area(), self.method, self.relabel)
+        return Draw(mask, self.partner(b, dev), mask.lam_area(), self.name or self.method,
+                    self.relabel)
 
 
 @dataclass(eq=False, kw_only=True)
