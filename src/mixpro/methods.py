@@ -271,7 +271,7 @@ register("paper", Method(_paper, _MASK | _PAL | _TIMM | {"mixup_alpha", "cutmix_
 # Each mask is a MaskMix strategy: with area labels (NAME), PAL (NAME_pal) or the TransMix rule
 # λ = (λ_area + λ_attn)/2 (NAME_transmix), the same for every mask (Table 6-style grids).
 
-def _table2_masks(o: MixOptions, c: Context) -> dict[str, Any]:
+def table2_masks(o: MixOptions, c: Context) -> dict[str, Any]:
     """The mask generators of FMix, ResizeMix and GridMixup (the classes ``mixpro.FMix``,
     ``ResizeMix``, ``GridMixup`` are MaskMix with these)."""
     align = c.tokens if o.token_align else None
@@ -290,7 +290,7 @@ _TABLE2_HELP = {"fmix": "FMix: a binarised low-frequency Fourier mask, area labe
 
 def _strategy_mixer(name: str, labels: str) -> Callable[[MixOptions, Context], AnyMixer]:
     def build(o: MixOptions, c: Context) -> AnyMixer:
-        strategy = _table2_masks(o, c)[name]
+        strategy = table2_masks(o, c)[name]
         common = dict(num_classes=c.num_classes, patch_size=c.patch_size, beta=o.beta,
                       mode="batch", pairing=o.pairing, label_smoothing=o.label_smoothing,
                       strategy=strategy, generator=c.generator, name=f"{name}_{labels}")
@@ -367,4 +367,4 @@ def build_mixer(method: str, options: MixOptions, *, num_classes: int, patch_siz
 
 
 __all__ = ["METHODS", "OPTION_NAMES", "Context", "Method", "MixOptions", "build_mixer",
-           "ignored_options", "needs_attention", "register", "unregister"]
+           "ignored_options", "needs_attention", "register", "table2_masks", "unregister"]

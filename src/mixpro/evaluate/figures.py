@@ -168,8 +168,12 @@ def make_figures(options: FigureOptions) -> list[Path]:
         written.append(maskmix_attention_grid(figure(images, labels),
                                               out / "fig6_maskmix_attention.png"))
     if "fig4" in o.which:
+        from mixpro.methods import Context, MixOptions, table2_masks
+
+        table2 = table2_masks(MixOptions(), Context(2, patch, torch.Generator()))
         written.append(mask_strategies(images[:2], out / "fig4_mask_strategies.png",
-                                       patch_size=patch, mask_scale=scale, seed=o.seed))
+                                       patch_size=patch, mask_scale=scale, seed=o.seed,
+                                       extra={f"Table 2: {k}": v for k, v in table2.items()}))
     if "fig1" in o.which:
         written.append(transmix_vs_maskmix(figure(images[:2], labels[:2]),
                                            out / "fig1_transmix_vs_maskmix.png"))

@@ -15,9 +15,10 @@ Owns:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from matplotlib.colors import ListedColormap
@@ -187,29 +188,32 @@ def mask_strategies(
     ratio: float = 0.5,
     seed: int = 0,
     names: Sequence[str] | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> Path:
     """Fig. 4, extended to every ablation strategy (:data:`mixpro.strategies.MASK_STRATEGIES`,
-    or ``names``): the same pair mixed by each at τ = ``ratio``.
+    or ``names``) and the generators of ``extra`` (title → mask generator: the Table 2 masks,
+    :func:`mixpro.methods.table2_masks`): the same pair mixed by each at τ = ``ratio``.
 
     ``images (2, C, H, W)`` in [0, 1]. Per strategy: the pixel source (white = image i; for the
     shuffles a tile may come from another position of its image) above the mixed image.
     """
     names = list(names or MASK_STRATEGIES)
+    gens = {MASK_STRATEGIES[n].title.format(k=mask_scale):
+            make_mask_strategy(n, patch_size=patch_size, mask_scale=mask_scale) for n in names}
+    gens.update(extra or {})
     size = tuple(images.shape[-2:])
     partner = torch.tensor([1, 0])
-    cols = min(6, len(names) + 1)
-    rows = -(-(len(names) + 1) // cols)
+    cols = min(6, len(gens) + 1)
+    rows = -(-(len(gens) + 1) // cols)
     fig, axes = plt.subplots(2 * rows, cols, figsize=(2.6 * cols, 5.4 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     _show(axes[0, 0], images[0], "image i", 11)
     _show(axes[1, 0], images[1], "image j", 11)
-    for n, name in enumerate(names, start=1):
+    for n, (title, strat) in enumerate(gens.items(), start=1):
         r, c = 2 * (n // cols), n % cols
-        strat = make_mask_strategy(name, patch_size=patch_size, mask_scale=mask_scale)
         g = torch.Generator().manual_seed(seed)
         mask = strat(torch.tensor([ratio]), size, device=torch.device("cpu"), generator=g)
-        title = MASK_STRATEGIES[name].title.format(k=mask_scale)
         _show(axes[r, c], mask.pixel_mask()[0].float(),
               f"{title}\nλ_area={float(mask.lam_area()[0]):.2f}", 9)
         _show(axes[r + 1, c], mask.apply(images, partner)[0])
