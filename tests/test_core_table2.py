@@ -19,7 +19,8 @@ from mixpro.methods import METHODS, MixOptions, build_mixer
 from mixpro.resizemix import ResizeBoxes
 
 SETTINGS = settings(max_examples=20, deadline=None)
-TABLE2 = [m for m in METHODS if m.split("_")[0] in ("fmix", "resizemix", "gridmixup")]
+TABLE2 = [m for m in METHODS
+          if m.split("_")[0] in ("fmix", "resizemix", "gridmixup", "saliencymix")]
 CPU = torch.device("cpu")
 
 
@@ -184,7 +185,7 @@ def test_every_table2_method_keeps_the_contract(name, h, w, b, seed, align):
 
 
 def test_attention_labels_on_top_of_every_table2_mask():
-    for name in ("fmix", "resizemix", "gridmixup"):
+    for name in ("fmix", "resizemix", "gridmixup", "saliencymix"):
         pal = build_mixer(f"{name}_pal", MixOptions(), num_classes=5, patch_size=4,
                           generator=_gen())
         tm = build_mixer(f"{name}_transmix", MixOptions(), num_classes=5, patch_size=4,
@@ -192,7 +193,7 @@ def test_attention_labels_on_top_of_every_table2_mask():
         assert pal.needs_attention and tm.needs_attention
         assert tm.relabel.attention_norm == "renormalize"
         b = tm(torch.rand(4, 3, 16, 16), torch.arange(4))
-        assert b.method == f"{name}_transmix"
+        assert b.method in (f"{name}_transmix", "saliencymix")
         attention = torch.softmax(torch.randn(4, 17), 1)[:, 1:]
         b.targets(torch.randn(4, 5), attention)
         assert torch.allclose(b.lam, 0.5 * b.lam_area + 0.5 * b.lam_attn, atol=1e-6)

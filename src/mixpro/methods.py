@@ -17,7 +17,7 @@ Table 6's component rows are presets: ``cutmix``; ``transmix``; ``maskmix_transm
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any, Literal
 
@@ -42,6 +42,9 @@ from .mixers import (
 )
 from .options import option
 from .resizemix import ResizeBoxes
+from .saliencymix import Detector as SaliencyDetector
+from .saliencymix import SaliencyMix
+from .saliencymix import Scope as SaliencyScope
 from .strategies import MASK_STRATEGIES, make_mask_strategy
 
 AnyMixer = Mixer | RandomChoice
@@ -93,6 +96,13 @@ class MixOptions:
                                   "image side")
     gridmixup_max_holes: int = option(6, ge=2, help="GridMixup: most columns of holes "
                                       "(drawn uniformly from 2..max)")
+    saliency_scope: SaliencyScope = option("sample", help="SaliencyMix: sample (the paper: "
+                                           "each box on its own partner's saliency peak) | "
+                                           "batch (the released code: one box from the first "
+                                           "partner's)")
+    saliency_detector: SaliencyDetector = option("fine_grained", help="SaliencyMix: "
+                                                 "fine_grained (OpenCV's, as the paper) | "
+                                                 "spectral_residual")
 
     def __post_init__(self) -> None:
         options.check(self)
@@ -106,12 +116,15 @@ class Context:
     """What a mixer is built for besides its options: ``num_classes``, the model's
     ``patch_size`` (px), the mixer's ``generator`` and ``token_size`` (px of the tokens the
     attention is read over: the patch, or the last stage's stride with a class-attention
-    head; None: ``patch_size``)."""
+    head; None: ``patch_size``), and the images' normalisation ``mean``/``std`` (0..1 scale;
+    None: the images are in [0, 1]) for methods that look at the pixels."""
 
     num_classes: int
     patch_size: int
     generator: torch.Generator
     token_size: int | None = None
+    mean: tuple[float, ...] | None = None  # the images' normalisation (SaliencyMix reads
+    std: tuple[float, ...] | None = None   # the 0..255 image); None: images in [0, 1]
 
     @property
     def tokens(self) -> int:
@@ -318,6 +331,45 @@ for _name in ("fmix", "resizemix", "gridmixup"):
         patch=True, attention=lambda o: True))
 
 
+def _pal_relabel(o: MixOptions, c: Context, transmix: bool = False):
+    """The relabelling MixPro (PAL) or the TransMix rule would use, for a mixer of another
+    family (MixPro's own construction and checks, nothing re-declared)."""
+    if o.alpha == "learnable" and not transmix:
+        raise ValueError("alpha learnable is not offered on saliencymix_pal (its α would not "
+                         "be trained); choose another alpha")
+    kw = dict(alpha="equal", attention_norm="renormalize") if transmix else dict(
+        alpha=o.alpha, attention_norm=o.attention_norm)
+    return MixPro(num_classes=c.num_classes, patch_size=c.patch_size,
+                  label_smoothing=o.label_smoothing, alpha_detach=o.alpha_detach,
+                  pal_label_smoothing=o.pal_label_smoothing, **kw).relabel
+
+
+def _saliencymix(labels: str) -> Callable[[MixOptions, Context], AnyMixer]:
+    def build(o: MixOptions, c: Context) -> AnyMixer:
+        mixer = SaliencyMix(num_classes=c.num_classes, label_smoothing=o.label_smoothing,
+                            beta=o.beta, scope=o.saliency_scope, detector=o.saliency_detector,
+                            mean=c.mean, std=c.std, pairing=o.pairing,
+                            align=c.tokens if o.token_align else None, generator=c.generator)
+        if labels != "area":
+            mixer.relabel = _pal_relabel(o, c, transmix=labels == "transmix")
+        return mixer
+    return build
+
+
+_SALIENCY_KEYS = frozenset({"label_smoothing", "beta", "pairing", "token_align",
+                            "saliency_scope", "saliency_detector"})
+register("saliencymix", Method(_saliencymix("area"), _SALIENCY_KEYS,
+                               "SaliencyMix: a CutMix box on the partner's saliency peak "
+                               "(OpenCV's fine-grained detector, in torch), area labels"))
+register("saliencymix_pal", Method(_saliencymix("pal"), _SALIENCY_KEYS | _PAL,
+                                   "SaliencyMix boxes, PAL labels", patch=True,
+                                   attention=_pal))
+register("saliencymix_transmix", Method(
+    _saliencymix("transmix"), _SALIENCY_KEYS | {"pal_label_smoothing", "alpha_detach"},
+    "SaliencyMix boxes, TransMix labels (λ_area + λ_attn)/2", patch=True,
+    attention=lambda o: True))
+
+
 def _mixpro_official(o: MixOptions, c: Context) -> RandomChoice:
     """Every quirk of the released MixPro code at once."""
     official = replace(o, mask_mode="positions", pairing="randperm", rounding="ceil",
@@ -350,20 +402,24 @@ def ignored_options(method: str, keys: Iterable[str]) -> list[str]:
 
 
 def build_mixer(method: str, options: MixOptions, *, num_classes: int, patch_size: int,
-                generator: torch.Generator, token_size: int | None = None) -> AnyMixer:
+                generator: torch.Generator, token_size: int | None = None,
+                mean: Sequence[float] | None = None,
+                std: Sequence[float] | None = None) -> AnyMixer:
     """The mixer of ``method`` with ``options``.
 
     ``token_size``: the px size of the tokens the model's attention is read over (default
     ``patch_size``; the last stage's stride with a class-attention head): Table 8 A's
-    ``transmix_aligned`` puts its boxes on those tokens' borders.
+    ``transmix_aligned`` puts its boxes on those tokens' borders. ``mean``/``std``: the
+    images' normalisation (0..1 scale), for methods that look at the pixels (SaliencyMix).
 
     Raises:
         ValueError: unknown method, or an option value the mixer refuses.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    return METHODS[method].build(options, Context(num_classes, patch_size, generator,
-                                                  token_size))
+    return METHODS[method].build(options, Context(
+        num_classes, patch_size, generator, token_size,
+        None if mean is None else tuple(mean), None if std is None else tuple(std)))
 
 
 __all__ = ["METHODS", "OPTION_NAMES", "Context", "Method", "MixOptions", "build_mixer",

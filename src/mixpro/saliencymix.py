@@ -216,4 +216,4 @@ class SaliencyMix(LabelledMixer):
         area = (box[:, 1] - box[:, 0]) * (box[:, 3] - box[:, 2])  # boxes lie inside the image
         mask = CellMask.known(keep, tuple(range(h + 1)), tuple(range(w + 1)),
                               lam=(h * w - area).float() / float(h * w))
-        return Draw(mask, partner, mask.lam_area(), self.method)
+        return Draw(mask, partner, mask.lam_area(), self.method, self.relabel)

@@ -107,10 +107,12 @@ def _model(cfg: Recipe, num_classes: int, pretrained: bool = False
 
 
 def _mixer(cfg: Recipe, num_classes: int, patch: int | None, generator: torch.Generator,
-           token_size: int | None = None):
+           token_size: int | None = None, stats: tuple[list, list] | None = None):
+    mean, std = stats or (None, None)
     try:
         return build_mixer(cfg.method, _mix_options(cfg), num_classes=num_classes,
-                           patch_size=patch or 1, generator=generator, token_size=token_size)
+                           patch_size=patch or 1, generator=generator, token_size=token_size,
+                           mean=mean, std=std)
     except ArgumentError as e:
         name = _RECIPE_NAMES.get(e.argument, e.argument)
         raise ConfigError(f"method {cfg.method}: {e.renamed(name)}") from None
@@ -211,18 +213,20 @@ def seed_epoch(cfg: Recipe, epoch: int, rank: int, mixer_gen: torch.Generator,
         gen.manual_seed(s + 2)
 
 
-def _build(cfg: Recipe, num_classes: int, mixer_gen: torch.Generator, pretrained: bool = False
+def _build(cfg: Recipe, num_classes: int, mixer_gen: torch.Generator, pretrained: bool = False,
+           stats: tuple[list, list] | None = None
            ) -> tuple[torch.nn.Module, dict, Any, dict | None]:
     """The model (with its class-attention head, if any) and the mixer, built once, their
     geometry checked: ``(model, model_kwargs, mixer, head)``. The registry says whether the
     method relabels with attention (so which head); the head gives the attention tokens' size
-    that token-aligned methods use. Raises :class:`ConfigError`."""
+    that token-aligned methods use; ``stats``: the images' normalisation (mean, std), for
+    methods that look at the pixels. Raises :class:`ConfigError`."""
     model, model_kwargs = _model(cfg, num_classes, pretrained=pretrained)
     patch = models.patch_size(model) or cfg.patch_size
     needs_attention = methods.needs_attention(cfg.method, _mix_options(cfg))
     model, head = _cls_head(cfg, model, needs_attention)
     mixer = _mixer(cfg, num_classes, patch, mixer_gen,
-                   token_size=getattr(model, "token_stride", None))
+                   token_size=getattr(model, "token_stride", None), stats=stats)
     _check_geometry(cfg, patch, model, mixer.needs_attention)
     return model, model_kwargs, mixer, head
 
@@ -288,7 +292,8 @@ def _prepare(cfg: Recipe, info: distributed.DistInfo, out: Path, resume_path: Pa
                           "were given: add --initial-checkpoint PATH or --pretrained")
     mixer_gen = torch.Generator().manual_seed(cfg.seed)
     model, model_kwargs, mixer, head = _build(cfg, num_classes, mixer_gen,
-                                              pretrained=cfg.pretrained and fresh)
+                                              pretrained=cfg.pretrained and fresh,
+                                              stats=(data.mean, data.std))
     if cfg.pretrained and fresh and info.is_main:
         print(models.pretrained_report(model, num_classes), flush=True)
     if cfg.initial_checkpoint and fresh:
