@@ -230,3 +230,20 @@ def test_bad_arguments_name_the_argument(make, name):
 def test_fmix_on_a_size_the_tokens_do_not_tile_is_an_error():
     with pytest.raises(ArgumentError, match="align"):
         mixpro.FMix(num_classes=3, align=5)(torch.rand(2, 1, 16, 16), torch.arange(2))
+
+
+@pytest.mark.parametrize("method", ["fmix", "resizemix_pal", "gridmixup_transmix", "saliencymix",
+                                    "mixpro_official", "transmix_official"])
+def test_mixpro_train_runs_each_new_method(method, tmp_path, one_thread):
+    from test_data import make_fashion
+    from test_train import tiny
+
+    from mixpro.train import run
+
+    data = make_fashion(tmp_path / "fm", n_train=40, n_test=20)
+    res = run.train(tiny(data, tmp_path / "r", method=method, epochs=1, warmup_epochs=0,
+                         max_steps=1, token_align=True)
+                    if method.split("_")[0] in ("fmix", "resizemix", "gridmixup", "saliencymix")
+                    else tiny(data, tmp_path / "r", method=method, epochs=1, warmup_epochs=0,
+                              max_steps=1))
+    assert res.summary["epochs"] == 1 and math.isfinite(res.metrics[0]["train_loss"])
