@@ -46,6 +46,7 @@ from .mixers import (
 )
 from .pixels import CellMask, ShuffledMask
 from .resizemix import ResizeMix
+from .saliencymix import SaliencyMix
 from .strategies import MASK_STRATEGIES, make_mask_strategy
 
 __version__ = "0.1.0"
@@ -77,6 +78,7 @@ __all__ = [
     "ParabolicAlpha",
     "RandomChoice",
     "ResizeMix",
+    "SaliencyMix",
     "ShuffleMasks",
     "ShuffledMask",
     "TransMix",
