@@ -247,3 +247,74 @@ def test_mixpro_train_runs_each_new_method(method, tmp_path, one_thread):
                     else tiny(data, tmp_path / "r", method=method, epochs=1, warmup_epochs=0,
                               max_steps=1))
     assert res.summary["epochs"] == 1 and math.isfinite(res.metrics[0]["train_loss"])
+
+
+# -- GridMix (Baek et al.): grid + patch-level labels ----------------------------------------
+
+
+def _vit(k=5):
+    import timm
+
+    torch.manual_seed(0)
+    return timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=k,
+                             img_size=16, patch_size=4, embed_dim=16, depth=1, num_heads=2)
+
+
+def test_gridmix_token_targets_are_the_cell_labels():
+    model = _vit()
+    mixer = mixpro.GridMix(num_classes=5, patch_size=4, mask_scale=1, label_smoothing=0.0,
+                           model=model, generator=_gen(2))
+    x, y = torch.rand(4, 3, 16, 16), torch.tensor([0, 1, 2, 3])
+    batch = mixer(x, y)
+    targets = mixer.token_targets(batch, (4, 4))  # (B, 16, K)
+    cells = batch.mask[:, 0].expand(4, 16, 16).reshape(-1, 4, 4, 4, 4).all(4).all(2)
+    for i in range(4):
+        j = int(batch.partner[i])
+        for t in range(16):
+            own = bool(cells[i if cells.shape[0] > 1 else 0].flatten()[t]) or j == i
+            want = torch.zeros(5)
+            want[int(y[i] if own else y[j])] = 1.0
+            assert torch.equal(targets[i, t], want), (i, t)
+
+
+def test_gridmix_loss_is_area_ce_plus_the_weighted_token_loss_and_trains_the_head():
+    model = _vit().train()
+    mixer = mixpro.GridMix(num_classes=5, patch_size=4, mask_scale=2, local_weight=0.5,
+                           model=model, generator=_gen(3))
+    x, y = torch.rand(6, 3, 16, 16), torch.arange(6) % 5
+    batch = mixer(x, y)
+    logits = model(batch.images)
+    loss = batch.loss(logits)
+    tokens = mixer.probe.tokens
+    token_logits = mixer.token_head(tokens).reshape(-1, 5)
+    want_local = torch.nn.functional.cross_entropy(
+        token_logits, mixer.token_targets(batch, (4, 4)).reshape(-1, 5))
+    want = mixpro.soft_target_cross_entropy(logits, batch.area_targets()) + 0.5 * want_local
+    assert torch.allclose(loss, want, atol=1e-6)
+    loss.backward()
+    assert mixer.token_head.weight.grad is not None and model.patch_embed.proj.weight.grad \
+        is not None
+    assert mixer.parameters() == list(mixer.token_head.parameters())
+
+
+def test_gridmix_refuses_a_model_without_patch_tokens_and_a_stale_forward():
+    with pytest.raises(ArgumentError, match="^model must be a timm ViT"):
+        mixpro.GridMix(num_classes=3, patch_size=4, model=torch.nn.Linear(2, 3))
+    mixer = mixpro.GridMix(num_classes=5, patch_size=4, model=_vit(), generator=_gen())
+    batch = mixer(torch.rand(2, 3, 16, 16), torch.arange(2))
+    with pytest.raises(RuntimeError, match="no patch tokens of this batch"):
+        batch.loss(torch.randn(2, 5))
+
+
+def test_mixpro_train_runs_gridmix_and_checkpoints_its_head(tmp_path, one_thread):
+    from test_data import make_fashion
+    from test_train import tiny
+
+    from mixpro.train import run
+
+    data = make_fashion(tmp_path / "fm", n_train=40, n_test=20)
+    res = run.train(tiny(data, tmp_path / "r", method="gridmix", epochs=1, warmup_epochs=0,
+                         max_steps=2))
+    ck = torch.load(tmp_path / "r" / "last.pt", weights_only=True)
+    assert len(ck["mixer"]) == 2 and ck["mixer"][0].shape == (10, 32)  # the token head
+    assert math.isfinite(res.metrics[0]["train_loss"])

@@ -6,6 +6,7 @@ The core (masks, labels, mixers, attention probe, loss) never imports the apps.
 from ._kernels import set_single_thread_loops
 from .attention import AttentionOrigin, ClsAttention, NoClsAttentionError, attention_origin
 from .fmix import FMix
+from .gridmix import GridMix
 from .gridmixup import GridMixup
 from .heads import (
     ClassAttentionClassifier,
@@ -63,6 +64,7 @@ __all__ = [
     "CosineAlpha",
     "CutMix",
     "FMix",
+    "GridMix",
     "GridMixup",
     "GridMasks",
     "LearnableAlpha",

@@ -9,6 +9,7 @@ timm's ``(images, area targets)`` for area-labelled mixers. The mixers themselve
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -134,6 +135,8 @@ class MixedBatch:
     relabel: AttentionRelabel | None = None
     progress: float = 0.0
     mixer_needs_attention: bool = False  # the mixer (not only this batch) relabels with attention
+    auxiliary: Callable[[MixedBatch], torch.Tensor] | None = None  # an extra loss (GridMix's
+    # patch-level labels): added to loss(); it reads what the mixer's own probe captured
     alpha: torch.Tensor | None = field(default=None, init=False)
     lam_attn: torch.Tensor | None = field(default=None, init=False)
     lam: torch.Tensor | None = field(default=None, init=False)
@@ -223,11 +226,14 @@ class MixedBatch:
 
     def loss(self, logits: torch.Tensor, attention: torch.Tensor | None = None) -> torch.Tensor:
         """Mean soft-target cross-entropy of ``logits`` against :meth:`targets` (multi-label:
-        :func:`~mixpro.binary_cross_entropy`)."""
+        :func:`~mixpro.binary_cross_entropy`), plus the mixer's auxiliary loss if it has one
+        (GridMix's patch-level labels)."""
         targets = self.targets(logits, attention)
         if self.multi_label:
-            return binary_cross_entropy(logits, targets)
-        return soft_target_cross_entropy(logits, targets)
+            loss = binary_cross_entropy(logits, targets)
+        else:
+            loss = soft_target_cross_entropy(logits, targets)
+        return loss if self.auxiliary is None else loss + self.auxiliary(self)
 
 
 __all__ = ["AttentionRelabel", "MixedBatch"]

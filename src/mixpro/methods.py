@@ -25,6 +25,7 @@ import torch
 
 from . import options
 from .fmix import FourierMasks
+from .gridmix import GridMix
 from .gridmixup import GridMixupMasks
 from .labels import ALPHA_STRATEGIES, AttentionNorm
 from .mixers import (
@@ -100,6 +101,8 @@ class MixOptions:
                                            "each box on its own partner's saliency peak) | "
                                            "batch (the released code: one box from the first "
                                            "partner's)")
+    gridmix_weight: float = option(1.0, ge=0, help="GridMix: weight of the patch-level "
+                                   "label loss (a per-token head on the patch tokens)")
     saliency_detector: SaliencyDetector = option("fine_grained", help="SaliencyMix: "
                                                  "fine_grained (OpenCV's, as the paper) | "
                                                  "spectral_residual")
@@ -125,6 +128,7 @@ class Context:
     token_size: int | None = None
     mean: tuple[float, ...] | None = None  # the images' normalisation (SaliencyMix reads
     std: tuple[float, ...] | None = None   # the 0..255 image); None: images in [0, 1]
+    model: Any = None  # the model being trained, for methods whose helpers include "model"
 
     @property
     def tokens(self) -> int:
@@ -370,6 +374,13 @@ register("saliencymix_transmix", Method(
     attention=lambda o: True))
 
 
+register("gridmix", Method(
+    lambda o, c: GridMix(**_maskmix_args(o, c), model=c.model, local_weight=o.gridmix_weight),
+    _MASK | {"gridmix_weight"},
+    "GridMix (Baek et al.): MaskMix's grid, area labels, plus patch-level labels from a "
+    "per-token head on the model's patch tokens", patch=True, helpers=("model",)))
+
+
 def _mixpro_official(o: MixOptions, c: Context) -> RandomChoice:
     """Every quirk of the released MixPro code at once."""
     official = replace(o, mask_mode="positions", pairing="randperm", rounding="ceil",
@@ -404,13 +415,14 @@ def ignored_options(method: str, keys: Iterable[str]) -> list[str]:
 def build_mixer(method: str, options: MixOptions, *, num_classes: int, patch_size: int,
                 generator: torch.Generator, token_size: int | None = None,
                 mean: Sequence[float] | None = None,
-                std: Sequence[float] | None = None) -> AnyMixer:
+                std: Sequence[float] | None = None, model: Any = None) -> AnyMixer:
     """The mixer of ``method`` with ``options``.
 
     ``token_size``: the px size of the tokens the model's attention is read over (default
     ``patch_size``; the last stage's stride with a class-attention head): Table 8 A's
     ``transmix_aligned`` puts its boxes on those tokens' borders. ``mean``/``std``: the
-    images' normalisation (0..1 scale), for methods that look at the pixels (SaliencyMix).
+    images' normalisation (0..1 scale), for methods that look at the pixels (SaliencyMix);
+    ``model``: the model being trained, for methods that need it (GridMix's token head).
 
     Raises:
         ValueError: unknown method, or an option value the mixer refuses.
@@ -419,7 +431,7 @@ def build_mixer(method: str, options: MixOptions, *, num_classes: int, patch_siz
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     return METHODS[method].build(options, Context(
         num_classes, patch_size, generator, token_size,
-        None if mean is None else tuple(mean), None if std is None else tuple(std)))
+        None if mean is None else tuple(mean), None if std is None else tuple(std), model))
 
 
 __all__ = ["METHODS", "OPTION_NAMES", "Context", "Method", "MixOptions", "build_mixer",

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import typing
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import KW_ONLY, dataclass, field
 from typing import ClassVar, Literal
 
@@ -79,6 +79,7 @@ class Draw:
     lam_area: torch.Tensor
     method: str
     relabel: AttentionRelabel | None = None
+    auxiliary: Callable[[MixedBatch], torch.Tensor] | None = None  # an extra loss term
 
 
 class Mixer(ABC):
@@ -158,6 +159,7 @@ class Mixer(ABC):
             progress=self.progress,
             mixer_needs_attention=(self.needs_attention if mixer_needs_attention is None
                                    else mixer_needs_attention),
+            auxiliary=d.auxiliary,
         )
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> MixedBatch:

@@ -107,12 +107,14 @@ def _model(cfg: Recipe, num_classes: int, pretrained: bool = False
 
 
 def _mixer(cfg: Recipe, num_classes: int, patch: int | None, generator: torch.Generator,
-           token_size: int | None = None, stats: tuple[list, list] | None = None):
+           token_size: int | None = None, stats: tuple[list, list] | None = None,
+           model: torch.nn.Module | None = None):
     mean, std = stats or (None, None)
+    helped = model if "model" in METHODS[cfg.method].helpers else None
     try:
         return build_mixer(cfg.method, _mix_options(cfg), num_classes=num_classes,
                            patch_size=patch or 1, generator=generator, token_size=token_size,
-                           mean=mean, std=std)
+                           mean=mean, std=std, model=helped)
     except ArgumentError as e:
         name = _RECIPE_NAMES.get(e.argument, e.argument)
         raise ConfigError(f"method {cfg.method}: {e.renamed(name)}") from None
@@ -226,7 +228,7 @@ def _build(cfg: Recipe, num_classes: int, mixer_gen: torch.Generator, pretrained
     needs_attention = methods.needs_attention(cfg.method, _mix_options(cfg))
     model, head = _cls_head(cfg, model, needs_attention)
     mixer = _mixer(cfg, num_classes, patch, mixer_gen,
-                   token_size=getattr(model, "token_stride", None), stats=stats)
+                   token_size=getattr(model, "token_stride", None), stats=stats, model=model)
     _check_geometry(cfg, patch, model, mixer.needs_attention)
     return model, model_kwargs, mixer, head
 
