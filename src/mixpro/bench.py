@@ -46,7 +46,6 @@ from . import (
     Mixup,
     NoMix,
     options,
-    soft_target_cross_entropy,
 )
 from .errors import UserError
 from .options import option
@@ -313,8 +312,12 @@ def bench_step(
     amp_ctx = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if amp else None
 
     def make_step(mixer, attention: str) -> Callable[[], None]:
+        """One training step; ``mixer`` may be a function of the step's model (GridMix's
+        token head reads that model's patch tokens)."""
         model = build()
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        if not hasattr(mixer, "needs_attention"):
+            mixer = mixer(model)
+        opt = torch.optim.AdamW([*model.parameters(), *mixer.parameters()], lr=1e-4)
         probe = (
             ClsAttention(model, reading="unfused") if attention == "unfused"
             else ClsAttention(model) if attention in ("probe", "extra_forward") else None
@@ -332,7 +335,7 @@ def bench_step(
                     att = probe.attention
                 elif attention == "none":
                     att = None
-            loss = soft_target_cross_entropy(logits.float(), b.targets(logits.float(), att))
+            loss = b.loss(logits.float(), att)  # soft-target CE (+ a method's auxiliary loss)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -341,6 +344,8 @@ def bench_step(
 
     # a head's tokens are last-stage cells: the same MaskMix cells in those units, so that the
     # extra forward's attention (a copy, without the probe's grid) gets the right grid too
+    from .methods import MixOptions, build_mixer
+
     unit = stride or patch
     m = _mixers(num_classes, unit, scale * patch // unit)
     variants = {
@@ -350,7 +355,14 @@ def bench_step(
         "mixpro (probe)": make_step(m["mixpro"], "probe"),
         "mixpro (un-fused last block)": make_step(m["mixpro"], "unfused"),
         "mixpro (extra no-grad forward)": make_step(m["mixpro"], "extra_forward"),
+        "saliencymix": make_step(m["saliencymix"], "none"),
     }
+    if stride is None and hasattr(probe_model, "num_prefix_tokens"):  # a ViT's patch tokens
+        variants["gridmix (token head)"] = make_step(
+            lambda model: build_mixer("gridmix", MixOptions(mask_scale=scale),
+                                      num_classes=num_classes, patch_size=patch,
+                                      generator=torch.Generator().manual_seed(0), model=model),
+            "none")
     med = interleaved(variants, device, repeats, warmup)
     rows = [{"variant": k, "step_ms": 1e3 * v, "images_per_s": batch / v,
              "x_none": v / med["none"]} for k, v in med.items()]
