@@ -81,6 +81,19 @@ def _check_classes(o: FigureOptions, spec: str, data: EvalData, num_classes: int
                           "checkpoint")
 
 
+@dataclass(frozen=True)
+class _OnImages:
+    """A mask generator for Fig. 4 from a mixer whose mask depends on the images: its draw on
+    ``images`` (the figure's pair; the mixer's own λ, flip pairing = the figure's)."""
+
+    mixer: object
+    images: torch.Tensor
+
+    def __call__(self, ratio: torch.Tensor, image_size: tuple[int, int], *,
+                 device: torch.device, generator: torch.Generator | None = None):
+        return self.mixer.draw(self.images.to(device)).source
+
+
 def _pick(data: EvalData, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` images of distinct classes where possible, deterministic in ``seed``."""
     def item(i: int) -> tuple[torch.Tensor, int]:
@@ -171,9 +184,13 @@ def make_figures(options: FigureOptions) -> list[Path]:
         from mixpro.methods import Context, MixOptions, table2_masks
 
         table2 = table2_masks(MixOptions(), Context(2, patch, torch.Generator()))
+        extra = {f"Table 2: {k}": v for k, v in table2.items()}
+        saliency = mixpro.SaliencyMix(num_classes=2, generator=torch.Generator().manual_seed(
+            o.seed))  # its box depends on the images: drawn on the figure's pair
+        extra["Table 2: saliencymix"] = _OnImages(saliency, images[:2])
         written.append(mask_strategies(images[:2], out / "fig4_mask_strategies.png",
                                        patch_size=patch, mask_scale=scale, seed=o.seed,
-                                       extra={f"Table 2: {k}": v for k, v in table2.items()}))
+                                       extra=extra))
     if "fig1" in o.which:
         written.append(transmix_vs_maskmix(figure(images[:2], labels[:2]),
                                            out / "fig1_transmix_vs_maskmix.png"))
