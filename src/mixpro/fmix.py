@@ -19,7 +19,7 @@ from typing import ClassVar
 import torch
 
 from . import _checks
-from .masks import _tiling, rand
+from .masks import _unit_grid, rand
 from .mixers import MaskMix
 from .pixels import CellMask
 
@@ -66,11 +66,7 @@ class FourierMasks:
 
     def __call__(self, ratio: torch.Tensor, image_size: tuple[int, int], *,
                  device: torch.device, generator: torch.Generator | None = None) -> CellMask:
-        if self.align is None:
-            (uh, uw), (h, w) = (1, 1), image_size
-        else:
-            (uh, uw), (h, w) = _tiling(self.align, "align", image_size)
-        gh, gw = h // uh, w // uw
+        (uh, uw), (h, w), (gh, gw) = _unit_grid(ratio, self.align, image_size)
         n_cells = gh * gw
         m = ratio.shape[0]
         img = self.noise(m, (gh, gw), generator).flatten(1)

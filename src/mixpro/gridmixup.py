@@ -28,7 +28,7 @@ from typing import ClassVar, Literal
 import torch
 
 from . import _checks
-from .masks import _tiling, rand
+from .masks import _unit_grid, rand
 from .mixers import MaskMix
 from .pixels import CellMask
 
@@ -90,11 +90,7 @@ class GridMixupMasks:
 
     def __call__(self, ratio: torch.Tensor, image_size: tuple[int, int], *,
                  device: torch.device, generator: torch.Generator | None = None) -> CellMask:
-        if ratio.shape[0] != 1:
-            raise _checks.ArgumentError("mode", "must be 'batch' for GridMixup (one mask per "
-                                                "batch, as the reference)")
-        (uh, uw), (h, w) = _tiling(self.align or 1, "align", image_size)
-        gh, gw = h // uh, w // uw
+        (uh, uw), (h, w), (gh, gw) = _unit_grid(ratio, self.align, image_size, "GridMixup")
         u = rand(5, device=ratio.device, generator=generator).tolist()
         keep = ~self.holes(float(ratio[0]), (gh, gw), u)
         return CellMask(keep[None].to(device), tuple(range(0, h + 1, uh)),

@@ -91,6 +91,19 @@ def _tiling(unit: int | tuple[int, int], name: str, image_size: tuple[int, int]
     return (uh, uw), (h, w)
 
 
+def _unit_grid(ratio: torch.Tensor, align: int | tuple[int, int] | None,
+               image_size: tuple[int, int], one_per_batch: str | None = None
+               ) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+    """``(unit, image, grid)`` of a mask drawn on ``align``-px units (None: pixels): the unit
+    ``(uh, uw)``, the image ``(h, w)`` and the grid of units ``(gh, gw)``. ``one_per_batch``:
+    the method's name when it draws one mask per batch (``ratio`` must have one row)."""
+    if one_per_batch is not None and ratio.shape[0] != 1:
+        raise _checks.ArgumentError("mode", f"must be 'batch' for {one_per_batch} (one mask "
+                                            "per batch, as the reference)")
+    (uh, uw), (h, w) = _tiling(align or 1, "align", image_size)
+    return (uh, uw), (h, w), (h // uh, w // uw)
+
+
 def _edges(size: int, cell: int, offset: int) -> tuple[int, ...]:
     """Cell boundaries of a grid of ``cell`` pixels shifted by ``offset`` (clipped to 0..size)."""
     inner = range(cell - offset if offset else cell, size, cell)

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _checks
-from .masks import _tiling, rand
+from .masks import _unit_grid, rand
 from .mixers import MaskMix
 from .pixels import CellMask, TokenMode
 
@@ -88,11 +88,7 @@ class ResizeBoxes:
     def __call__(self, ratio: torch.Tensor, image_size: tuple[int, int], *,
                  device: torch.device, generator: torch.Generator | None = None
                  ) -> ResizedPaste:
-        if ratio.shape[0] != 1:
-            raise _checks.ArgumentError("mode", "must be 'batch' for ResizeMix (one box and "
-                                                "one resize for the batch)")
-        (uh, uw), (h, w) = _tiling(self.align or 1, "align", image_size)
-        gh, gw = h // uh, w // uw
+        (uh, uw), (h, w), (gh, gw) = _unit_grid(ratio, self.align, image_size, "ResizeMix")
         u = rand(3, device=ratio.device, generator=generator).tolist()
         lo, hi = self.scope
         tau = lo + (hi - lo) * u[0]
