@@ -48,6 +48,7 @@ from . import (
     options,
 )
 from .errors import UserError
+from .files import atomic_write_text
 from .options import option
 
 
@@ -583,6 +584,6 @@ def run(options: BenchOptions, command: str | None = None) -> dict:
         if options.recipe is not None:
             result["step"]["recipe"] = options.recipe
     stem = f"bench-{device.type}"
-    (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / f"{stem}.md").write_text(to_markdown(result) + "\n")
+    atomic_write_text(json.dumps(result, indent=2) + "\n", out / f"{stem}.json")
+    atomic_write_text(to_markdown(result) + "\n", out / f"{stem}.md")
     return result

@@ -45,6 +45,7 @@ from mixpro.data.factory import (
     ood_data,
 )
 from mixpro.errors import UserError
+from mixpro.files import atomic_write_text
 from mixpro.options import SEED_MAX, option
 
 from . import metrics
@@ -385,5 +386,5 @@ def evaluate_checkpoints(checkpoints: list[str], options: EvalOptions = EvalOpti
         "options": options_dict, "table": format_table(results), "files": files,
         "results": results,
     }
-    (out / "eval.json").write_text(json.dumps(payload, indent=2, default=str))
+    atomic_write_text(json.dumps(payload, indent=2, default=str), out / "eval.json")
     return payload
