@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler, Subset
 
-from mixpro import NoClsAttentionError, models, options
+from mixpro import ClsAttention, NoClsAttentionError, models, options
 from mixpro.checkpoint import (
     PREFIXES,
     CheckpointError,
@@ -42,20 +42,22 @@ from mixpro.data.factory import (
     checkpoint_stats,
     eval_data,
     holdout_of,
+    is_fashion_mnist,
     ood_data,
 )
 from mixpro.errors import UserError
 from mixpro.files import atomic_write_text
 from mixpro.options import SEED_MAX, option
 
-from . import metrics
+from . import attention_quality, metrics
 from .occlusion import DROP_MODES, ClsSaliency, model_grid, occlusion_sweep
 from .report import format_table
 
-__all__ = ["EVALS", "INTERPOLATIONS", "EvalError", "EvalOptions", "check_device",
+__all__ = ["DEFAULT_EVALS", "EVALS", "INTERPOLATIONS", "EvalError", "EvalOptions", "check_device",
            "evaluate_checkpoints", "format_table", "prepare"]
 
-EVALS = ("clean", "ood", "occlusion")
+EVALS = ("clean", "ood", "occlusion", "attention")
+DEFAULT_EVALS = ("clean", "ood", "occlusion")  # attention needs data with known object masks
 # the evaluation's resize: timm's interpolations less 'random' (a training augmentation)
 INTERPOLATIONS = tuple(i for i in folder.INTERPOLATIONS if i != "random")
 
@@ -79,7 +81,11 @@ class EvalOptions:
         "OOD set: 'auto' (fashion-mnist: the held-out classes of a checkpoint trained with "
         "holdout_classes, else glyphs; otherwise none), 'heldout', 'glyphs', 'none', or an "
         "image folder (labels ignored)"))
-    evals: tuple[Literal[EVALS], ...] = option(EVALS, help="evaluations to run")  # type: ignore[valid-type]
+    evals: tuple[Literal[EVALS], ...] = option(  # type: ignore[valid-type]
+        DEFAULT_EVALS, help="evaluations to run (attention: the cls attention against the "
+        "object mask, Fashion-MNIST only)")
+    attention_images: int = option(2000, ge=1, help="test images of the attention quality "
+                                   "(the first N)")
     valid_labels: str | None = option(None, help=(
         "class index list file: slice the logits to these columns (ImageNet-A/-O style); its "
         "length must equal the dataset's classes"))
@@ -225,6 +231,11 @@ def prepare(checkpoints: list[str], o: EvalOptions) -> list[Job]:
         img, chans = models.image_size(model), models.in_chans(model)
         holdout = holdout_of(config.get("recipe") or {})
         spec = checkpoint_data(o.data, config, path)
+        if "attention" in o.evals:
+            if not is_fashion_mnist(spec):
+                raise EvalError(f"--evals attention needs data whose object mask is known: "
+                                f"fashion-mnist (object = pixels > 0), got {spec}")
+            ClsAttention(model).remove()  # NoClsAttentionError: one line, below
         data = eval_data(spec, img_size=img, in_chans=chans, interpolation=o.interpolation,
                          data_dir=o.data_dir, holdout=holdout,
                          split=(config.get("recipe") or {}).get("val_split"))
@@ -336,6 +347,12 @@ def evaluate_job(job: Job, o: EvalOptions, progress: Progress = lambda n: None) 
             device=o.device, on_batch=progress,
         )
         res["occlusion"]["saliency"] = o.saliency or "own cls attention"
+    if "attention" in o.evals:
+        n = min(o.attention_images, len(job.data))
+        batches = _loader(Subset(job.data.dataset, range(n)), job.data.batched, o.batch_size,
+                          o.workers)
+        res["attention_quality"] = attention_quality.measure(
+            job.model, batches, job.normalize, o.device, on_batch=progress)
     return res
 
 
@@ -345,6 +362,8 @@ def _work(job: Job, o: EvalOptions) -> int:
         n += len(job.data) + (len(job.ood) if job.ood is not None else 0)
     if "occlusion" in o.evals and job.occl_data is not None:
         n += len(job.occl_data)
+    if "attention" in o.evals:
+        n += min(o.attention_images, len(job.data))
     return n
 
 
