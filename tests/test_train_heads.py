@@ -178,7 +178,9 @@ def test_bench_step_times_models_with_a_head(name, kw, head, one_thread):
                             device=torch.device("cpu"), repeats=1, warmup=0, amp=False,
                             model_kwargs=kw)
     assert step["cls_head"] == head and step["patch"] == 4 and step["mask_scale"] == 8
-    assert len(step["rows"]) == 6 and 0 < step["probe_hook_share_of_step"] < 1
+    variants = [r["variant"] for r in step["rows"]]
+    assert len(variants) == 7 and "saliencymix" in variants  # no gridmix: no patch tokens
+    assert 0 < step["probe_hook_share_of_step"] < 1
     env = bench.environment(torch.device("cpu"))
     md = bench.to_markdown({"command": "t", "environment": env, "mix": [], "step": step})
     assert f"cls_head {head}" in md
