@@ -178,3 +178,10 @@ def test_bench_step_runs_the_swin_preset_model_for_real():
     assert out["cls_head"] == "ca_swin" and out["mask_scale"] == 4
     assert {r["variant"] for r in out["rows"]} >= {"none", "mixpro (probe)", "transmix (probe)"}
     assert 0.0 < out["probe_hook_share_of_step"] < 1.0
+
+
+def test_every_bench_result_names_its_machine():
+    env = bench.environment(torch.device("cpu"))
+    assert env["cpu"] and env["cpu_count"] >= 1 and env["threads"] >= 1
+    md = bench.to_markdown({"command": "t", "environment": env, "mix": [], "step": None})
+    assert env["cpu"] in md and f"{env['cpu_count']} cores" in md

@@ -452,10 +452,26 @@ class _null:
         return None
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; else ``platform.processor()``), with its ISA
+    extensions that decide our kernels' speed (AVX2, AVX-512, AMX) when listed."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or "unknown CPU"
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines()
+                 if line.startswith("model name")), platform.processor() or "unknown CPU")
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines()
+                  if line.startswith("flags")), [])
+    isa = [n for n, f in (("AVX2", "avx2"), ("AVX-512", "avx512f"), ("AMX", "amx_tile"))
+           if f in flags]
+    return f"{name} ({', '.join(isa)})" if isa else name
+
+
 def environment(device: torch.device) -> dict:
     env = {
         "device": str(device), "torch": torch.__version__, "timm": timm.__version__,
-        "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+        "cpu": cpu_model(), "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
         "platform": platform.platform(), "python": platform.python_version(),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -467,6 +483,7 @@ def environment(device: torch.device) -> dict:
 def to_markdown(result: dict) -> str:
     env = result["environment"]
     lines = [f"# mixpro bench — {env.get('gpu', env['device'])}", "",
+             f"{env.get('cpu', 'CPU not recorded')}, {env.get('cpu_count', '?')} cores, "
              f"torch {env['torch']}, timm {env['timm']}, {env['threads']} threads, "
              f"{env['platform']}, {env['date']}", "", f"Command: `{result['command']}` "
              f"(medians of {result.get('repeats', '?')} interleaved repeats after "
