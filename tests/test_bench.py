@@ -31,8 +31,10 @@ def test_bench_runs_and_writes_markdown_and_json(tmp_path, monkeypatch):
     names = [r["method"] for r in mix["rows"]]
     from mixpro.methods import METHODS
 
-    assert names == ["copy", "official_numpy_loop",
-                     *(n for n, m in METHODS.items() if not m.helpers)]  # every method
+    refs = [n for n in names if n.startswith("reference: ")]
+    assert refs == ["reference: fmix (official numpy)", "reference: resizemix (OpenMixup)"]
+    assert [n for n in names if n not in refs] == [
+        "copy", "official_numpy_loop", *(n for n, m in METHODS.items() if not m.helpers)]
     assert all(r["mix_ms"] > 0 for r in mix["rows"])
     jobs = [r["job"] for r in mix["libraries"]]
     assert jobs == ["Mixup, batch", "CutMix, batch", "Mixup, elem", "CutMix, elem",
@@ -185,3 +187,15 @@ def test_every_bench_result_names_its_machine():
     assert env["cpu"] and env["cpu_count"] >= 1 and env["threads"] >= 1
     md = bench.to_markdown({"command": "t", "environment": env, "mix": [], "step": None})
     assert env["cpu"] in md and f"{env['cpu_count']} cores" in md
+
+
+def test_reference_mixes_mix_like_their_descriptions():
+    rng = np.random.default_rng(0)
+    x = torch.rand(4, 3, 32, 32)
+    for out in (bench.reference_fmix(x, rng), bench.reference_resizemix(x, rng)):
+        assert out.shape == x.shape and torch.isfinite(out).all()
+    sal = bench.reference_saliencymix(x, rng)  # OpenCV is a test dependency
+    assert sal is not None and sal.shape == x.shape
+    # every pixel of the saliency yardstick comes from the image or one partner, same place
+    same = (sal[:, None] == x[None]).all(2)  # (B, B, H, W)
+    assert same.any(1).all()

@@ -137,6 +137,58 @@ def official_numpy_maskmix(
     return m * x + (1 - m) * x[index], k / (g * g)
 
 
+def reference_fmix(x: torch.Tensor, rng: np.random.Generator, decay: float = 3.0
+                   ) -> torch.Tensor:
+    """The official FMix code's way (a yardstick): one numpy low-frequency mask per batch
+    (``rfft`` noise, ``irfft2``, argsort binarisation) on the host, copied to the device,
+    ``M·x + (1-M)·x[perm]`` with ``randperm``."""
+    b, _, h, w = x.shape
+    lam = rng.beta(1.0, 1.0)
+    freqs = np.sqrt(np.fft.fftfreq(h)[:, None] ** 2 + np.fft.rfftfreq(w)[None, :] ** 2)
+    scale = 1.0 / np.maximum(freqs, 1.0 / max(h, w)) ** decay
+    spec = (rng.standard_normal(freqs.shape) + 1j * rng.standard_normal(freqs.shape)) * scale
+    img = np.fft.irfft2(spec, s=(h, w)).reshape(-1)
+    mask = np.zeros(h * w, dtype=np.float32)
+    mask[np.argsort(-img)[:int(round(lam * h * w))]] = 1.0
+    m = torch.from_numpy(mask.reshape(1, 1, h, w)).to(x.device)
+    return m * x + (1 - m) * x[torch.randperm(b, device=x.device)]
+
+
+def reference_resizemix(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """OpenMixup's ResizeMix way (a yardstick): a clone, the permuted batch resized (nearest)
+    into one box, pasted in place."""
+    b, _, h, w = x.shape
+    tau = rng.uniform(0.1, 0.8)
+    bh, bw = max(1, int(tau * h)), max(1, int(tau * w))
+    y0, x0 = rng.integers(0, h - bh + 1), rng.integers(0, w - bw + 1)
+    out = x.clone()
+    out[..., y0:y0 + bh, x0:x0 + bw] = torch.nn.functional.interpolate(
+        x[torch.randperm(b, device=x.device)], size=(bh, bw), mode="nearest")
+    return out
+
+
+def reference_saliencymix(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor | None:
+    """The released SaliencyMix / OpenMixup way (a yardstick): OpenCV's fine-grained saliency
+    of one partner image per batch on the host, one box for the batch. None without OpenCV
+    (``opencv-contrib-python-headless``, a test dependency)."""
+    try:
+        import cv2
+    except ImportError:
+        return None
+    b, _, h, w = x.shape
+    perm = torch.randperm(b, device=x.device)
+    lam = rng.beta(1.0, 1.0)
+    img = (x[perm[0]].detach().float().cpu().clamp(0, 1) * 255).byte().permute(1, 2, 0).numpy()
+    ok, sal = cv2.saliency.StaticSaliencyFineGrained_create().computeSaliency(img)
+    cy, cx = np.unravel_index(int(np.argmax(sal)), sal.shape)
+    ch, cw = int(h * math.sqrt(1 - lam)), int(w * math.sqrt(1 - lam))
+    y0, y1 = max(cy - ch // 2, 0), min(cy + ch // 2, h)
+    x0, x1 = max(cx - cw // 2, 0), min(cx + cw // 2, w)
+    out = x.clone()
+    out[..., y0:y1, x0:x1] = x[perm][..., y0:y1, x0:x1]
+    return out
+
+
 class _Clock:
     """Times one call on ``device`` (CUDA events after a sync, else ``perf_counter``)."""
 
@@ -247,7 +299,11 @@ def bench_mix(
     fns: dict[str, Callable[[], object]] = {
         "copy": lambda: x.clone(),
         "official_numpy_loop": lambda: official_numpy_maskmix(x, patch * scale, rng),
+        "reference: fmix (official numpy)": lambda: reference_fmix(x, rng),
+        "reference: resizemix (OpenMixup)": lambda: reference_resizemix(x, rng),
     }
+    if channels == 3 and reference_saliencymix(x[:2], rng) is not None:
+        fns["reference: saliencymix (released, OpenCV)"] = lambda: reference_saliencymix(x, rng)
     fns.update({k: (lambda m=m: m(x, y)) for k, m in mixers.items()})
     jobs = library_jobs(x, y, num_classes)
     for job, libs in jobs.items():
