@@ -413,6 +413,7 @@ def bench_step(
         "mixpro (un-fused last block)": make_step(m["mixpro"], "unfused"),
         "mixpro (extra no-grad forward)": make_step(m["mixpro"], "extra_forward"),
         "saliencymix": make_step(m["saliencymix"], "none"),
+        **{name: make_step(m[name], "none") for name in ("fmix", "resizemix", "gridmixup")},
     }
     if stride is None and hasattr(probe_model, "num_prefix_tokens"):  # a ViT's patch tokens
         variants["gridmix (token head)"] = make_step(
