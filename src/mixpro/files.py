@@ -134,6 +134,11 @@ def clean_stale_temps(folder: str | os.PathLike, names: Iterable[str]) -> list[P
     return gone
 
 
+def _holder(fd: int) -> str:
+    """What the lock's holder wrote into the lock file (pid, host, since)."""
+    return os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+
+
 class FolderLock:
     """An exclusive lock on a run folder (``<folder>/.mixpro.lock``, ``flock``): one writer
     at a time. :meth:`acquire` creates the folder when needed and raises
@@ -156,7 +161,7 @@ class FolderLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+            holder = _holder(fd)
             os.close(fd)
             raise FolderLocked(self.folder, holder) from None
         os.ftruncate(fd, 0)
@@ -205,7 +210,7 @@ def lock_holder(folder: str | os.PathLike) -> str | None:
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
-        return os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+        return _holder(fd)
     finally:
         os.close(fd)
     return None

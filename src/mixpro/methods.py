@@ -193,6 +193,8 @@ def needs_attention(method: str, options: MixOptions) -> bool:
     return METHODS[method].attention(options)
 
 
+# the TransMix labelling on a MaskMix-family mask: λ = (λ_area + λ_attn)/2, λ_attn renormalised
+_TRANSMIX_RULE = {"alpha": "equal", "attention_norm": "renormalize"}
 _TIMM = frozenset({"label_smoothing", "mix_prob"})
 _MASK = frozenset({"label_smoothing", "mask_strategy", "mask_scale", "beta", "mask_mode",
                    "pairing", "rounding"})
@@ -269,7 +271,7 @@ register("transmix_aligned", Method(
 register("maskmix", Method(lambda o, c: MaskMix(**_maskmix_args(o, c)), _MASK,
                            "MaskMix with area labels", patch=True))
 register("maskmix_transmix", Method(
-    lambda o, c: _mixpro(o, c, alpha="equal", attention_norm="renormalize"),
+    lambda o, c: _mixpro(o, c, **_TRANSMIX_RULE),
     _MASK | {"pal_label_smoothing", "alpha_detach"},
     "MaskMix + TransMix labelling: λ = (λ_area + λ_attn)/2 (Table 6 row 3)", patch=True,
     attention=lambda o: True))
@@ -318,8 +320,8 @@ def _strategy_mixer(name: str, labels: str) -> Callable[[MixOptions, Context], A
             return MixPro(**common, alpha=o.alpha, alpha_detach=o.alpha_detach,
                           pal_label_smoothing=o.pal_label_smoothing,
                           attention_norm=o.attention_norm)
-        return MixPro(**common, alpha="equal", pal_label_smoothing=o.pal_label_smoothing,
-                      alpha_detach=o.alpha_detach, attention_norm="renormalize")
+        return MixPro(**common, **_TRANSMIX_RULE, pal_label_smoothing=o.pal_label_smoothing,
+                      alpha_detach=o.alpha_detach)
     return build
 
 
@@ -341,7 +343,7 @@ def _pal_relabel(o: MixOptions, c: Context, transmix: bool = False):
     if o.alpha == "learnable" and not transmix:
         raise ValueError("alpha learnable is not offered on saliencymix_pal (its α would not "
                          "be trained); choose another alpha")
-    kw = dict(alpha="equal", attention_norm="renormalize") if transmix else dict(
+    kw = _TRANSMIX_RULE if transmix else dict(
         alpha=o.alpha, attention_norm=o.attention_norm)
     return MixPro(num_classes=c.num_classes, patch_size=c.patch_size,
                   label_smoothing=o.label_smoothing, alpha_detach=o.alpha_detach,

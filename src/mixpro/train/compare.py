@@ -29,11 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
 from mixpro import files, models, sweep
-from mixpro.methods import METHODS, build_mixer
+from mixpro.methods import METHODS, OPTION_NAMES, needs_attention
 
 from . import run
 from .output import ARTEFACTS, FINAL
@@ -169,7 +168,7 @@ def variants(methods: Sequence[str], grid: Mapping[str, Sequence[str]]) -> list[
     return out
 
 
-_MIX_KEYS = frozenset(k for m in METHODS.values() for k in m.keys)
+_MIX_KEYS = frozenset(OPTION_NAMES)  # every method's keys are MixOptions fields (register())
 
 
 def _check(methods: Sequence[str], seeds: Sequence[int], grid: Mapping[str, Sequence[str]],
@@ -284,9 +283,7 @@ def _one_architecture(configs: Iterable[Recipe]) -> None:
         needs = False
         for cfg in cfgs:
             try:
-                needs |= build_mixer(cfg.method, cfg.mix_options(), num_classes=2,
-                                     patch_size=cfg.patch_size or 1,
-                                     generator=torch.Generator()).needs_attention
+                needs |= needs_attention(cfg.method, cfg.mix_options())
             except (ValueError, TypeError):
                 pass  # the run itself reports it, with its context
         if not needs:
