@@ -7,6 +7,12 @@ data-limited preset, resumable across sessions.
     python benchmarks/ablations.py share [STUDY ...]  # reuse identical runs of other studies
     python benchmarks/ablations.py work [STUDY ...]   # one worker; start several in parallel
 
+Table 2's study trains its helper models first (``HELPERS``: Attentive-CutMix's extractor, a
+small ResNet-18, and TokenMix's teacher, the students' ViT without mixing), on the same
+500-image subset and schedule as the students (seed 0), so that no helper sees more data than
+the model it helps; they are kept in ``runs/ablations/table2-helpers/`` (their checkpoints
+are not committed: a clean clone trains them again, about 5 min each on one core).
+
 Runs go to ``runs/ablations/<study>/``. ``sync`` copies each finished run's ``final.json``,
 ``metrics.jsonl`` and ``config.yaml`` (no checkpoints) and the study's ``results.*`` into
 ``docs/results/ablations/<study>/``; ``run`` first restores those whose recorded recipe is the
@@ -32,6 +38,7 @@ run skipped is said, with why. Then ``run`` writes each study's table from the f
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from collections.abc import Iterable
@@ -60,6 +67,32 @@ STUDIES: dict[str, tuple[list[str], list[str], str]] = {
     "table9": (["maskmix"], ["mask_strategy=grid,shuffle,shuffle_own,shuffle_both"],
                "Table 9: random shuffling patterns"),
     "fig5b": (["mixpro"], ["beta=0.5,0.8,1,2"], "Fig. 5b: beta"),
+    "table2": (["none", "gridmix", "cutmix", "attentive_cutmix", "saliencymix", "puzzlemix",
+                "transmix", "tokenmix", "mixpro"], [],
+               "Table 2: the mixing methods compared (helpers trained on the same subset)"),
+}
+
+# study -> recipe keys set for the sweep (each reaches only the methods that read it)
+SETTINGS: dict[str, dict[str, str]] = {
+    "table2": {
+        # Attentive-CutMix: the extractor's stride-8 stage, a 4x4 map of 2x2-token cells (the
+        # paper's 7x7 map of 32-px cells is 2x2 tokens at p = 16); 2 of 16 cells = 12.5 %
+        # kept, the paper's 6 of 49 = 12.2 %
+        "extractor": "runs/ablations/table2-helpers/extractor/last.pt",
+        "attentive_stage": "2",
+        "attentive_top_k": "2",
+        "teacher": "runs/ablations/table2-helpers/teacher/last.pt",
+    },
+}
+
+# study -> helper models it trains first, on the same subset and schedule as its students
+# (so a helper never sees more data than the model it helps): name -> `mixpro train` args
+HELPERS: dict[str, dict[str, list[str]]] = {
+    "table2": {
+        "extractor": ["--method", "none", "--model", "resnet18",
+                      "--model-kwargs", '{"channels": [32, 64, 128, 256]}'],
+        "teacher": ["--method", "none"],  # the students' ViT, trained without mixing
+    },
 }
 
 
@@ -71,6 +104,8 @@ def command(study: str) -> list[str]:
             "--no-progress"]
     for g in grid:
         args += ["--grid", g]
+    for key, value in SETTINGS.get(study, {}).items():
+        args += ["--set", f"{key}={value}"]
     return args
 
 
@@ -79,8 +114,11 @@ def planned(study: str, threads: int | None = 1):
     from mixpro.train.compare import plan
 
     methods, grid, _ = STUDIES[study]
+    from mixpro.train.recipe import parse_value
+
+    settings = {k: parse_value(v) for k, v in SETTINGS.get(study, {}).items()}
     p = plan(RECIPE, methods=methods, seeds=SEEDS, output=RUNS / study, grid=grid,
-             overrides={"threads": threads, "progress": False})
+             overrides={"threads": threads, "progress": False, **settings})
     return {Path(cfg.output): cfg for cfg in p.configs.values()}
 
 
@@ -151,6 +189,52 @@ def work(studies: list[str]) -> int:
     return rc
 
 
+def helpers(study: str) -> int:
+    """Train the helper models of ``study`` that are not there yet (seed 0, one thread, in
+    ``runs/ablations/<study>-helpers/<name>/``); a finished run of the same recipe elsewhere
+    in ``runs/ablations`` (e.g. the study's own ``none`` run for its teacher) is copied, with
+    its checkpoint, instead. Returns 0 or the first failing ``mixpro train``'s status."""
+    from mixpro.cli import main as mixpro
+    from mixpro.train.compare import recipe_differences, recorded_recipe
+    from mixpro.train.recipe import load_recipe
+
+    for name, args in HELPERS.get(study, {}).items():
+        out = RUNS / f"{study}-helpers" / name
+        if (out / "final.json").exists() and (out / "last.pt").exists():
+            continue
+        argv = ["train", "--recipe", RECIPE, "--seed", "0", "--threads", "1", "--no-progress",
+                "--output", str(out.relative_to(ROOT)), *args]
+        if not (out / "last.pt").exists():
+            want = load_recipe(RECIPE, _flags(args) | {"seed": 0}).to_dict()
+            for final in sorted(RUNS.glob("*/*/final.json")):
+                got = recorded_recipe(final.parent)
+                if got and (final.parent / "last.pt").exists() \
+                        and not recipe_differences(got, want):
+                    _copy(final.parent, out, ["last.pt", "best.pt", *KEEP])
+                    print(f"{study}: helper {name} is {final.parent.relative_to(ROOT)} "
+                          "(same recipe), copied", flush=True)
+                    break
+            else:
+                print(f"{study}: training helper {name}: mixpro {' '.join(argv)}", flush=True)
+                rc = mixpro(argv)
+                if rc:
+                    return rc
+            continue
+        print(f"{study}: resuming helper {name}", flush=True)
+        rc = mixpro([*argv, "--resume"])
+        if rc:
+            return rc
+    return 0
+
+
+def _flags(args: list[str]) -> dict:
+    """``["--method", "none", "--model-kwargs", "{...}"]`` as recipe overrides."""
+    import yaml
+
+    return {a[2:].replace("-", "_"): yaml.safe_load(v)
+            for a, v in zip(args[::2], args[1::2], strict=True)}
+
+
 def fig2a(study: str = "table10") -> Path | None:
     """The paper's Fig. 2a from Table 10's runs: mean α per epoch of each α strategy, mean
     over seeds (band: min–max), as ``docs/results/ablations/<study>/fig2a_alpha.png``."""
@@ -189,6 +273,10 @@ def sync(study: str) -> int:
         _copy(final.parent, dst / "runs" / final.parent.name, KEEP)
         n += 1
     _copy(src, dst, ("results.md", "results.csv", "compare.png"))
+    for name in HELPERS.get(study, {}):
+        helper = RUNS / f"{study}-helpers" / name
+        if (helper / "final.json").exists():
+            _copy(helper, dst / "helpers" / name, KEEP)
     return n
 
 
@@ -224,6 +312,12 @@ def main(argv: list[str]) -> int:
     if unknown:
         print(f"ablations: unknown study {unknown[0]!r}; one of {', '.join(STUDIES)}")
         return 2
+    os.chdir(ROOT)  # the studies' recipes name their helpers' files relative to it
+    if what in ("work", "run"):
+        for study in names:
+            rc = helpers(study)
+            if rc:
+                return rc
     if what == "work":
         return work(names)
     for study in names:

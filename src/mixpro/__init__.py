@@ -5,6 +5,7 @@ The core (masks, labels, mixers, attention probe, loss) never imports the apps.
 
 from ._kernels import set_single_thread_loops
 from .attention import AttentionOrigin, ClsAttention, NoClsAttentionError, attention_origin
+from .attentive import AttentiveCutMix
 from .fmix import FMix
 from .gridmix import GridMix
 from .gridmixup import GridMixup
@@ -46,9 +47,11 @@ from .mixers import (
     paper_recipe,
 )
 from .pixels import CellMask, ShuffledMask
+from .puzzlemix import PuzzleMix
 from .resizemix import ResizeMix
 from .saliencymix import SaliencyMix
 from .strategies import MASK_STRATEGIES, make_mask_strategy
+from .tokenmix import TokenMix
 
 __version__ = "0.1.0"
 
@@ -64,6 +67,7 @@ __all__ = [
     "CosineAlpha",
     "CutMix",
     "FMix",
+    "AttentiveCutMix",
     "GridMix",
     "GridMixup",
     "GridMasks",
@@ -80,7 +84,9 @@ __all__ = [
     "ParabolicAlpha",
     "RandomChoice",
     "ResizeMix",
+    "PuzzleMix",
     "SaliencyMix",
+    "TokenMix",
     "ShuffleMasks",
     "ShuffledMask",
     "TransMix",

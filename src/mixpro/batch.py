@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +27,8 @@ from .labels import (
 )
 from .loss import binary_cross_entropy, soft_target_cross_entropy
 from .pixels import PixelSource, TokenMode
+
+Objective = Literal["ce", "bce"]  # what MixedBatch.loss trains with
 
 
 @dataclass(frozen=True)
@@ -110,8 +113,14 @@ class MixedBatch:
         method: ``'none'``, ``'mixup'``, ``'cutmix'``, ``'transmix'``, ``'maskmix'``, ``'mixpro'``,
             or the mixer's custom name.
         source: the :class:`~mixpro.pixels.PixelSource` that made the images.
+        label_weights: ``(w_own, w_partner)`` ``(B,)`` float32 label weights that are not
+            the pixel shares (TokenMix's activation shares; they need not sum to 1), or None:
+            ``(lam_area, 1 - lam_area)``.
+        objective: ``'ce'`` (soft-target cross-entropy) or ``'bce'`` (binary cross-entropy
+            on the soft targets, TokenMix's official run); multi-label batches use BCE.
         alpha, lam_attn, lam: ``(B,)`` float32, set by :meth:`targets`. For area-labelled
-            batches ``alpha`` is 0, ``lam_attn`` is None and ``lam == lam_area``.
+            batches ``alpha`` is 0, ``lam_attn`` is None and ``lam == lam_area`` (with
+            ``label_weights``: ``w_own``).
 
     A sample paired with itself (``partner[i] == i``: the middle sample of an odd batch with
     ``flip`` pairing, ``randperm`` self-pairs) is its own image and label, so its
@@ -137,6 +146,8 @@ class MixedBatch:
     mixer_needs_attention: bool = False  # the mixer (not only this batch) relabels with attention
     auxiliary: Callable[[MixedBatch], torch.Tensor] | None = None  # an extra loss (GridMix's
     # patch-level labels): added to loss(); it reads what the mixer's own probe captured
+    label_weights: tuple[torch.Tensor, torch.Tensor] | None = None
+    objective: Objective = "ce"
     alpha: torch.Tensor | None = field(default=None, init=False)
     lam_attn: torch.Tensor | None = field(default=None, init=False)
     lam: torch.Tensor | None = field(default=None, init=False)
@@ -203,7 +214,7 @@ class MixedBatch:
             _checks.values(logits, self.labels, k, None)
             self.alpha = torch.zeros(b, device=logits.device)
             self.lam_attn = None
-            self.lam = self.lam_area
+            self.lam = self.lam_area if self.label_weights is None else self.label_weights[0]
             return self.area_targets()
         rl = self.relabel
         assert rl is not None
@@ -220,20 +231,25 @@ class MixedBatch:
         return mix_targets(self.labels, self.partner, self.lam, k, rl.smoothing)
 
     def area_targets(self) -> torch.Tensor:
-        """Area-mixed soft targets ``(B, num_classes)`` (λ = ``lam_area``); needs no logits."""
+        """Soft targets ``(B, num_classes)`` without attention: λ = ``lam_area`` (or the
+        batch's ``label_weights``); needs no logits."""
+        if self.label_weights is not None:
+            own, other = self.label_weights
+            return mix_targets(self.labels, self.partner, own, self.num_classes,
+                               self.label_smoothing, partner_lam=other)
         return mix_targets(self.labels, self.partner, self.lam_area, self.num_classes,
                            self.label_smoothing)
 
     def loss(self, logits: torch.Tensor, attention: torch.Tensor | None = None) -> torch.Tensor:
-        """Mean soft-target cross-entropy of ``logits`` against :meth:`targets` (multi-label:
-        :func:`~mixpro.binary_cross_entropy`), plus the mixer's auxiliary loss if it has one
-        (GridMix's patch-level labels)."""
+        """Mean soft-target cross-entropy of ``logits`` against :meth:`targets` (multi-label or
+        ``objective='bce'``: :func:`~mixpro.binary_cross_entropy`), plus the mixer's auxiliary
+        loss if it has one (GridMix's patch-level labels)."""
         targets = self.targets(logits, attention)
-        if self.multi_label:
+        if self.multi_label or self.objective == "bce":
             loss = binary_cross_entropy(logits, targets)
         else:
             loss = soft_target_cross_entropy(logits, targets)
         return loss if self.auxiliary is None else loss + self.auxiliary(self)
 
 
-__all__ = ["AttentionRelabel", "MixedBatch"]
+__all__ = ["AttentionRelabel", "MixedBatch", "Objective"]

@@ -478,3 +478,64 @@ __all__ = [
     "training_checkpoint",
     "weights_checkpoint",
 ]
+
+
+# -- helper models (Attentive-CutMix's extractor, TokenMix's teacher) ----------------------
+
+
+def load_helper(spec: str, role: str, *, num_classes: int | None = None,
+                in_chans: int | None = None) -> tuple[nn.Module, str]:
+    """The frozen helper model a recipe key names, in eval mode on the CPU, and a one-line
+    report of where it came from.
+
+    ``spec`` is one of: a ``mixpro train`` checkpoint (``last.pt``/``best.pt``, which
+    describes its own model); ``NAME@PATH``, a timm model name and a state dict / safetensors
+    file of its weights (its class count is read from the file's classifier); a timm model
+    name, with timm's pretrained weights from the local cache (never downloaded).
+    ``num_classes``: the classes the helper must predict (a teacher), checked; ``in_chans``:
+    the images' channels, for ``NAME@PATH`` and names.
+
+    Raises:
+        CheckpointError: a missing or unreadable file, weights that do not fit, an unknown
+            name or uncached weights (one line naming ``role``).
+    """
+    from .models import create_model
+
+    if not isinstance(spec, str) or not spec.strip():
+        raise CheckpointError(f"{role} must be a checkpoint path, NAME@PATH or a timm model "
+                              f"name, got {spec!r}")
+    name, sep, file = spec.partition("@")
+    try:
+        if not sep and Path(spec).exists():
+            try:
+                model, config = load_model(spec)
+            except CheckpointError as e:
+                raise CheckpointError(f"{role} {spec}: {e} (a state dict or safetensors file "
+                                      "is given as NAME@PATH: the timm model, then the file)"
+                                      ) from None
+            source = f"{config.get('model')} from the mixpro checkpoint {spec}"
+        elif sep:
+            sd = read_state_dict(file)
+            probe, _ = create_model(name, num_classes=1, in_chans=in_chans)
+            classes = _classes(sd, classifier_keys(probe))
+            model, _ = create_model(name, num_classes=classes or 0, in_chans=in_chans)
+            load_weights(model, sd, file, name)
+            source = f"{name} with the weights of {file}"
+        else:
+            if Path(name).suffix in (".pt", ".pth", ".safetensors", ".bin") or "/" in name:
+                raise CheckpointError(f"{role}: no such file {spec}")
+            model, _ = create_model(name, num_classes=num_classes or 1000, in_chans=in_chans,
+                                    pretrained=True)
+            source = f"timm's pretrained {name} (local cache)"
+    except ModelError as e:
+        raise CheckpointError(f"{role}: {e}") from None
+    except CheckpointError as e:
+        text = str(e)
+        raise CheckpointError(text if text.startswith(role) else f"{role}: {text}") from None
+    if num_classes is not None:
+        head = model.get_classifier() if hasattr(model, "get_classifier") else None
+        got = getattr(head, "out_features", None)
+        if got is not None and got != num_classes:
+            raise CheckpointError(f"{role} {spec} predicts {got} classes, the run has "
+                                  f"{num_classes}")
+    return model.eval().requires_grad_(False), f"{role}: {source}"

@@ -36,8 +36,13 @@ def mix_targets(
     lam: torch.Tensor,
     num_classes: int,
     smoothing: float = 0.0,
+    partner_lam: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Soft targets ``λ·smooth(y_i) + (1-λ)·smooth(y_partner[i])``: ``(B, num_classes)``.
+
+    ``partner_lam`` ``(B,)``: the weight of ``y_partner[i]`` instead of ``1-λ`` (TokenMix's
+    two activation shares, which need not sum to 1): the targets are then
+    ``s/C + (1-s)·(λ·y_i + w·y_partner[i])``, whose mass is ``s + (1-s)(λ + w)``.
 
     ``labels`` are class indices ``(B,)`` or multi-hot floats ``(B, num_classes)``
     (multi-label); ``smooth(y) = (1-s)·y + s/C`` for both, i.e. ``on = 1-s+s/C``,
@@ -50,13 +55,15 @@ def mix_targets(
     off = smoothing / num_classes
     gap = 1.0 - smoothing  # on - off
     lam = lam.to(torch.float32).reshape(-1, 1).expand(b, 1)
+    other = 1.0 - lam if partner_lam is None else \
+        partner_lam.to(torch.float32).reshape(-1, 1).expand(b, 1)
     if labels.dim() == 2:  # multi-hot rows
         y = labels.float()
-        return off + gap * (lam * y + (1.0 - lam) * y.index_select(0, partner))
+        return off + gap * (lam * y + other * y.index_select(0, partner))
     idx = labels.long()[:, None]
     out = torch.full((b, num_classes), off, device=labels.device)
     out.scatter_add_(1, idx, lam * gap)  # in place on a fresh tensor: autograd reaches λ
-    return out.scatter_add_(1, idx.index_select(0, partner), (1.0 - lam) * gap)
+    return out.scatter_add_(1, idx.index_select(0, partner), other * gap)
 
 
 AttentionNorm = Literal["paper", "renormalize"]

@@ -23,7 +23,9 @@ from typing import Any, Literal
 
 import torch
 
-from . import options
+from . import _checks, options
+from .attentive import AttentiveCutMix
+from .batch import Objective
 from .fmix import FourierMasks
 from .gridmix import GridMix
 from .gridmixup import GridMixupMasks
@@ -42,11 +44,14 @@ from .mixers import (
     TransMix,
 )
 from .options import option
+from .puzzlemix import PuzzleMix
 from .resizemix import ResizeBoxes
 from .saliencymix import Detector as SaliencyDetector
 from .saliencymix import SaliencyMix
 from .saliencymix import Scope as SaliencyScope
 from .strategies import MASK_STRATEGIES, make_mask_strategy
+from .tokenmix import LamMode as TokenMixLam
+from .tokenmix import TokenMix
 
 AnyMixer = Mixer | RandomChoice
 AlphaName = Literal[ALPHA_STRATEGIES]  # type: ignore[valid-type]  # the labels' α names
@@ -106,6 +111,25 @@ class MixOptions:
     saliency_detector: SaliencyDetector = option("fine_grained", help="SaliencyMix: "
                                                  "fine_grained (OpenCV's, as the paper) | "
                                                  "spectral_residual")
+    attentive_top_k: int | None = option(6, ge=1, help="Attentive-CutMix: cells kept from "
+                                         "each image (paper: 6 of 49; null: AttentiveMix+, "
+                                         "k = cells * lambda, lambda ~ Beta(beta, beta))")
+    attentive_stage: int = option(-1, ge=-1, help="Attentive-CutMix: the extractor's map "
+                                  "(-1: last stage, the paper; else that index of timm's "
+                                  "forward_intermediates, ResNets: 0 stem, 1-4 stages)")
+    puzzlemix_blocks: Literal["tokens", "official"] = option(
+        "tokens", help="Puzzle-Mix: block counts per side drawn per batch: tokens (the "
+        "divisors > 1 of the token grid's side, blocks of whole tokens) | official (2, 4, 8, "
+        "16)")
+    puzzlemix_clean_lam: float = option(0.0, ge=0, help="Puzzle-Mix: weight of the clean "
+                                        "loss of the saliency pass (official 0)")
+    puzzlemix_workers: int = option(0, ge=0, help="Puzzle-Mix: graph-cut worker processes "
+                                    "(0: in the training process)")
+    tokenmix_lam: TokenMixLam = option("sampled", help="TokenMix: sampled (paper: (1 - "
+                                       "lambda) N tokens from the partner, lambda ~ Beta(beta, "
+                                       "beta)) | fixed (released code: N/2 + 14/196 N)")
+    tokenmix_loss: Objective = option("bce", help="TokenMix: bce (the official run's "
+                                      "--use-bce) | ce")
 
     def __post_init__(self) -> None:
         options.check(self)
@@ -129,6 +153,8 @@ class Context:
     mean: tuple[float, ...] | None = None  # the images' normalisation (SaliencyMix reads
     std: tuple[float, ...] | None = None   # the 0..255 image); None: images in [0, 1]
     model: Any = None  # the model being trained, for methods whose helpers include "model"
+    extractor: Any = None  # Attentive-CutMix's frozen feature extractor
+    teacher: Any = None  # TokenMix's frozen teacher
 
     @property
     def tokens(self) -> int:
@@ -383,6 +409,45 @@ register("gridmix", Method(
     "per-token head on the model's patch tokens", patch=True, helpers=("model",)))
 
 
+def _helper(c: Context, name: str) -> Any:
+    got = getattr(c, name)
+    if got is None:
+        raise _checks.ArgumentError(name, "is needed by this method: a frozen model "
+                                    "(mixpro train: a checkpoint path or a timm model name)")
+    return got
+
+
+register("attentive_cutmix", Method(
+    lambda o, c: AttentiveCutMix(
+        num_classes=c.num_classes, label_smoothing=o.label_smoothing,
+        extractor=_helper(c, "extractor"), top_k=o.attentive_top_k, beta=o.beta,
+        stage=o.attentive_stage, align=c.tokens, pairing=o.pairing, generator=c.generator),
+    frozenset({"label_smoothing", "attentive_top_k", "attentive_stage", "beta", "pairing"}),
+    "Attentive-CutMix: each image keeps its top-k cells of a frozen extractor's map, the "
+    "rest from the partner, area labels", patch=True, helpers=("extractor",)))
+register("puzzlemix", Method(
+    lambda o, c: PuzzleMix(
+        num_classes=c.num_classes, label_smoothing=o.label_smoothing,
+        model=_helper(c, "model"), patch_size=c.tokens,
+        blocks=(2, 4, 8, 16) if o.puzzlemix_blocks == "official" else None, beta=o.beta,
+        clean_lam=o.puzzlemix_clean_lam, mean=c.mean, std=c.std,
+        workers=o.puzzlemix_workers, pairing=o.pairing, generator=c.generator),
+    frozenset({"label_smoothing", "puzzlemix_blocks", "puzzlemix_clean_lam",
+               "puzzlemix_workers", "beta", "pairing"}),
+    "Puzzle-Mix: per-sample graph-cut masks {1, 1/2, 0} on the model's input saliency, "
+    "with transport; per-sample mask-mean labels (needs mixpro[puzzlemix])", patch=True,
+    helpers=("model",)))
+register("tokenmix", Method(
+    lambda o, c: TokenMix(
+        num_classes=c.num_classes, label_smoothing=o.label_smoothing,
+        teacher=_helper(c, "teacher"), patch_size=c.tokens, beta=o.beta, lam=o.tokenmix_lam,
+        objective=o.tokenmix_loss, pairing=o.pairing, generator=c.generator),
+    frozenset({"label_smoothing", "tokenmix_lam", "tokenmix_loss", "beta", "pairing"}),
+    "TokenMix: a block mask of whole tokens; labels = each image's share of a frozen "
+    "teacher's class activation in the tokens it contributes (BCE)", patch=True,
+    helpers=("teacher",)))
+
+
 def _mixpro_official(o: MixOptions, c: Context) -> RandomChoice:
     """Every quirk of the released MixPro code at once."""
     official = replace(o, mask_mode="positions", pairing="randperm", rounding="ceil",
@@ -417,14 +482,17 @@ def ignored_options(method: str, keys: Iterable[str]) -> list[str]:
 def build_mixer(method: str, options: MixOptions, *, num_classes: int, patch_size: int,
                 generator: torch.Generator, token_size: int | None = None,
                 mean: Sequence[float] | None = None,
-                std: Sequence[float] | None = None, model: Any = None) -> AnyMixer:
+                std: Sequence[float] | None = None, model: Any = None,
+                extractor: Any = None, teacher: Any = None) -> AnyMixer:
     """The mixer of ``method`` with ``options``.
 
     ``token_size``: the px size of the tokens the model's attention is read over (default
     ``patch_size``; the last stage's stride with a class-attention head): Table 8 A's
     ``transmix_aligned`` puts its boxes on those tokens' borders. ``mean``/``std``: the
     images' normalisation (0..1 scale), for methods that look at the pixels (SaliencyMix);
-    ``model``: the model being trained, for methods that need it (GridMix's token head).
+    ``model``: the model being trained, for methods that need it (GridMix's token head,
+    Puzzle-Mix's saliency); ``extractor`` / ``teacher``: the frozen helper models of
+    Attentive-CutMix / TokenMix (see :attr:`Method.helpers`).
 
     Raises:
         ValueError: unknown method, or an option value the mixer refuses.
@@ -433,7 +501,8 @@ def build_mixer(method: str, options: MixOptions, *, num_classes: int, patch_siz
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     return METHODS[method].build(options, Context(
         num_classes, patch_size, generator, token_size,
-        None if mean is None else tuple(mean), None if std is None else tuple(std), model))
+        None if mean is None else tuple(mean), None if std is None else tuple(std), model,
+        extractor, teacher))
 
 
 __all__ = ["METHODS", "OPTION_NAMES", "Context", "Method", "MixOptions", "build_mixer",

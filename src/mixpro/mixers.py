@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from . import _checks
-from .batch import AttentionRelabel, MixedBatch
+from .batch import AttentionRelabel, MixedBatch, Objective
 from .labels import (
     ATTENTION_NORMS,
     AlphaStrategy,
@@ -72,6 +72,12 @@ class Draw:
         lam_area: ``(B,)`` or ``(1,)`` share of each image's pixels from sample ``i``.
         method: the name the batch reports (``MixedBatch.method``).
         relabel: how the batch is relabelled with attention; None: area labels.
+        auxiliary: an extra loss term of the batch (GridMix's patch-level labels).
+        label_weights: ``(w_own, w_partner)``, each ``(B,)``: the label weights of ``y_i``
+            and ``y_partner[i]`` when they are not the pixel shares (TokenMix: activation
+            shares, not summing to 1); None: ``(lam_area, 1 - lam_area)``.
+        objective: the loss of :meth:`MixedBatch.loss`: ``'ce'`` (soft-target
+            cross-entropy) or ``'bce'`` (binary cross-entropy, TokenMix's official run).
     """
 
     source: PixelSource
@@ -79,7 +85,9 @@ class Draw:
     lam_area: torch.Tensor
     method: str
     relabel: AttentionRelabel | None = None
-    auxiliary: Callable[[MixedBatch], torch.Tensor] | None = None  # an extra loss term
+    auxiliary: Callable[[MixedBatch], torch.Tensor] | None = None
+    label_weights: tuple[torch.Tensor, torch.Tensor] | None = None
+    objective: Objective = "ce"
 
 
 class Mixer(ABC):
@@ -133,19 +141,28 @@ class Mixer(ABC):
     def draw(self, images: torch.Tensor) -> Draw:
         """Draw what this batch mixes (``images (B, C, H, W)``, already validated)."""
 
+    def draw_labelled(self, images: torch.Tensor, labels: torch.Tensor) -> Draw:
+        """:meth:`draw` for a method whose draw reads the labels too (TokenMix's teacher maps
+        are read for each image's own class); default: ``draw(images)``."""
+        return self.draw(images)
+
     def mix(self, images: torch.Tensor, labels: torch.Tensor, *,
             mixer_needs_attention: bool | None = None) -> MixedBatch:
         """:meth:`__call__`; ``mixer_needs_attention``: what the batch says of the mixer that
         was called (a :class:`RandomChoice` passes its own; default: this mixer's)."""
         _checks.images_and_labels(images, labels, self.num_classes)
-        d = self.draw(images)
+        d = self.draw_labelled(images, labels)
         b = images.shape[0]
         lam_area = d.lam_area.to(device=images.device, dtype=torch.float32).expand(b)
+        weights = None if d.label_weights is None else tuple(
+            w.to(device=images.device, dtype=torch.float32).expand(b) for w in d.label_weights)
         # a sample paired with itself is unmixed whatever was drawn for it (with flip pairing
         # only the middle one of an odd batch)
         if b % 2 or self.pairing != "flip":
             own = d.partner == torch.arange(b, device=d.partner.device)
             lam_area = torch.where(own, 1.0, lam_area)
+            if weights is not None:
+                weights = (torch.where(own, 1.0, weights[0]), torch.where(own, 0.0, weights[1]))
         return MixedBatch(
             images=d.source.apply(images, d.partner),
             labels=labels,
@@ -160,6 +177,8 @@ class Mixer(ABC):
             mixer_needs_attention=(self.needs_attention if mixer_needs_attention is None
                                    else mixer_needs_attention),
             auxiliary=d.auxiliary,
+            label_weights=weights,
+            objective=d.objective,
         )
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> MixedBatch:

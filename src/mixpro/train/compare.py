@@ -51,7 +51,7 @@ DEFAULT_METHODS = ("none", "cutmix", "transmix", "mixpro")
 SET_BY_COMPARE = ("method", "seed", "output")
 # recipe keys that do not change what a run computes: a finished run is reused across them
 NOT_THE_RUN = ("output", "progress", "tensorboard", "threads", "workers", "device",
-               "checkpoint_every_steps")
+               "checkpoint_every_steps", "puzzlemix_workers")
 
 
 class StaleRun(ConfigError):
@@ -160,8 +160,7 @@ def variants(methods: Sequence[str], grid: Mapping[str, Sequence[str]]) -> list[
     out: list[Variant] = []
     for m in methods:
         for combo in sweep.expand_grid(grid):
-            used = tuple((k, v) for k, v in combo.items()
-                         if not (k in _MIX_KEYS and k not in METHODS[m].keys))
+            used = tuple((k, v) for k, v in combo.items() if uses(m, k))
             var = Variant(m, used)
             if var not in out:
                 out.append(var)
@@ -169,6 +168,24 @@ def variants(methods: Sequence[str], grid: Mapping[str, Sequence[str]]) -> list[
 
 
 _MIX_KEYS = frozenset(OPTION_NAMES)  # every method's keys are MixOptions fields (register())
+HELPER_KEYS = ("extractor", "teacher")  # recipe keys naming a helper model (Method.helpers)
+
+
+def uses(method: str, key: str) -> bool:
+    """Whether ``method``'s runs read the recipe key ``key`` (a mixing option it does not
+    honour, or a helper model it does not need, cannot change its run)."""
+    if key in _MIX_KEYS:
+        return key in METHODS[method].keys
+    if key in HELPER_KEYS:
+        return key in METHODS[method].helpers
+    return True
+
+
+def used_by(method: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The sweep-wide ``overrides`` that ``method`` uses (a key set for the sweep reaches the
+    methods that read it; the others' runs stay the recipe's, so they match and reuse the
+    same runs of other sweeps)."""
+    return {k: v for k, v in overrides.items() if uses(method, k)}
 
 
 def _check(methods: Sequence[str], seeds: Sequence[int], grid: Mapping[str, Sequence[str]],
@@ -189,6 +206,9 @@ def _check(methods: Sequence[str], seeds: Sequence[int], grid: Mapping[str, Sequ
     for key in list(overrides) + list(grid):
         if key in _MIX_KEYS and all(key not in METHODS[m].keys for m in methods):
             check_used(methods[0], [key])  # no method of the sweep uses it: the same error
+        if key in HELPER_KEYS and not any(uses(m, key) for m in methods):
+            raise ConfigError(f"no method of this sweep uses {key} (it is for "
+                              f"{', '.join(m for m in METHODS if key in METHODS[m].helpers)})")
 
 
 def summarize(results: Mapping[Variant, Mapping[int, dict]], reference: str | None = None,
@@ -343,7 +363,8 @@ def plan(
     column is paired against (default the first); ``rerun``: train again the runs whose
     folder holds another recipe's run (default: refuse them). Every distinct run is also
     checked as :func:`~.run.prepare` would before any data is read (model, mixer, head,
-    patch and mask geometry), so a bad variant fails before the first run trains."""
+    patch and mask geometry, helper models), so a bad variant fails before the first run
+    trains; a finished run is not checked again."""
     overrides = dict(overrides or {})
     try:
         grid_map = dict(grid) if isinstance(grid, Mapping) else sweep.parse_grid(list(grid))
@@ -358,7 +379,8 @@ def plan(
     configs = {}
     for v in todo:
         for s in seeds:
-            configs[v, s] = load_recipe(recipe, {**overrides, **v.overrides, "method": v.method,
+            configs[v, s] = load_recipe(recipe, {**used_by(v.method, overrides),
+                                                 **v.overrides, "method": v.method,
                                                  "seed": s}, check_ignored=False)
     name = next(iter(configs.values())).name
     out = Path(output) if output else Path("runs") / f"compare-{name}"
@@ -369,6 +391,11 @@ def plan(
     _one_architecture(configs.values())
     checked: set[str] = set()
     for cfg in configs.values():
+        try:  # a finished run needs no check (nor its helper models' files)
+            if status(cfg, rerun=rerun) == "finished":
+                continue
+        except StaleRun:
+            pass  # compare() names every stale folder
         key = json.dumps({k: v for k, v in cfg.to_dict().items()
                           if k not in ("seed", *NOT_THE_RUN)}, sort_keys=True, default=str)
         if key not in checked:

@@ -109,6 +109,13 @@ class _RecipeData:
                              "from random weights (give --initial-checkpoint PATH or "
                              "--pretrained)")
     method: str = option("mixpro", help="the mixing method (mixpro.methods.METHODS)")
+    extractor: str | None = option(None, help=(
+        "attentive_cutmix's frozen feature extractor: a mixpro train checkpoint, NAME@PATH (a "
+        "timm model and a state dict / safetensors file) or a timm name whose weights are in "
+        "the local cache (never downloaded)"))
+    teacher: str | None = option(None, help=(
+        "tokenmix's frozen teacher (its class-activation maps label the mix): a mixpro train "
+        "checkpoint, NAME@PATH or a cached timm name"))
 
 
 # the mixing keys: MixOptions' fields, declared once (mixpro.methods), with their types resolved
@@ -290,6 +297,9 @@ def load_recipe(recipe: str | None = None, overrides: Mapping[str, Any] | None =
 def check_used(method: str, keys: Mapping[str, Any] | list[str]) -> None:
     """:class:`ConfigError` if ``method`` ignores one of the mixing ``keys`` given."""
     unused = ignored_options(method, [k for k in keys if k != "method"])
+    unused += [k for k in ("extractor", "teacher")  # helper models the method does not need
+               if k in keys and k not in METHODS[method].helpers
+               and not (isinstance(keys, Mapping) and keys[k] is None)]
     if unused:
         raise ConfigError(f"method {method} does not use {', '.join(unused)}; drop "
                           f"{'it' if len(unused) == 1 else 'them'} or pick a method that does")

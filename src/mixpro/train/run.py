@@ -51,7 +51,10 @@ from .recipe import ConfigError, Recipe, TrainError
 from .signals import Stopped, StopSignals
 
 # the recipe's names of the core's arguments (where they differ)
-_RECIPE_NAMES = {"image_size": "img_size", "mode": "mask_mode"}
+_RECIPE_NAMES = {"image_size": "img_size", "mode": "mask_mode", "top_k": "attentive_top_k",
+                 "stage": "attentive_stage", "blocks": "puzzlemix_blocks",
+                 "clean_lam": "puzzlemix_clean_lam", "workers": "puzzlemix_workers",
+                 "lam": "tokenmix_lam", "objective": "tokenmix_loss"}
 
 
 @dataclass
@@ -106,18 +109,39 @@ def _model(cfg: Recipe, num_classes: int, pretrained: bool = False
         raise ConfigError(f"{e}{hint}") from None
 
 
-def _mixer(cfg: Recipe, num_classes: int, patch: int | None, generator: torch.Generator,
-           token_size: int | None = None, stats: tuple[list, list] | None = None,
-           model: torch.nn.Module | None = None):
+def _mixer(cfg: Recipe, num_classes: int | None, patch: int | None,
+           generator: torch.Generator, token_size: int | None = None,
+           stats: tuple[list, list] | None = None, model: torch.nn.Module | None = None):
     mean, std = stats or (None, None)
-    helped = model if "model" in METHODS[cfg.method].helpers else None
+    needs = METHODS[cfg.method].helpers
+    helped = model if "model" in needs else None
+    frozen = {role: _helper(cfg, role, num_classes) for role in ("extractor", "teacher")
+              if role in needs}
     try:
-        return build_mixer(cfg.method, _mix_options(cfg), num_classes=num_classes,
+        return build_mixer(cfg.method, _mix_options(cfg), num_classes=num_classes or 2,
                            patch_size=patch or 1, generator=generator, token_size=token_size,
-                           mean=mean, std=std, model=helped)
+                           mean=mean, std=std, model=helped, **frozen)
+    except ImportError as e:  # an optional extra (e.g. mixpro[puzzlemix]) is not installed
+        raise ConfigError(f"method {cfg.method}: {first_line(e)}") from None
     except ArgumentError as e:
         name = _RECIPE_NAMES.get(e.argument, e.argument)
         raise ConfigError(f"method {cfg.method}: {e.renamed(name)}") from None
+
+
+def _helper(cfg: Recipe, role: str, num_classes: int | None) -> torch.nn.Module:
+    """The frozen helper model (``extractor`` / ``teacher``) the recipe key ``role`` names
+    (a teacher's class count checked against ``num_classes``; None: not checked)."""
+    spec = getattr(cfg, role)
+    if not spec:
+        article = "an" if role == "extractor" else "a"
+        raise ConfigError(f"method {cfg.method} needs {article} {role}: set {role} to a mixpro "
+                          "checkpoint, NAME@PATH (a timm model and its weights file) or a timm "
+                          "model name whose weights are in the local cache")
+    model, report = ckpt_io.load_helper(spec, role, in_chans=cfg.in_channels,
+                                        num_classes=num_classes if role == "teacher" else None)
+    if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
+        print(report, flush=True)
+    return model
 
 
 def _cls_head(cfg: Recipe, model: torch.nn.Module, needs_attention: bool
@@ -215,15 +239,17 @@ def seed_epoch(cfg: Recipe, epoch: int, rank: int, mixer_gen: torch.Generator,
         gen.manual_seed(s + 2)
 
 
-def _build(cfg: Recipe, num_classes: int, mixer_gen: torch.Generator, pretrained: bool = False,
+def _build(cfg: Recipe, num_classes: int | None, mixer_gen: torch.Generator,
+           pretrained: bool = False,
            stats: tuple[list, list] | None = None
            ) -> tuple[torch.nn.Module, dict, Any, dict | None]:
     """The model (with its class-attention head, if any) and the mixer, built once, their
     geometry checked: ``(model, model_kwargs, mixer, head)``. The registry says whether the
     method relabels with attention (so which head); the head gives the attention tokens' size
     that token-aligned methods use; ``stats``: the images' normalisation (mean, std), for
-    methods that look at the pixels. Raises :class:`ConfigError`."""
-    model, model_kwargs = _model(cfg, num_classes, pretrained=pretrained)
+    methods that look at the pixels; ``num_classes`` None: unknown (:func:`check`: 2 are
+    built, a teacher's class count is not checked). Raises :class:`ConfigError`."""
+    model, model_kwargs = _model(cfg, num_classes or 2, pretrained=pretrained)
     patch = models.patch_size(model) or cfg.patch_size
     needs_attention = methods.needs_attention(cfg.method, _mix_options(cfg))
     model, head = _cls_head(cfg, model, needs_attention)
@@ -244,7 +270,7 @@ def check(cfg: Recipe) -> None:
     """The checks of :func:`prepare` that need no data, output folder or weights: model,
     mixer, class-attention head, cls-token attention, patch/mask/token geometry (what a sweep
     checks for every run before the first trains). Raises :class:`ConfigError`."""
-    model, _, mixer, _ = _build(cfg, 2, torch.Generator())
+    model, _, mixer, _ = _build(cfg, None, torch.Generator())  # classes unknown: None
     if mixer.needs_attention:
         _probe(cfg, model).remove()
 
