@@ -122,35 +122,33 @@ def planned(study: str, threads: int | None = 1):
     return {Path(cfg.output): cfg for cfg in p.configs.values()}
 
 
-def _key(recipe: dict) -> str:
-    from mixpro.train.compare import NOT_THE_RUN
-
-    return json.dumps({k: v for k, v in recipe.items() if k not in NOT_THE_RUN},
-                      sort_keys=True, default=str)
-
-
 def share(study: str) -> int:
-    """Copy into ``study`` each finished run of another study with the same recipe; returns
-    how many were copied."""
-    import yaml
-
+    """Copy into ``study`` each finished run of another study with the same recipe (by
+    ``mixpro compare``'s rule, :func:`mixpro.train.compare.recipe_differences`: keys newer than
+    a recorded recipe count as their defaults); returns how many were copied."""
     from mixpro.files import atomic_write_text
+    from mixpro.train.compare import recipe_differences, recorded_recipe
 
-    done = {}
-    for final in sorted(RUNS.glob("*/*/final.json")):
-        if final.parent.parent.name != study and (final.parent / "config.yaml").exists():
-            cfg = yaml.safe_load((final.parent / "config.yaml").read_text())
-            done.setdefault(_key(cfg), final.parent)
+    done = []  # finished runs here, then the committed ones of every study
+    for final in [*sorted(RUNS.glob("*/*/final.json")),
+                  *sorted(DOCS.glob("*/runs/*/final.json"))]:
+        if study not in (final.parent.parent.name, final.parent.parent.parent.name):
+            got = recorded_recipe(final.parent)
+            if got is not None:
+                done.append((got, final.parent))
     n = 0
     for out, cfg in planned(study).items():
-        src = done.get(_key(cfg.to_dict()))
-        if (out / "final.json").exists() or src is None:
+        if (out / "final.json").exists():
+            continue
+        want = cfg.to_dict()
+        src = next((folder for got, folder in done if not recipe_differences(got, want)), None)
+        if src is None:
             continue
         _copy(src, out, [name for name in KEEP if name != "SHARED"])
         origin = (src / "SHARED").read_text().strip() if (src / "SHARED").exists() else \
             str(src.relative_to(ROOT))
         atomic_write_text(f"{origin}\n", out / "SHARED")
-        print(f"{study}: {out.name} is {origin} (same recipe), copied")
+        print(f"{study}: {out.name} is {origin} (same recipe), copied", flush=True)
         n += 1
     return n
 

@@ -123,10 +123,15 @@ class AttentiveCutMix(LabelledMixer):
         return tuple(range(0, h + 1, ch)), tuple(range(0, w + 1, cw))
 
     def counts(self, batch: int, cells: int, device: torch.device) -> torch.Tensor:
-        """Cells kept per sample, ``(B,)`` int64: ``top_k`` (capped at ``cells``), or
+        """Cells kept per sample, ``(B,)`` int64: ``top_k`` (fewer than ``cells``), or
         AttentiveMix+'s clip(⌊cells·λ⌋, 1, cells) with λ ~ Beta(β, β) per sample."""
         if self.top_k is not None:
-            return torch.full((batch,), min(self.top_k, cells), device=device, dtype=torch.long)
+            if self.top_k >= cells:
+                raise _checks.ArgumentError(
+                    "top_k", f"{self.top_k} keeps all {cells} cells of the extractor's map: "
+                             "nothing would come from the partner (choose an extractor stage "
+                             "with more cells, or a smaller top_k)")
+            return torch.full((batch,), self.top_k, device=device, dtype=torch.long)
         gen_dev = self.generator.device if self.generator is not None else device
         lam = sample_beta(self.beta, batch, device=gen_dev, generator=self.generator)
         return (lam.double() * cells).floor().long().clamp(1, cells).to(device)

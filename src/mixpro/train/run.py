@@ -535,6 +535,9 @@ def _epochs(p: Prepared, signals: StopSignals, t_start: float) -> Result:
 
         try:
             stats = train_one_epoch(ctx, batches, epoch, state, after_step)
+        except ArgumentError as e:  # the mixer refused this data (e.g. its extractor's map)
+            name = _RECIPE_NAMES.get(e.argument, e.argument)
+            raise ConfigError(f"method {cfg.method}: {e.renamed(name)}") from None
         except TrainingDiverged as e:
             raise TrainError(f"training diverged ({e}); last good checkpoint kept "
                              f"in {p.out}") from None
