@@ -394,8 +394,8 @@ def plan(
         try:  # a finished run needs no check (nor its helper models' files)
             if status(cfg, rerun=rerun) == "finished":
                 continue
-        except StaleRun:
-            pass  # compare() names every stale folder
+        except (StaleRun, files.FolderLocked):
+            pass  # compare() names every stale or busy folder
         key = json.dumps({k: v for k, v in cfg.to_dict().items()
                           if k not in ("seed", *NOT_THE_RUN)}, sort_keys=True, default=str)
         if key not in checked:
