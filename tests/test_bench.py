@@ -48,8 +48,9 @@ def test_bench_runs_and_writes_markdown_and_json(tmp_path, monkeypatch):
         model_kwargs=dict(patch_size=4, depth=1, embed_dim=16, num_heads=2),
     )
     assert [r["variant"] for r in step["rows"]][0] == "none"
-    assert step["rows"][0]["x_none"] == 1.0 and len(step["rows"]) == 11
-    assert {"saliencymix", "gridmix (token head)"} <= {r["variant"] for r in step["rows"]}
+    assert step["rows"][0]["x_none"] == 1.0 and len(step["rows"]) == 13
+    assert {"saliencymix", "gridmix (token head)", "puzzlemix (saliency + graph cuts)",
+            "tokenmix (teacher = the same model)"} <= {r["variant"] for r in step["rows"]}
     assert step["mask_scale"] == 4 and step["patch"] == 4
     assert 0 < step["probe_hook_share_of_step"] < 1
     result = {"command": "test", "environment": bench.environment(cpu), "mix": [mix],

@@ -421,6 +421,23 @@ def bench_step(
                                       num_classes=num_classes, patch_size=patch,
                                       generator=torch.Generator().manual_seed(0), model=model),
             "none")
+    helper = dict(num_classes=num_classes, patch_size=unit,
+                  generator=torch.Generator().manual_seed(0))
+    try:
+        import gco  # noqa: F401 - Puzzle-Mix's graph cuts (mixpro[puzzlemix])
+
+        variants["puzzlemix (saliency + graph cuts)"] = make_step(
+            lambda model: build_mixer("puzzlemix", MixOptions(), model=model, **helper), "none")
+    except ImportError:
+        pass
+    # Attentive-CutMix's paper extractor (ResNet-50, random weights: the cost is what counts)
+    # and a TokenMix teacher of the student's own architecture, both frozen, no-grad
+    extractor = timm.create_model("resnet50", num_classes=0, in_chans=in_chans).to(device)
+    if img_size % 32 == 0 and 32 % unit == 0 and (img_size // 32) ** 2 > 6:
+        variants["attentive_cutmix (ResNet-50 extractor)"] = make_step(
+            build_mixer("attentive_cutmix", MixOptions(), extractor=extractor, **helper), "none")
+    variants["tokenmix (teacher = the same model)"] = make_step(
+        build_mixer("tokenmix", MixOptions(), teacher=build(), **helper), "none")
     med = interleaved(variants, device, repeats, warmup)
     rows = [{"variant": k, "step_ms": 1e3 * v, "images_per_s": batch / v,
              "x_none": v / med["none"]} for k, v in med.items()]
