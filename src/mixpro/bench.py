@@ -436,8 +436,9 @@ def bench_step(
     if img_size % 32 == 0 and 32 % unit == 0 and (img_size // 32) ** 2 > 6:
         variants["attentive_cutmix (ResNet-50 extractor)"] = make_step(
             build_mixer("attentive_cutmix", MixOptions(), extractor=extractor, **helper), "none")
-    variants["tokenmix (teacher = the same model)"] = make_step(
-        build_mixer("tokenmix", MixOptions(), teacher=build(), **helper), "none")
+    if stride is None and hasattr(probe_model, "num_prefix_tokens"):  # a ViT teacher's map
+        variants["tokenmix (teacher = the same model)"] = make_step(
+            build_mixer("tokenmix", MixOptions(), teacher=build(), **helper), "none")
     med = interleaved(variants, device, repeats, warmup)
     rows = [{"variant": k, "step_ms": 1e3 * v, "images_per_s": batch / v,
              "x_none": v / med["none"]} for k, v in med.items()]
