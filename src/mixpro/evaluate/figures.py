@@ -89,9 +89,14 @@ class _OnImages:
     mixer: object
     images: torch.Tensor
 
+    labels: torch.Tensor | None = None  # for mixers whose draw reads them (Puzzle-Mix, TokenMix)
+
     def __call__(self, ratio: torch.Tensor, image_size: tuple[int, int], *,
                  device: torch.device, generator: torch.Generator | None = None):
-        return self.mixer.draw(self.images.to(device)).source
+        x = self.images.to(device)
+        if self.labels is None:
+            return self.mixer.draw(x).source
+        return self.mixer.draw_labelled(x, self.labels.to(device)).source
 
 
 def _pick(data: EvalData, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -188,6 +193,17 @@ def make_figures(options: FigureOptions) -> list[Path]:
         saliency = mixpro.SaliencyMix(num_classes=2, generator=torch.Generator().manual_seed(
             o.seed))  # its box depends on the images: drawn on the figure's pair
         extra["Table 2: saliencymix"] = _OnImages(saliency, images[:2])
+        if model is not None and hasattr(model, "num_prefix_tokens"):
+            # a ViT checkpoint: Puzzle-Mix's model (its saliency) and TokenMix's teacher
+            gen = torch.Generator().manual_seed(o.seed)
+            pair = norm(images[:2])
+            extra["Table 2: puzzlemix (this model)"] = _OnImages(mixpro.PuzzleMix(
+                num_classes=model.num_classes, model=model, patch_size=patch, generator=gen,
+                mean=[float(v) for v in norm.mean], std=[float(v) for v in norm.std]),
+                pair, labels[:2])
+            extra["Table 2: tokenmix (this model as teacher)"] = _OnImages(mixpro.TokenMix(
+                num_classes=model.num_classes, teacher=model, patch_size=patch,
+                generator=gen), pair, labels[:2])
         written.append(mask_strategies(images[:2], out / "fig4_mask_strategies.png",
                                        patch_size=patch, mask_scale=scale, seed=o.seed,
                                        extra=extra))

@@ -195,7 +195,8 @@ def mask_strategies(
     :func:`mixpro.methods.table2_masks`): the same pair mixed by each at τ = ``ratio``.
 
     ``images (2, C, H, W)`` in [0, 1]. Per strategy: the pixel source (white = image i; for the
-    shuffles a tile may come from another position of its image) above the mixed image.
+    shuffles a tile may come from another position of its image; grey = a blended cell) above
+    the mixed image.
     """
     names = list(names or MASK_STRATEGIES)
     gens = {MASK_STRATEGIES[n].title.format(k=mask_scale):
@@ -214,8 +215,10 @@ def mask_strategies(
         r, c = 2 * (n // cols), n % cols
         g = torch.Generator().manual_seed(seed)
         mask = strat(torch.tensor([ratio]), size, device=torch.device("cpu"), generator=g)
-        _show(axes[r, c], mask.pixel_mask()[0].float(),
-              f"{title}\nλ_area={float(mask.lam_area()[0]):.2f}", 9)
+        shown = mask.pixel_mask()  # bool; a soft mask (Puzzle-Mix's ½ cells): its shares
+        shown = shown[0].float() if shown is not None else \
+            mask.token_fraction(size)[0].view(1, *size)
+        _show(axes[r, c], shown, f"{title}\nλ_area={float(mask.lam_area()[0]):.2f}", 9)
         _show(axes[r + 1, c], mask.apply(images, partner)[0])
         for ax in (axes[r, c], axes[r + 1, c]):
             ax.axis("on")
