@@ -88,6 +88,8 @@ class TrainingData:
     std: list[float]
     batched: bool  # ``ds[list_of_indices]`` returns a whole batch (in-memory Fashion-MNIST)
     multi_label: bool = False  # targets are multi-hot (K,) float32 vectors, not class indices
+    zero_background: bool = False  # the background is exactly 0 (Fashion-MNIST): the object
+    # of every image, mixed or not, is known exactly (pixels > 0)
 
 
 def training_data(
@@ -124,7 +126,8 @@ def training_data(
             data_dir, img_size=img_size, in_chans=in_chans, translate=translate, hflip=hflip,
             train_subset=train_subset, subset_seed=subset_seed, holdout_classes=holdout_classes)
         kept, _ = fmnist.class_split(holdout_classes)
-        return TrainingData(train, test, [fmnist.CLASSES[c] for c in kept], mean, std, True)
+        return TrainingData(train, test, [fmnist.CLASSES[c] for c in kept], mean, std, True,
+                            zero_background=True)
     if holdout_classes:
         raise DatasetError("holdout_classes works with Fashion-MNIST only (for an ImageFolder, "
                            "leave the classes out of its train/ and val/ folders)")

@@ -4,6 +4,8 @@
 * :func:`alpha_per_epoch` — mean progressive factor α per epoch (the paper's Fig. 2a).
 * :func:`alpha_curves` — the same for several α strategies on one plot, mean over seeds.
 * :func:`alpha_histogram` — α distribution of the last attention-labelled batch (Fig. 2b).
+* :func:`attention_monitor` — attention quality and label errors per evaluation (the
+  ``attn_*`` metrics of :class:`mixpro.train.monitor.AttentionMonitor`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,36 @@ def train_curves(metrics: Sequence[Mapping], path: str | Path, title: str = "") 
     b.set(xlabel="epoch", ylabel="top-1 (%)", title="test accuracy")
     for ax in (a, b):
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if title:
+        fig.suptitle(title)
+    return save(fig, path)
+
+
+def attention_monitor(metrics: Sequence[Mapping], path: str | Path, title: str = "") -> Path:
+    """Three panels against epoch: the share of cls attention on object tokens (unmixed,
+    mixed) with its chance level; each relabelling's label error |λ − o_i| (area, attention,
+    PAL); PAL's α and Spearman's ρ(α, |λ_attn − o_i|)."""
+    rows = [m for m in metrics if m.get("attn_object_share") is not None]
+    ep = [m["epoch"] for m in rows]
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(13, 3.6))
+    for key, label in (("attn_object_share", "unmixed"), ("attn_mixed_object_share", "mixed"),
+                       ("attn_chance", "chance (uniform)")):
+        a.plot(ep, [m[key] for m in rows], marker="o", label=label,
+               linestyle="--" if key == "attn_chance" else "-")
+    a.set(xlabel="epoch", ylabel="attention on object tokens", title="attention quality")
+    for key, label in (("attn_err_area", "λ_area"), ("attn_err_attn", "λ_attn"),
+                       ("attn_err_pal", "PAL λ")):
+        b.plot(ep, [m[key] for m in rows], marker="o", label=label)
+    b.set(xlabel="epoch", ylabel="mean |λ − object share from i|", title="label error")
+    c.plot(ep, [m["attn_alpha"] for m in rows], marker="o", label="mean α (cosine)")
+    c.plot(ep, [m["attn_corr_alpha_error"] for m in rows], marker="s",
+           label="ρ(α, |λ_attn − o_i|)")
+    c.axhline(0, color="gray", lw=0.8)
+    c.set(xlabel="epoch", title="does α track reliability?")
+    for ax in (a, b, c):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if title:
         fig.suptitle(title)

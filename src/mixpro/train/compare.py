@@ -51,7 +51,7 @@ DEFAULT_METHODS = ("none", "cutmix", "transmix", "mixpro")
 SET_BY_COMPARE = ("method", "seed", "output")
 # recipe keys that do not change what a run computes: a finished run is reused across them
 NOT_THE_RUN = ("output", "progress", "tensorboard", "threads", "workers", "device",
-               "checkpoint_every_steps", "puzzlemix_workers")
+               "checkpoint_every_steps", "puzzlemix_workers", "attention_monitor")
 
 
 class StaleRun(ConfigError):

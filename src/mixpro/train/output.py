@@ -16,7 +16,7 @@ from .recipe import ConfigError, Recipe
 FINAL = "final.json"
 # every file a run writes into its output folder
 ARTEFACTS = ("last.pt", "best.pt", "metrics.jsonl", FINAL, "config.yaml", "curves.png",
-             "alpha_epoch.png", "alpha_hist.png", "tb")
+             "alpha_epoch.png", "alpha_hist.png", "attention.png", "tb")
 
 
 

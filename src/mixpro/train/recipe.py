@@ -141,6 +141,10 @@ class Recipe(_RecipeMixing):
     batch_size: int = option(128, ge=2, help="batch size per process (mixing pairs images)")
     eval_batch_size: int = option(512, ge=1, help="evaluation batch size")
     eval_every: int = option(1, ge=1, help="evaluate every N epochs (and after the last)")
+    attention_monitor: int = option(256, ge=0, help=(
+        "at every evaluation, log the cls attention's quality and each relabelling's label "
+        "error (attn_* in metrics.jsonl) on this many fixed test images, unmixed and mixed, "
+        "where the object is known (Fashion-MNIST: pixels > 0); 0: off"))
     opt: str = option("adamw", help="timm optimiser name")
     lr: float = option(2e-3, gt=0, help="peak learning rate")
     weight_decay: float = option(0.05, ge=0, help="weight decay")

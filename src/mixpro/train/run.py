@@ -82,6 +82,7 @@ class Prepared:
     writer: Any = None
     owns_group: bool = False
     lock: files.FolderLock | None = None  # rank 0: the output folder's, held to the end
+    monitor: Any = None  # rank 0: the AttentionMonitor (attention quality at every evaluation)
 
 
 @dataclass
@@ -387,6 +388,9 @@ def _prepare(cfg: Recipe, info: distributed.DistInfo, out: Path, resume_path: Pa
     if info.distributed:
         ddp_ids = [info.device.index] if info.device.type == "cuda" else None
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ddp_ids)
+    if info.is_main:
+        prep.monitor = _monitor(cfg, data, test_data, unwrap_model(model), mixer, probe,
+                                num_classes)
     prep.ctx = StepContext(
         model=model, probe=probe, mixer=mixer, optimizer=optimizer, scheduler=scheduler,
         scaler=scaler, ema=ema, amp_dtype=amp_dtype, clip_grad=cfg.clip_grad, dist=info,
@@ -402,6 +406,48 @@ def _prepare(cfg: Recipe, info: distributed.DistInfo, out: Path, resume_path: Pa
 
             prep.writer = SummaryWriter(str(out / "tb"))
     return prep
+
+
+def _monitor(cfg: Recipe, data, test_data, model: torch.nn.Module, mixer, probe,
+             num_classes: int):
+    """The :class:`~.monitor.AttentionMonitor` of this run, or None: off
+    (``attention_monitor: 0``), data whose object is not known, or a model whose cls attention
+    the probe cannot read."""
+    if cfg.attention_monitor == 0 or not data.zero_background or data.multi_label:
+        return None
+    from .monitor import AttentionMonitor
+
+    try:
+        if probe is None:
+            mixpro.ClsAttention(model).remove()
+    except (TypeError, ValueError, RuntimeError):
+        return None  # no cls attention to monitor (e.g. a CNN)
+    n = min(cfg.attention_monitor, len(test_data))
+    if data.batched:
+        images, labels = test_data[list(range(n))]
+    else:
+        pairs = [test_data[i] for i in range(n)]
+        images = torch.stack([x for x, _ in pairs])
+        labels = torch.tensor([int(y) for _, y in pairs])
+    gen = torch.Generator().manual_seed(cfg.seed + 7)
+    copy = _monitor_mixer(cfg, mixer, gen, num_classes, model)
+    return AttentionMonitor(images, labels, data.mean, data.std, mixer=copy, generator=gen,
+                            seed=cfg.seed + 7, num_classes=num_classes,
+                            smoothing=cfg.label_smoothing, probe=probe)
+
+
+def _monitor_mixer(cfg: Recipe, mixer, generator: torch.Generator, num_classes: int,
+                   model: torch.nn.Module):
+    """A copy of the run's mixer drawing with ``generator`` (the run's draws stay untouched);
+    MaskMix with the recipe's mask options for a run that does not mix (``none``) or mixes by a
+    random choice of mixers (``paper``)."""
+    if dataclasses.is_dataclass(mixer) and not isinstance(mixer, mixpro.NoMix) \
+            and any(f.name == "generator" for f in dataclasses.fields(mixer)):
+        return dataclasses.replace(mixer, generator=generator)
+    patch = models.patch_size(model) or cfg.patch_size or 1
+    options = dataclasses.replace(_mix_options(cfg), mask_strategy="grid")
+    return build_mixer("maskmix", options, num_classes=num_classes, patch_size=patch,
+                       generator=generator, token_size=getattr(model, "token_stride", None))
 
 
 def _save(p: Prepared, epoch: int, state: EpochState | None = None) -> None:
@@ -466,6 +512,8 @@ def _finish(p: Prepared, wall: float) -> dict:
         plots.train_curves(m, p.out / "curves.png", title=p.cfg.run_name)
         if any(r.get("alpha_mean") is not None for r in m):
             plots.alpha_per_epoch(m, p.out / "alpha_epoch.png", title=p.cfg.run_name)
+        if any(r.get("attn_object_share") is not None for r in m):
+            plots.attention_monitor(m, p.out / "attention.png", title=p.cfg.run_name)
         if p.alpha_last:
             plots.alpha_histogram(p.alpha_last, p.out / "alpha_hist.png",
                                     title=f"{p.cfg.run_name}: α of the last batch")
@@ -559,6 +607,8 @@ def _epochs(p: Prepared, signals: StopSignals, t_start: float) -> Result:
             except EvaluationStopped:
                 raise save_and_stop(epoch, st) from None
             row.update(test_acc=test["acc"], test_loss=test["loss"])
+            if p.monitor is not None:
+                row.update(p.monitor(unwrap_model(ctx.model)))
             if multi:
                 row["test_map"] = test["map"]
             if ema is not None:
