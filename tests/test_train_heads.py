@@ -179,7 +179,8 @@ def test_bench_step_times_models_with_a_head(name, kw, head, one_thread):
                             model_kwargs=kw)
     assert step["cls_head"] == head and step["patch"] == 4 and step["mask_scale"] == 8
     variants = [r["variant"] for r in step["rows"]]
-    assert len(variants) == 10 and "saliencymix" in variants  # no gridmix: no patch tokens
+    assert len(variants) == 11 and "saliencymix" in variants  # + puzzlemix; no gridmix,
+    assert "puzzlemix (saliency + graph cuts)" in variants  # no tokenmix: no patch tokens
     assert 0 < step["probe_hook_share_of_step"] < 1
     env = bench.environment(torch.device("cpu"))
     md = bench.to_markdown({"command": "t", "environment": env, "mix": [], "step": step})

@@ -237,8 +237,13 @@ def check_world(ckpt: Mapping[str, Any], world: int, batch_size: int,
 def check_matches(ckpt: Mapping[str, Any], recipe: Mapping[str, Any],
                   path: str | os.PathLike, keys: tuple[str, ...] = RESUME_KEYS) -> None:
     """The run must be the one the checkpoint was written by (``keys`` of the recipe)."""
+    from .methods import METHODS, uses
+
     saved = ckpt["config"].get("recipe", {})
+    method = recipe.get("method")
     for key in keys:
+        if method in METHODS and key != "method" and not uses(method, key):
+            continue  # a key the method does not read cannot make it another run
         then = saved.get(key, MISSING_MEANS.get(key))
         if then != recipe.get(key):
             raise CheckpointError(

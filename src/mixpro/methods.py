@@ -474,6 +474,21 @@ register("transmix_official", Method(
     "renormalised λ_attn, one box per batch", patch=True, attention=lambda o: True))
 
 
+HELPER_KEYS = ("extractor", "teacher")  # the helpers a recipe names (Method.helpers); the
+# third helper, "model", is the model being trained (the recipe key `model` is its timm name)
+
+
+def uses(method: str, key: str) -> bool:
+    """Whether runs of ``method`` read the recipe key ``key``: False for a mixing option the
+    method does not honour and for a helper model (``extractor``, ``teacher``) it does not
+    need (such a key cannot change its run); True for every other key."""
+    if key in OPTION_NAMES:
+        return key in METHODS[method].keys
+    if key in HELPER_KEYS:
+        return key in METHODS[method].helpers
+    return True
+
+
 def ignored_options(method: str, keys: Iterable[str]) -> list[str]:
     """The mixing options among ``keys`` that ``method`` does not use (sorted)."""
     return sorted(k for k in keys if k in OPTION_NAMES and k not in METHODS[method].keys)
@@ -505,5 +520,6 @@ def build_mixer(method: str, options: MixOptions, *, num_classes: int, patch_siz
         extractor, teacher))
 
 
-__all__ = ["METHODS", "OPTION_NAMES", "Context", "Method", "MixOptions", "build_mixer",
-           "ignored_options", "needs_attention", "register", "table2_masks", "unregister"]
+__all__ = ["HELPER_KEYS", "METHODS", "OPTION_NAMES", "Context", "Method", "MixOptions",
+           "build_mixer", "ignored_options", "needs_attention", "register", "table2_masks",
+           "unregister", "uses"]

@@ -32,7 +32,7 @@ from typing import Any
 import yaml
 
 from mixpro import files, models, sweep
-from mixpro.methods import METHODS, OPTION_NAMES, needs_attention
+from mixpro.methods import HELPER_KEYS, METHODS, OPTION_NAMES, needs_attention, uses
 
 from . import run
 from .output import ARTEFACTS, FINAL
@@ -72,12 +72,16 @@ class StaleRun(ConfigError):
 def recipe_differences(recorded: Mapping[str, Any], planned: Mapping[str, Any]
                        ) -> dict[str, tuple[Any, Any]]:
     """``{key: (recorded, planned)}`` for every recipe key whose values differ, apart from
-    :data:`NOT_THE_RUN`; a key newer than the recorded recipe counts as its default."""
+    :data:`NOT_THE_RUN` and the keys the method does not read (:func:`uses`: a mixing option
+    it ignores, a helper it does not need); a key newer than the recorded recipe counts as
+    its default."""
     defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
                 for f in dataclasses.fields(Recipe)}
+    method = planned.get("method", recorded.get("method"))
     out = {}
     for key in dict.fromkeys([*planned, *recorded]):
-        if key in NOT_THE_RUN:
+        if key in NOT_THE_RUN or (method in METHODS and key != "method"
+                                  and not uses(method, key)):
             continue
         then = recorded.get(key, defaults.get(key))
         now = planned.get(key, defaults.get(key))
@@ -168,19 +172,6 @@ def variants(methods: Sequence[str], grid: Mapping[str, Sequence[str]]) -> list[
 
 
 _MIX_KEYS = frozenset(OPTION_NAMES)  # every method's keys are MixOptions fields (register())
-HELPER_KEYS = ("extractor", "teacher")  # recipe keys naming a helper model (Method.helpers)
-
-
-def uses(method: str, key: str) -> bool:
-    """Whether ``method``'s runs read the recipe key ``key`` (a mixing option it does not
-    honour, or a helper model it does not need, cannot change its run)."""
-    if key in _MIX_KEYS:
-        return key in METHODS[method].keys
-    if key in HELPER_KEYS:
-        return key in METHODS[method].helpers
-    return True
-
-
 def used_by(method: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
     """The sweep-wide ``overrides`` that ``method`` uses (a key set for the sweep reaches the
     methods that read it; the others' runs stay the recipe's, so they match and reuse the

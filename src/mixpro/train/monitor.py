@@ -18,7 +18,7 @@ pixels > 0; the background is exactly 0, after translation too). It logs, into
 * ``attn_alpha`` (mean α on the mixed batch) and, per sample, Spearman's ρ between α and the
   attention's reliability: ``attn_corr_alpha_quality`` (ρ of α and the mixed images' object
   share) and ``attn_corr_alpha_error`` (ρ of α and ``|λ_attn − o_i|``: negative when α is high
-  where the attention labels well, as the paper's §3.2 claims).
+  where the attention labels well, as the paper's §3.2 claims). Undefined values are None.
 
 Methods that blend (Mixup) or do not mix are measured on MaskMix masks of the recipe (the
 masks PAL relabels in MixPro). The monitor runs the model in eval mode under ``no_grad``.
@@ -47,9 +47,9 @@ def spearman(x: torch.Tensor, y: torch.Tensor) -> float:
     return float((rx * ry).sum()) / den if den > 0 else math.nan
 
 
-def _mean(v: torch.Tensor) -> float:
+def _mean(v: torch.Tensor) -> float | None:
     ok = ~v.isnan()
-    return float(v[ok].mean()) if bool(ok.any()) else math.nan
+    return float(v[ok].mean()) if bool(ok.any()) else None
 
 
 class AttentionMonitor:
@@ -134,4 +134,6 @@ class AttentionMonitor:
                                                 qm["object_share"][mixed.cpu()]),
             "attn_corr_alpha_error": spearman(alpha[mixed].cpu(), err_attn[mixed].cpu()),
         })
-        return out
+        # undefined values (a constant ranking, no mixed sample) are None: JSON has no NaN
+        return {k: None if isinstance(v, float) and math.isnan(v) else v
+                for k, v in out.items()}

@@ -25,7 +25,7 @@ from mixpro import options
 from mixpro._checks import ArgumentError
 from mixpro.data.folder import INTERPOLATIONS
 from mixpro.errors import UserError, first_line
-from mixpro.methods import METHODS, OPTION_NAMES, MixOptions, ignored_options
+from mixpro.methods import HELPER_KEYS, METHODS, OPTION_NAMES, MixOptions, ignored_options
 from mixpro.models import CLS_HEADS
 from mixpro.options import SEED_MAX, option
 
@@ -301,7 +301,7 @@ def load_recipe(recipe: str | None = None, overrides: Mapping[str, Any] | None =
 def check_used(method: str, keys: Mapping[str, Any] | list[str]) -> None:
     """:class:`ConfigError` if ``method`` ignores one of the mixing ``keys`` given."""
     unused = ignored_options(method, [k for k in keys if k != "method"])
-    unused += [k for k in ("extractor", "teacher")  # helper models the method does not need
+    unused += [k for k in HELPER_KEYS  # helper models the method does not need
                if k in keys and k not in METHODS[method].helpers
                and not (isinstance(keys, Mapping) and keys[k] is None)]
     if unused:
