@@ -46,6 +46,27 @@ def test_attention_quality_by_hand():
     assert q["rank_corr"][1].item() == pytest.approx(-1.0)
 
 
+def test_block_attentions_are_each_blocks_softmax_rows():
+    import timm
+
+    from mixpro import ClsAttention
+    from mixpro.evaluate.attention_quality import block_attentions
+
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", num_classes=3, in_chans=1, img_size=16,
+                              patch_size=4, embed_dim=16, depth=2, num_heads=2,
+                              reg_tokens=2).eval()
+    x = torch.randn(3, 1, 16, 16)
+    rows = block_attentions(model, x)
+    assert rows.shape == (2, 2, 3, 16)
+    probe = ClsAttention(model)
+    with torch.no_grad():
+        model(x)
+    assert torch.allclose(rows[-1].mean(0), probe.attention, atol=1e-6)
+    probe.remove()
+    assert block_attentions(torch.nn.Linear(2, 2), x) is None
+
+
 def test_rank_corr_is_undefined_for_a_flat_map():
     q = attention_quality(torch.full((1, 4), 0.25), torch.tensor([[0.0, 1.0, 1.0, 0.0]]))
     assert math.isnan(q["rank_corr"][0].item()) and q["object_share"][0].item() == 0.5
@@ -63,6 +84,12 @@ def test_eval_attention_writes_attention_quality(tmp_path, capsys):
     for key in ("object_share", "chance", "pointing", "rank_corr", "cls_share"):
         assert 0.0 <= res[key] <= 1.0 or key == "rank_corr", key
     assert -1.0 <= res["rank_corr"] <= 1.0
+    # every block and head; the last block's head mean is the probe's map, so its scores are
+    # the model's own (computed here from the block's qkv, independently of the probe)
+    blocks = res["blocks"]
+    assert [b["block"] for b in blocks] == [0] and len(blocks[0]["heads"]) == 2
+    for key in ("object_share", "pointing", "rank_corr"):
+        assert blocks[-1][key] == pytest.approx(res[key], abs=1e-6), key
     # on data without a known object mask it is one line
     folder = tmp_path / "imgs"
     for split in ("train", "val"):

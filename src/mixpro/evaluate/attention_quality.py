@@ -7,6 +7,9 @@ token is on the object, and the rank correlation of attention with object share)
 :func:`measure` (those over a data set, for any model the probe reads), which ``mixpro eval
 --evals attention`` writes to ``eval.json`` as ``attention_quality``.
 
+:func:`measure_blocks` does the same for every block and head of a ViT (which layer localises
+the object best?).
+
 Definitions (per image, then averaged over images): with ``a`` the head-mean cls→patch
 attention over the ``T`` patch tokens (renormalised to sum to 1 over them: the cls token's own
 share is reported apart as ``cls_share``) and ``s_t`` the share of token ``t``'s pixels on the
@@ -103,4 +106,78 @@ def measure(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor
     return out
 
 
-__all__ = ["attention_quality", "measure", "object_share"]
+def block_attentions(model: nn.Module, images: torch.Tensor) -> torch.Tensor | None:
+    """Every block's cls→patch attention of a timm ViT on ``images``: ``(L, H, B, T)`` (blocks,
+    heads, images, patch tokens), each row the softmax over all tokens restricted to the
+    patches (computed from the block's own ``qkv``, ``q_norm``/``k_norm`` and scale, as timm's
+    ``Attention``); None for models without such blocks. Runs one forward."""
+    blocks = getattr(model, "blocks", None)
+    prefix = getattr(model, "num_prefix_tokens", None)
+    if blocks is None or prefix is None or not all(
+            hasattr(getattr(b, "attn", None), "qkv") for b in blocks):
+        return None
+    rows: list[torch.Tensor] = []
+
+    def hook(attn: nn.Module, args: tuple) -> None:
+        x = args[0]
+        b, n, _ = x.shape
+        h = attn.num_heads
+        qkv = attn.qkv(x).reshape(b, n, 3, h, -1).permute(2, 0, 3, 1, 4)
+        q, k = attn.q_norm(qkv[0]), attn.k_norm(qkv[1])
+        a = ((q[:, :, :1] * attn.scale) @ k.transpose(-2, -1)).softmax(-1)[:, :, 0]
+        rows.append(a[:, :, prefix:].permute(1, 0, 2))  # (H, B, T)
+
+    handles = [b.attn.register_forward_pre_hook(hook) for b in blocks]
+    try:
+        with torch.no_grad():
+            model(images)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return torch.stack(rows)
+
+
+@torch.no_grad()
+def measure_blocks(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                   normalize: Callable[[torch.Tensor], torch.Tensor],
+                   device: str | torch.device) -> list[dict] | None:
+    """:func:`attention_quality` of every block's cls attention (head mean, and each head) of
+    a timm ViT, averaged over the images of ``batches``: ``[{"block", "object_share",
+    "pointing", "rank_corr", "heads": [{...}, ...]}, ...]`` (None: not a plain ViT). Which
+    layer or head localises the object best (the premise study's question (c))."""
+    was = model.training
+    model.eval()
+    parts: dict[tuple[int, int], dict[str, list[torch.Tensor]]] = {}
+    try:
+        for x, _ in batches:
+            x = x.to(device)
+            rows = block_attentions(model, normalize(x))
+            if rows is None:
+                return None
+            n_tok = rows.shape[-1]
+            g = int(round(n_tok ** 0.5))
+            share = object_share(x.cpu(), (g, n_tok // g))
+            for layer in range(rows.shape[0]):
+                for head in range(-1, rows.shape[1]):
+                    att = rows[layer].mean(0) if head < 0 else rows[layer, head]
+                    q = attention_quality(att.cpu(), share)
+                    for k, v in q.items():
+                        parts.setdefault((layer, head), {}).setdefault(k, []).append(v)
+    finally:
+        model.train(was)
+
+    def avg(d: dict[str, list[torch.Tensor]]) -> dict[str, float]:
+        out = {}
+        for k in ("object_share", "chance", "pointing", "rank_corr"):
+            v = torch.cat(d[k])
+            out[k] = float(v[~v.isnan()].mean()) if (~v.isnan()).any() else float("nan")
+        return out
+
+    layers = sorted({layer for layer, _ in parts})
+    heads = sorted({h for _, h in parts if h >= 0})
+    return [{"block": layer, **avg(parts[layer, -1]),
+             "heads": [{"head": h, **avg(parts[layer, h])} for h in heads]} for layer in layers]
+
+
+__all__ = ["attention_quality", "block_attentions", "measure", "measure_blocks",
+           "object_share"]

@@ -353,6 +353,11 @@ def evaluate_job(job: Job, o: EvalOptions, progress: Progress = lambda n: None) 
                           o.workers)
         res["attention_quality"] = attention_quality.measure(
             job.model, batches, job.normalize, o.device, on_batch=progress)
+        blocks = attention_quality.measure_blocks(
+            job.model, _loader(Subset(job.data.dataset, range(n)), job.data.batched,
+                               o.batch_size, o.workers), job.normalize, o.device)
+        if blocks is not None:  # a plain ViT: every block's and head's cls attention
+            res["attention_quality"]["blocks"] = blocks
     return res
 
 
