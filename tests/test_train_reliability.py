@@ -43,7 +43,8 @@ def test_epoch_fetches_and_reports_exactly_max_steps(data_dir, tmp_path, monkeyp
 
     monkeypatch.setattr(fm.FashionMNIST, "__getitem__", counting)
     res = run.train(tiny(data_dir, tmp_path / "r", epochs=1, warmup_epochs=0, max_steps=3))
-    train_fetches = fetched[: fetched.index(64)]  # then the evaluation's batches of 64
+    assert fetched[0] == 80  # the attention monitor's fixed test images, once, at the start
+    train_fetches = fetched[1: fetched.index(64)]  # then the evaluation's batches of 64
     assert train_fetches == [16, 16, 16]
     assert res.metrics[0]["steps"] == 3
 

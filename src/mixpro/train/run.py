@@ -430,24 +430,29 @@ def _monitor(cfg: Recipe, data, test_data, model: torch.nn.Module, mixer, probe,
         images = torch.stack([x for x, _ in pairs])
         labels = torch.tensor([int(y) for _, y in pairs])
     gen = torch.Generator().manual_seed(cfg.seed + 7)
-    copy = _monitor_mixer(cfg, mixer, gen, num_classes, model)
+    copy = _monitor_mixer(cfg, mixer, gen, num_classes, model, (data.mean, data.std))
     return AttentionMonitor(images, labels, data.mean, data.std, mixer=copy, generator=gen,
                             seed=cfg.seed + 7, num_classes=num_classes,
                             smoothing=cfg.label_smoothing, probe=probe)
 
 
 def _monitor_mixer(cfg: Recipe, mixer, generator: torch.Generator, num_classes: int,
-                   model: torch.nn.Module):
-    """A copy of the run's mixer drawing with ``generator`` (the run's draws stay untouched);
-    MaskMix with the recipe's mask options for a run that does not mix (``none``) or mixes by a
-    random choice of mixers (``paper``)."""
-    if dataclasses.is_dataclass(mixer) and not isinstance(mixer, mixpro.NoMix) \
-            and any(f.name == "generator" for f in dataclasses.fields(mixer)):
-        return dataclasses.replace(mixer, generator=generator)
+                   model: torch.nn.Module, stats: tuple[list, list]):
+    """The run's method built again from the registry, drawing with ``generator`` (the run's
+    mixer and its draws stay untouched), with the run's frozen helpers (Puzzle-Mix: the model;
+    GridMix: no token head); MaskMix with the recipe's mask options for a run that does not
+    mix (``none``) or mixes by a random choice of mixers (``paper``)."""
     patch = models.patch_size(model) or cfg.patch_size or 1
-    options = dataclasses.replace(_mix_options(cfg), mask_strategy="grid")
-    return build_mixer("maskmix", options, num_classes=num_classes, patch_size=patch,
-                       generator=generator, token_size=getattr(model, "token_stride", None))
+    method, options = cfg.method, _mix_options(cfg)
+    if isinstance(mixer, (mixpro.NoMix, mixpro.RandomChoice)):
+        method, options = "maskmix", dataclasses.replace(options, mask_strategy="grid")
+    needs = METHODS[method].helpers
+    helpers = {role: getattr(mixer, role) for role in ("extractor", "teacher") if role in needs}
+    if method == "puzzlemix":
+        helpers["model"] = model
+    return build_mixer(method, options, num_classes=num_classes, patch_size=patch,
+                       generator=generator, token_size=getattr(model, "token_stride", None),
+                       mean=stats[0], std=stats[1], **helpers)
 
 
 def _save(p: Prepared, epoch: int, state: EpochState | None = None) -> None:
