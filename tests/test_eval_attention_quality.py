@@ -102,3 +102,38 @@ def test_eval_attention_writes_attention_quality(tmp_path, capsys):
     assert main(["eval", str(tmp_path / "r" / "best.pt"), "--data", str(folder), "--evals",
                  "attention", "--out", str(out)]) == 2
     assert "needs data whose object mask is known" in capsys.readouterr().err
+
+
+def test_the_probe_reads_another_block_on_request_and_train_takes_the_key(tmp_path, capsys):
+    import timm
+
+    from mixpro import ClsAttention, NoClsAttentionError, with_class_attention
+    from mixpro.evaluate.attention_quality import block_attentions
+
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_tiny_patch16_224", num_classes=3, in_chans=1, img_size=16,
+                            patch_size=4, embed_dim=16, depth=3, num_heads=2).eval()
+    x = torch.randn(2, 1, 16, 16)
+    rows = block_attentions(vit, x)
+    for block in (0, 1, -1):
+        with ClsAttention(vit, block=block) as probe:
+            with torch.no_grad():
+                vit(x)
+            assert torch.allclose(probe.attention, rows[block].mean(0), atol=1e-6), block
+    with pytest.raises(ValueError, match=r"block must be in \[-3, 2\], got 5"):
+        ClsAttention(vit, block=5)
+    cnn = with_class_attention(timm.create_model("convnext_atto", num_classes=3))
+    with pytest.raises(NoClsAttentionError, match="block=0 selects a block of a plain timm ViT"):
+        ClsAttention(cnn, block=0)
+    data = make_fashion(tmp_path / "fm", n_train=40, n_test=20)
+    res = run.train(tiny(data, tmp_path / "r", epochs=1, warmup_epochs=0, max_steps=2,
+                         attention_block=0))
+    assert math.isfinite(res.metrics[0]["train_loss"])
+    capsys.readouterr()
+    assert main(["train", "--data-dir", str(data), "--img-size", "16", "--epochs", "1",
+                 "--warmup-epochs", "0", "--max-steps", "1", "--batch-size", "4", "--threads",
+                 "1", "--model-kwargs", "{embed_dim: 16, depth: 1, num_heads: 2}",
+                 "--no-progress", "--attention-block", "3", "--output",
+                 str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "mixpro: error: attention_block: block must be in [-1, 0], got 3", err

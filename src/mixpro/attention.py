@@ -301,6 +301,28 @@ def _head(model: nn.Module, reading: Reading) -> _Target | None:
     return _Target(attn, _layout(attn, exact, reading), 1, tokens, _feature_map_grid)
 
 
+def _other_block(model: nn.Module, target: _Target, block: int, reading: Reading) -> _Target:
+    """The cls row of ``blocks[block]`` of a plain ViT instead of the last block's (a study of
+    which layer localises the object: not the attention that drives the classifier)."""
+    blocks = getattr(model, "blocks", None)
+    if isinstance(block, bool) or not isinstance(block, int):
+        raise TypeError(f"block must be an int, got {type(block).__name__}")
+    plain = (isinstance(blocks, nn.Sequential | nn.ModuleList) and target.layout in ("qkv", "probs")
+             and getattr(model, "cls_token", None) is not None
+             and target.attn is getattr(blocks[-1], "attn", None))
+    if not plain:
+        raise NoClsAttentionError(
+            f"block={block} selects a block of a plain timm ViT; {type(model).__name__} reads "
+            "its class attention elsewhere", " (use block=-1)")
+    if not -len(blocks) <= block < len(blocks):
+        raise ValueError(f"block must be in [-{len(blocks)}, {len(blocks) - 1}], got {block}")
+    attn = blocks[block].attn
+    exact = "qkv" if type(attn) in _QKV_EXACT and isinstance(
+        getattr(attn, "qkv", None), nn.Linear) else None
+    return _Target(attn, _layout(attn, exact, reading), target.num_prefix_tokens,
+                   target.grid_module, target.read_grid)
+
+
 ADAPTERS: list[Callable[[nn.Module, Reading], _Target | None]] = [
     _head, _latent, _class_attention, _vit,
 ]
@@ -349,6 +371,9 @@ class ClsAttention:
             module docstring), ``'cls_row'`` (exact row only; error otherwise) or
             ``'unfused'`` (read the block's softmax un-fused, for any timm attention with
             ``attn_drop``).
+        block: which block of a plain timm ViT to read (-1, default: the last, the paper's
+            and the one that drives the classifier; another index reads that block's cls row,
+            for studies of which layer localises the object).
 
     ``attention`` is from the latest forward pass of the model (train or eval mode), detached,
     float32, pre-dropout; reading it before a forward, or after a forward in which the hooked
@@ -357,13 +382,16 @@ class ClsAttention:
     :meth:`remove` (or use the probe as a context manager) to detach the hooks.
     """
 
-    def __init__(self, model: nn.Module, reading: Reading = "auto") -> None:
+    def __init__(self, model: nn.Module, reading: Reading = "auto", block: int = -1) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if reading not in typing.get_args(Reading):
             raise ValueError(f"reading must be 'auto', 'cls_row' or 'unfused', got {reading!r}")
         inner = unwrap_model(model)
         target = _find_target(inner, reading)
+        if block != -1:
+            target = _other_block(inner, target, block, reading)
+        self.block = block
         self.layout = target.layout  # what is read: 'qkv', 'q_k', 'probs' or 'latent'
         self.num_prefix_tokens = target.num_prefix_tokens
         self.num_heads = int(target.attn.num_heads)

@@ -95,6 +95,10 @@ class _RecipeData:
         "ViTs): auto (added when the method needs attention: ca_swin for Swin, ca otherwise) "
         "| ca (a CaiT class-attention head) | ca_swin (CA-Swin: the last Swin block re-used) "
         "| none"))
+    attention_block: int = option(-1, help=(
+        "which block's cls attention PAL / TransMix relabel with on a plain ViT: -1 (the last, "
+        "the paper's: the one that drives the classifier) or another block index (a study of "
+        "better-localised layers)"))
     drop_path: float = option(0.0, ge=0, le=1, help="stochastic depth rate")
     drop_rate: float = option(0.0, ge=0, le=1, help="dropout rate")
     pretrained: bool = option(False, help=(

@@ -158,8 +158,10 @@ def _cls_head(cfg: Recipe, model: torch.nn.Module, needs_attention: bool
 
 def _probe(cfg: Recipe, model: torch.nn.Module) -> mixpro.ClsAttention:
     try:
-        return mixpro.ClsAttention(model)
+        return mixpro.ClsAttention(model, block=cfg.attention_block)
     except mixpro.NoClsAttentionError as e:
+        if cfg.attention_block != -1:
+            raise ConfigError(f"attention_block {cfg.attention_block}: {e}") from None
         if cfg.cls_head != "none":
             raise ConfigError(f"method {cfg.method} needs cls-token attention: {e}") from None
         why = e.reason
@@ -167,6 +169,8 @@ def _probe(cfg: Recipe, model: torch.nn.Module) -> mixpro.ClsAttention:
             f"method {cfg.method} needs cls-token attention and cls_head is none: {why}; set "
             "cls_head auto (or ca) to add a class-attention head, or use an area-label "
             "method (maskmix, cutmix)") from None
+    except ValueError as e:  # a block index the model does not have
+        raise ConfigError(f"attention_block: {first_line(e)}") from None
 
 
 def _check_geometry(cfg: Recipe, patch: int | None, model: torch.nn.Module | None = None,
