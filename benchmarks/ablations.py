@@ -70,10 +70,28 @@ STUDIES: dict[str, tuple[list[str], list[str], str]] = {
     "table2": (["none", "gridmix", "cutmix", "attentive_cutmix", "saliencymix", "puzzlemix",
                 "transmix", "tokenmix", "mixpro"], [],
                "Table 2: the mixing methods compared (helpers trained on the same subset)"),
+    # the premise study (issue 23): is the attention PAL labels with reliable, and when?
+    "premise_registers": (["mixpro"], ["alpha=none,cosine"],
+                          "Premise (a): area labels vs PAL with 4 register tokens"),
+    "premise_monitor": (["mixpro", "cutmix", "none"], ["alpha=none,cosine"],
+                        "Premise: attention quality and label error every 10 epochs (seed 0)"),
+    "premise_grid12": (["mixpro"], ["alpha=none,cosine"],
+                       "Premise (b): area labels vs PAL on a 12x12 token grid (48 px)"),
 }
+
+# study -> where its runs and results live, under runs/ and docs/results/ (default
+# ablations/<study>)
+PLACES: dict[str, str] = {"premise_registers": "premise/registers",
+                          "premise_monitor": "premise/monitor",
+                          "premise_grid12": "premise/grid12"}
+STUDY_SEEDS: dict[str, list[int]] = {"premise_monitor": [0]}  # default SEEDS
 
 # study -> recipe keys set for the sweep (each reaches only the methods that read it)
 SETTINGS: dict[str, dict[str, str]] = {
+    "premise_registers": {"model_kwargs": "{embed_dim: 64, depth: 4, num_heads: 2, "
+                                          "mlp_ratio: 2.0, reg_tokens: 4}"},
+    "premise_monitor": {"eval_every": "10"},
+    "premise_grid12": {"img_size": "48"},  # 48 px, patch 4: 12x12 tokens (the images resized)
     "table2": {
         # Attentive-CutMix: the extractor's stride-8 stage, a 4x4 map of 2x2-token cells (the
         # paper's 7x7 map of 32-px cells is 2x2 tokens at p = 16); 2 of 16 cells = 12.5 %
@@ -96,11 +114,25 @@ HELPERS: dict[str, dict[str, list[str]]] = {
 }
 
 
+def runs_dir(study: str) -> Path:
+    """Where ``study``'s runs are trained: ``runs/<place>``."""
+    return ROOT / "runs" / PLACES[study] if study in PLACES else RUNS / study
+
+
+def docs_dir(study: str) -> Path:
+    """Where ``study``'s finished runs and tables are committed: ``docs/results/<place>``."""
+    return ROOT / "docs" / "results" / PLACES[study] if study in PLACES else DOCS / study
+
+
+def seeds(study: str) -> list[int]:
+    return STUDY_SEEDS.get(study, SEEDS)
+
+
 def command(study: str) -> list[str]:
     """The ``mixpro compare`` arguments of ``study``."""
     methods, grid, _ = STUDIES[study]
     args = ["compare", "--recipe", RECIPE, "--methods", *methods,
-            "--seeds", *map(str, SEEDS), "--output-dir", str(RUNS / study),
+            "--seeds", *map(str, seeds(study)), "--output-dir", str(runs_dir(study)),
             "--no-progress"]
     for g in grid:
         args += ["--grid", g]
@@ -117,7 +149,7 @@ def planned(study: str, threads: int | None = 1):
     from mixpro.train.recipe import parse_value
 
     settings = {k: parse_value(v) for k, v in SETTINGS.get(study, {}).items()}
-    p = plan(RECIPE, methods=methods, seeds=SEEDS, output=RUNS / study, grid=grid,
+    p = plan(RECIPE, methods=methods, seeds=seeds(study), output=runs_dir(study), grid=grid,
              overrides={"threads": threads, "progress": False, **settings})
     return {Path(cfg.output): cfg for cfg in p.configs.values()}
 
@@ -241,17 +273,17 @@ def fig2a(study: str = "table10") -> Path | None:
     from mixpro.plots.training import alpha_curves
 
     runs: dict[str, list[list[dict]]] = {}
-    for m in sorted((RUNS / study).glob("*/metrics.jsonl")):
+    for m in sorted((runs_dir(study)).glob("*/metrics.jsonl")):
         if not (m.parent / "final.json").exists():
             continue
         label = m.parent.name.rsplit("-seed", 1)[0].removeprefix("mixpro_alpha-")
         runs.setdefault(label, []).append([json.loads(x) for x in m.read_text().splitlines()])
     if not runs:
         return None
-    (DOCS / study).mkdir(parents=True, exist_ok=True)
+    (docs_dir(study)).mkdir(parents=True, exist_ok=True)
     n = sorted({len(v) for v in runs.values()})
     seeds = f"{n[0]} seeds each" if len(n) == 1 else f"{n[0]}-{n[-1]} seeds"
-    return alpha_curves(runs, DOCS / study / "fig2a_alpha.png",
+    return alpha_curves(runs, docs_dir(study) / "fig2a_alpha.png",
                         title=f"Fig. 2a: mean α per epoch ({seeds})")
 
 
@@ -265,7 +297,7 @@ def _copy(src: Path, dst: Path, names: Iterable[str]) -> None:
 
 def sync(study: str) -> int:
     """Copy the finished runs of ``study`` into docs/; returns how many there are."""
-    src, dst = RUNS / study, DOCS / study
+    src, dst = runs_dir(study), docs_dir(study)
     if study == "table10":
         fig2a(study)
     n = 0
@@ -288,8 +320,8 @@ def restore(study: str) -> int:
 
     plan = {out.name: cfg for out, cfg in planned(study).items()}
     n = 0
-    for run in sorted((DOCS / study / "runs").glob("*")):
-        out = RUNS / study / run.name
+    for run in sorted((docs_dir(study) / "runs").glob("*")):
+        out = runs_dir(study) / run.name
         if (out / "final.json").exists() or run.name not in plan:
             continue
         recorded = recorded_recipe(run)
@@ -326,7 +358,7 @@ def main(argv: list[str]) -> int:
         elif what == "list":
             print(f"{study}: mixpro {' '.join(command(study))}  # {STUDIES[study][2]}")
         elif what == "sync":
-            print(f"{study}: {sync(study)} finished runs in {DOCS / study}")
+            print(f"{study}: {sync(study)} finished runs in {docs_dir(study)}")
         elif what == "run":
             restore(study)
             share(study)
