@@ -49,7 +49,7 @@ RUNS = ROOT / "runs" / "ablations"
 DOCS = ROOT / "docs" / "results" / "ablations"
 SEEDS = [0, 1, 2]
 RECIPE = "fashion_mnist_limited"
-KEEP = ("final.json", "metrics.jsonl", "config.yaml", "SHARED")
+KEEP = ("final.json", "metrics.jsonl", "config.yaml", "SHARED", "attention.png")
 
 # study -> (methods, grid, what it reproduces)
 STUDIES: dict[str, tuple[list[str], list[str], str]] = {
@@ -287,6 +287,23 @@ def fig2a(study: str = "table10") -> Path | None:
                         title=f"Fig. 2a: mean α per epoch ({seeds})")
 
 
+def monitor_figure(study: str = "premise_monitor") -> Path | None:
+    """The attention monitor of every finished run of ``study`` on one figure,
+    ``docs/results/<place>/monitor.png``."""
+    from mixpro.plots.training import monitor_curves
+
+    runs = {}
+    for m in sorted(runs_dir(study).glob("*/metrics.jsonl")):
+        rows = [json.loads(x) for x in m.read_text().splitlines()]
+        if (m.parent / "final.json").exists() and any("attn_object_share" in r for r in rows):
+            runs[m.parent.name.rsplit("-seed", 1)[0]] = rows
+    if not runs:
+        return None
+    docs_dir(study).mkdir(parents=True, exist_ok=True)
+    return monitor_curves(runs, docs_dir(study) / "monitor.png",
+                          title="Attention monitor: 256 fixed test images, every 10 epochs")
+
+
 def _copy(src: Path, dst: Path, names: Iterable[str]) -> None:
     """Copy each file ``src/name`` that exists to ``dst/name`` (``dst`` made when needed)."""
     for name in names:
@@ -300,6 +317,8 @@ def sync(study: str) -> int:
     src, dst = runs_dir(study), docs_dir(study)
     if study == "table10":
         fig2a(study)
+    if study == "premise_monitor":
+        monitor_figure(study)
     n = 0
     for final in sorted(src.glob("*/final.json")):
         _copy(final.parent, dst / "runs" / final.parent.name, KEEP)

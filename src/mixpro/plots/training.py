@@ -4,6 +4,7 @@
 * :func:`alpha_per_epoch` — mean progressive factor α per epoch (the paper's Fig. 2a).
 * :func:`alpha_curves` — the same for several α strategies on one plot, mean over seeds.
 * :func:`alpha_histogram` — α distribution of the last attention-labelled batch (Fig. 2b).
+* :func:`monitor_curves` — the same for several runs on one figure.
 * :func:`attention_monitor` — attention quality and label errors per evaluation (the
   ``attn_*`` metrics of :class:`mixpro.train.monitor.AttentionMonitor`).
 """
@@ -65,6 +66,41 @@ def attention_monitor(metrics: Sequence[Mapping], path: str | Path, title: str =
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if title:
+        fig.suptitle(title)
+    return save(fig, path)
+
+
+def monitor_curves(runs: Mapping[str, Sequence[Mapping]], path: str | Path,
+                   title: str = "") -> Path:
+    """The attention monitor of several runs (label → metrics rows) on one figure: attention
+    on object tokens (with chance), the label errors of λ_attn (solid), PAL's λ (dotted) and
+    λ_area (dashed) on each run's own mixes, and PAL's mean α with ρ(α, |λ_attn − o_i|)."""
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(14, 3.8))
+    chance = None
+    for n, (label, metrics) in enumerate(runs.items()):
+        rows = [m for m in metrics if m.get("attn_object_share") is not None]
+        ep = [m["epoch"] for m in rows]
+        color = f"C{n}"
+        a.plot(ep, [m["attn_object_share"] for m in rows], color=color, label=label)
+        chance = rows[0]["attn_chance"] if rows else chance
+        b.plot(ep, [m["attn_err_attn"] for m in rows], color=color, label=f"{label}: λ_attn")
+        b.plot(ep, [m["attn_err_pal"] for m in rows], color=color, linestyle=":",
+               label=f"{label}: PAL λ")
+        c.plot(ep, [m["attn_alpha"] for m in rows], color=color, label=f"{label}: mean α")
+        c.plot(ep, [m["attn_corr_alpha_error"] for m in rows], color=color, linestyle="--",
+               label=f"{label}: ρ(α, err)")
+        b.plot(ep, [m["attn_err_area"] for m in rows], color=color, linestyle="--", lw=1,
+               label=f"{label}: λ_area")
+    if chance is not None:
+        a.axhline(chance, color="gray", linestyle="--", label="chance (uniform)")
+    a.set(xlabel="epoch", ylabel="cls attention on object tokens", title="attention quality")
+    b.set(xlabel="epoch", ylabel="mean |λ − o_i|", title="label error (mixed images)")
+    c.axhline(0, color="gray", lw=0.8)
+    c.set(xlabel="epoch", title="PAL's α and ρ(α, |λ_attn − o_i|)")
+    for ax in (a, b, c):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
     if title:
         fig.suptitle(title)
     return save(fig, path)
