@@ -1,5 +1,7 @@
-"""The paper's ablations (Tables 6-10, Fig. 5) as ``mixpro compare`` sweeps on the
-data-limited preset, resumable across sessions.
+"""The paper's ablations (Tables 6-10, Fig. 5), its Table 2 comparison, and the premise study
+(``premise_*``: is the attention PAL labels with reliable, and when?) as ``mixpro compare``
+sweeps on the data-limited preset, resumable across sessions. Runs go to ``runs/ablations/``
+(the premise studies: ``runs/premise/``) and are committed under ``docs/results/`` likewise.
 
     python benchmarks/ablations.py run [STUDY ...]   # default: every study, in order
     python benchmarks/ablations.py sync              # copy finished runs into docs/results/
