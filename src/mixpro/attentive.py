@@ -27,9 +27,9 @@ from torch import nn
 
 from . import _checks
 from .helpers import evaluating, feature_map, frozen, on_device
-from .masks import rand, sample_beta
+from .masks import sample_beta
 from .mixers import Draw, LabelledMixer, Pairing
-from .pixels import CellMask, Identity
+from .pixels import CellMask
 
 __all__ = ["REDUCTIONS", "AttentiveCutMix"]
 
@@ -132,7 +132,7 @@ class AttentiveCutMix(LabelledMixer):
                              "nothing would come from the partner (choose an extractor stage "
                              "with more cells, or a smaller top_k)")
             return torch.full((batch,), self.top_k, device=device, dtype=torch.long)
-        gen_dev = self.generator.device if self.generator is not None else device
+        gen_dev = self.generator_device(device)
         lam = sample_beta(self.beta, batch, device=gen_dev, generator=self.generator)
         return (lam.double() * cells).floor().long().clamp(1, cells).to(device)
 
@@ -140,11 +140,9 @@ class AttentiveCutMix(LabelledMixer):
         b, dev = images.shape[0], images.device
         size = (int(images.shape[-2]), int(images.shape[-1]))
         partner = self.partner(b, dev)
-        gen_dev = self.generator.device if self.generator is not None else dev
-        if self.prob < 1.0 and not bool(rand(1, device=gen_dev, generator=self.generator)[0]
-                                        < self.prob):
-            src = Identity(b, dev)
-            return Draw(src, partner, src.lam_area(), "none")
+        skip = self.unmixed(b, dev, partner, self.prob)
+        if skip is not None:
+            return skip
         score = self.scores(images)
         gh, gw = score.shape[-2:]
         rows, cols = self._grid((gh, gw), size)

@@ -137,6 +137,20 @@ class Mixer(ABC):
         """This mixer's partner index ``(batch,)`` (its ``pairing``, its generator)."""
         return make_partner(batch, self.pairing, device, self.generator)
 
+    def generator_device(self, device: torch.device) -> torch.device:
+        """Where this mixer draws: its generator's device, else ``device`` (the images')."""
+        return self.generator.device if self.generator is not None else device
+
+    def unmixed(self, batch: int, device: torch.device, partner: torch.Tensor,
+                prob: float) -> Draw | None:
+        """With probability ``1 - prob`` (one draw of the generator when ``prob < 1``) an
+        unmixed :class:`Draw` (method ``'none'``), else None."""
+        if prob >= 1.0 or bool(torch.rand(1, device=self.generator_device(device),
+                                          generator=self.generator)[0] < prob):
+            return None
+        src = Identity(batch, device)
+        return Draw(src, partner, src.lam_area(), "none")
+
     @abstractmethod
     def draw(self, images: torch.Tensor) -> Draw:
         """Draw what this batch mixes (``images (B, C, H, W)``, already validated)."""
@@ -290,7 +304,7 @@ class MaskMix(LabelledMixer):
         b, dev = images.shape[0], images.device
         size = (images.shape[-2], images.shape[-1])
         self._check_size(size)
-        gen_dev = self.generator.device if self.generator is not None else dev
+        gen_dev = self.generator_device(dev)
         tau = sample_beta(self.beta, b if self.mode == "elem" else 1, device=gen_dev,
                           generator=self.generator)
         if self.mode == "positions":

@@ -424,7 +424,7 @@ class PuzzleMix(LabelledMixer):
         size = (int(images.shape[-2]), int(images.shape[-1]))
         choices = self.block_choices(size)
         partner = self.partner(b, dev)
-        gen_dev = self.generator.device if self.generator is not None else dev
+        gen_dev = self.generator_device(dev)
         u = rand(1, device=gen_dev, generator=self.generator)
         n = choices[min(int(float(u[0]) * len(choices)), len(choices) - 1)]
         lam0 = float(sample_beta(self.beta, 1, device=gen_dev, generator=self.generator)[0])

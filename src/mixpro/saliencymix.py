@@ -23,9 +23,9 @@ from typing import ClassVar, Literal
 import torch
 
 from . import _checks
-from .masks import rand, sample_beta
+from .masks import sample_beta
 from .mixers import Draw, LabelledMixer, Pairing
-from .pixels import CellMask, Identity
+from .pixels import CellMask
 from .saliency import fine_grained_saliency, spectral_residual_saliency
 
 __all__ = ["DETECTORS", "SALIENCY_SCOPES", "SaliencyMix"]
@@ -197,11 +197,10 @@ class SaliencyMix(LabelledMixer):
         h, w = size = (images.shape[-2], images.shape[-1])
         self._check_size(size)
         partner = self.partner(b, dev)
-        gen_dev = self.generator.device if self.generator is not None else dev
-        if self.prob < 1.0 and not bool(rand(1, device=gen_dev, generator=self.generator)[0]
-                                        < self.prob):
-            src = Identity(b, dev)
-            return Draw(src, partner, src.lam_area(), "none")
+        gen_dev = self.generator_device(dev)
+        skip = self.unmixed(b, dev, partner, self.prob)
+        if skip is not None:
+            return skip
         n = b if self.scope == "sample" else 1
         lam = sample_beta(self.beta, n, device=gen_dev, generator=self.generator)
         if self.scope == "sample":  # each sample's box on its own partner's peak

@@ -38,7 +38,7 @@ from .batch import Objective
 from .helpers import class_activation_map, evaluating, frozen, on_device
 from .masks import rand, sample_beta
 from .mixers import Draw, LabelledMixer, Pairing
-from .pixels import CellMask, Identity
+from .pixels import CellMask
 
 __all__ = ["ACTIVATIONS", "TOKENMIX_LAMBDAS", "TokenMix", "block_mask"]
 
@@ -188,11 +188,10 @@ class TokenMix(LabelledMixer):
         h, w = size = (int(images.shape[-2]), int(images.shape[-1]))
         gh, gw = self.grid(size)
         partner = self.partner(b, dev)
-        gen_dev = self.generator.device if self.generator is not None else dev
-        if self.prob < 1.0 and not bool(rand(1, device=gen_dev, generator=self.generator)[0]
-                                        < self.prob):
-            src = Identity(b, dev)
-            return Draw(src, partner, src.lam_area(), "none")
+        gen_dev = self.generator_device(dev)
+        skip = self.unmixed(b, dev, partner, self.prob)
+        if skip is not None:
+            return skip
         n = self.count(gh * gw, gen_dev)
         chunk: list[float] = []
 
