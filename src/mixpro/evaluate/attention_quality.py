@@ -60,16 +60,21 @@ def attention_quality(attention: torch.Tensor, share: torch.Tensor) -> dict[str,
     a = attention.double()
     a = a / a.sum(1, keepdim=True).clamp_min(1e-300)
     on = share > 0
-    ra, rs = _ranks(a), _ranks(share)
-    ra, rs = ra - ra.mean(1, keepdim=True), rs - rs.mean(1, keepdim=True)
-    denom = (ra.square().sum(1) * rs.square().sum(1)).sqrt()
     return {
         "object_share": (a * on).sum(1),
         "chance": on.double().mean(1),
         "pointing": on.gather(1, a.argmax(1, keepdim=True))[:, 0].double(),
-        "rank_corr": torch.where(denom > 0, (ra * rs).sum(1) / denom.clamp_min(1e-300),
-                                 torch.nan),
+        "rank_corr": rank_corr(a, share),
     }
+
+
+def rank_corr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Spearman's ρ of each row of ``x`` and ``y`` ``(B, T)``: ``(B,)`` float64 (average ranks
+    for ties; NaN where either row is constant)."""
+    rx, ry = _ranks(x), _ranks(y)
+    rx, ry = rx - rx.mean(1, keepdim=True), ry - ry.mean(1, keepdim=True)
+    denom = (rx.square().sum(1) * ry.square().sum(1)).sqrt()
+    return torch.where(denom > 0, (rx * ry).sum(1) / denom.clamp_min(1e-300), torch.nan)
 
 
 @torch.no_grad()
@@ -180,4 +185,4 @@ def measure_blocks(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch
 
 
 __all__ = ["attention_quality", "block_attentions", "measure", "measure_blocks",
-           "object_share"]
+           "object_share", "rank_corr"]

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 import mixpro
-from mixpro.evaluate.attention_quality import _ranks, attention_quality, object_share
+from mixpro.evaluate.attention_quality import attention_quality, object_share, rank_corr
 from mixpro.labels import attention_lambda, combine_lambda, cosine_alpha, mix_targets
 
 __all__ = ["AttentionMonitor", "spearman"]
@@ -41,10 +41,7 @@ __all__ = ["AttentionMonitor", "spearman"]
 
 def spearman(x: torch.Tensor, y: torch.Tensor) -> float:
     """Spearman's ρ of two ``(n,)`` vectors (average ranks; NaN if either is constant)."""
-    rx, ry = _ranks(x.double()[None])[0], _ranks(y.double()[None])[0]
-    rx, ry = rx - rx.mean(), ry - ry.mean()
-    den = float((rx.square().sum() * ry.square().sum()).sqrt())
-    return float((rx * ry).sum()) / den if den > 0 else math.nan
+    return float(rank_corr(x.double()[None], y.double()[None])[0])
 
 
 def _mean(v: torch.Tensor) -> float | None:
