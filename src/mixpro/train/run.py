@@ -34,7 +34,7 @@ from mixpro import files, methods, models
 from mixpro._checks import ArgumentError
 from mixpro.attention import unwrap_model
 from mixpro.errors import first_line
-from mixpro.methods import METHODS, build_mixer
+from mixpro.methods import HELPER_KEYS, METHODS, build_mixer
 
 from . import distributed
 from .engine import (
@@ -116,7 +116,7 @@ def _mixer(cfg: Recipe, num_classes: int | None, patch: int | None,
     mean, std = stats or (None, None)
     needs = METHODS[cfg.method].helpers
     helped = model if "model" in needs else None
-    frozen = {role: _helper(cfg, role, num_classes) for role in ("extractor", "teacher")
+    frozen = {role: _helper(cfg, role, num_classes) for role in HELPER_KEYS
               if role in needs}
     try:
         return build_mixer(cfg.method, _mix_options(cfg), num_classes=num_classes or 2,
@@ -451,7 +451,7 @@ def _monitor_mixer(cfg: Recipe, mixer, generator: torch.Generator, num_classes: 
     if isinstance(mixer, (mixpro.NoMix, mixpro.RandomChoice)):
         method, options = "maskmix", dataclasses.replace(options, mask_strategy="grid")
     needs = METHODS[method].helpers
-    helpers = {role: getattr(mixer, role) for role in ("extractor", "teacher") if role in needs}
+    helpers = {role: getattr(mixer, role) for role in HELPER_KEYS if role in needs}
     if method == "puzzlemix":
         helpers["model"] = model
     return build_mixer(method, options, num_classes=num_classes, patch_size=patch,
