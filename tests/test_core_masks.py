@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from fractions import Fraction
-from unittest import mock
 
 import numpy as np
 import pytest
@@ -109,8 +108,8 @@ def test_grid_mask_any_cell_and_offset(ch, cw, h, w, oy, ox, bm, seed):
     x = torch.randn(batch, 1, *size)
     partner = torch.randperm(batch, generator=torch.Generator().manual_seed(seed))
     ref = mix_images_np(x.numpy(), pm.numpy().astype(np.int64), partner.numpy())
-    for loop in (True, False):  # both mixing paths
-        with mock.patch.object(mixpro.pixels, "_use_cell_loop", lambda images, n, v=loop: v):
+    for way in ("cells", "batch"):  # the per-cell copy and the select
+        with mixpro._kernels.forced(way):
             out = mask.apply(x, partner)
         assert np.array_equal(out.numpy(), ref)
 
@@ -149,46 +148,6 @@ def test_grid_count_examples_and_dtype():
         GridMasks(4).count(torch.tensor([0.5], dtype=torch.float16), 10)
 
 
-def test_cell_loop_and_where_paths_agree(monkeypatch):
-    gen = GridMasks(2)
-    mask = gen(torch.rand(4), (16, 12), device=torch.device("cpu"))
-    x = torch.randn(4, 3, 16, 12)
-    partner = torch.tensor([3, 2, 1, 0])
-    monkeypatch.setattr(mixpro.pixels, "_use_cell_loop", lambda images, n: True)
-    loop = mask.apply(x, partner)
-    monkeypatch.setattr(mixpro.pixels, "_use_cell_loop", lambda images, n: False)
-    where = mask.apply(x, partner)
-    assert torch.equal(loop, where)
-    assert torch.equal(loop, torch.where(mask.pixel_mask(), x, x[partner]))
-
-
-@pytest.mark.parametrize("block", [1, 2, 3, 64])
-def test_blocked_mixing_equals_the_reference(monkeypatch, block):
-    """CPU mixing goes by blocks of samples; any block size gives the reference result."""
-    b, c, h, w = 7, 2, 12, 8
-    monkeypatch.setattr(mixpro._kernels, "_BLOCK_BYTES", block * c * h * w * 4)
-    g = torch.Generator().manual_seed(block)
-    x = torch.randn(b, c, h, w, generator=g)
-    partner = torch.randperm(b, generator=g)
-    cpu = torch.device("cpu")
-    for mask in (GridMasks(4)(torch.rand(b, generator=g), (h, w), device=cpu, generator=g),
-                 GridMasks(2)(torch.rand(1, generator=g), (h, w), device=cpu, generator=g),
-                 BoxMasks()(torch.rand(b, generator=g), (h, w), device=cpu, generator=g)):
-        ref = mix_images_np(x.numpy(), mask.pixel_mask().numpy().astype(np.int64),
-                            partner.numpy())
-        assert np.array_equal(mask.apply(x, partner).numpy(), ref)
-    wt = torch.rand(b, generator=g)
-    blend = mixpro.pixels.Blend(wt)
-    ref = (wt.view(-1, 1, 1, 1) * x + (1 - wt.view(-1, 1, 1, 1)) * x[partner]).numpy()
-    assert np.allclose(blend.apply(x, partner).numpy(), ref, atol=1e-6)
-    box = BoxMasks()(torch.rand(b, generator=g), (h, w), device=cpu, generator=g)
-    use = torch.tensor([True, False, True, True, False, False, True])
-    out = mixpro.pixels.Switch(use, box, blend).apply(x, partner)
-    boxed = torch.where(box.pixel_mask(), x, x[partner])
-    assert torch.equal(out[use], boxed[use])  # lerp with weights 0/1 is exact
-    assert np.allclose(out[~use].numpy(), ref[~use.numpy()], atol=1e-6)
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16,
                                    torch.float16, torch.uint8, torch.int32])
 def test_choose_is_an_exact_select(dtype):
@@ -207,69 +166,6 @@ def test_choose_is_an_exact_select(dtype):
         assert got.dtype == dtype and torch.equal(got, torch.where(keep, x, other))
 
 
-def test_per_sample_masks_gather_one_block_of_partners_at_a_time(monkeypatch):
-    """No full partner batch is materialised on CPU: gathers are one block of samples."""
-    b, c, h, w = 16, 3, 16, 16
-    monkeypatch.setattr(mixpro._kernels, "_BLOCK_BYTES", 3 * c * h * w * 4)
-    x, y = torch.randn(b, c, h, w), torch.arange(b) % 4
-    sizes = []
-    real_select, real_getitem = torch.Tensor.index_select, torch.Tensor.__getitem__
-
-    def spy_select(t, dim, index):
-        if t.dim() == 4:
-            sizes.append(index.numel())
-        return real_select(t, dim, index)
-
-    def spy_getitem(t, key):
-        if t.dim() == 4 and isinstance(key, torch.Tensor) and key.dtype == torch.int64:
-            sizes.append(key.numel())
-        return real_getitem(t, key)
-
-    monkeypatch.setattr(torch.Tensor, "index_select", spy_select)
-    monkeypatch.setattr(torch.Tensor, "__getitem__", spy_getitem)
-    mixers = [mixpro.CutMix(num_classes=4, mode=m) for m in ("elem", "pair")] + [
-        mixpro.Mixup(num_classes=4, mode="elem"),
-        mixpro.Mixup(cutmix_alpha=1.0, num_classes=4, mode="elem"),
-        mixpro.MaskMix(num_classes=4, patch_size=4, mask_scale=1, mode="elem"),
-    ]
-    for mixer in mixers:
-        sizes.clear()
-        batch = mixer(x, y)
-        assert sizes and max(sizes) <= 3, (type(mixer).__name__, sizes)
-        assert torch.equal(batch.images[batch.partner == torch.arange(b)],
-                           x[batch.partner == torch.arange(b)])
-
-
-def test_block_loops_run_single_threaded_and_restore_the_thread_count(monkeypatch):
-    """Loops of calls use one intra-op thread (no OpenMP barrier per call on a busy machine);
-    the caller's thread count comes back, also after an error and when nested."""
-    n = torch.get_num_threads()
-    monkeypatch.setattr(mixpro._kernels, "_BLOCK_BYTES", 2 * 3 * 8 * 8 * 4)
-    seen = []
-
-    def mix(x, other, rows):
-        seen.append(torch.get_num_threads())
-        return torch.lerp(other, x, 0.5)
-
-    x = torch.randn(6, 3, 8, 8)
-    torch.set_num_threads(2)
-    try:
-        out = mixpro._kernels._mix_blocks(x, torch.arange(5, -1, -1), mix)
-        assert seen == [1, 1, 1] and torch.get_num_threads() == 2
-        assert torch.allclose(out, 0.5 * (x + x.flip(0)), atol=1e-6)
-        with mixpro._kernels._single_threaded():
-            with mixpro._kernels._single_threaded():
-                assert torch.get_num_threads() == 1
-            assert torch.get_num_threads() == 1
-        assert torch.get_num_threads() == 2
-        with pytest.raises(RuntimeError, match="boom"):
-            with mixpro._kernels._single_threaded():
-                raise RuntimeError("boom")
-        assert torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(n)
-
-
 def test_per_pixel_masks_take_the_shortcuts():
     cells = torch.rand(3, 5, 4, generator=torch.Generator().manual_seed(0)) > 0.5
     fast = CellMask(cells, tuple(range(6)), tuple(range(5)))
@@ -283,14 +179,6 @@ def test_per_pixel_masks_take_the_shortcuts():
     sel = box.select(torch.tensor([5, 0]))
     assert torch.equal(sel.lam_area(), box.lam_area()[[5, 0]])
     assert torch.equal(sel.cells, box.cells[[5, 0]])
-
-
-def test_cell_loop_is_chosen_for_large_cpu_batches_only():
-    big = torch.empty(128, 3, 224, 224)
-    assert mixpro._kernels._use_cell_loop(big, 49)
-    assert not mixpro._kernels._use_cell_loop(big, 2000)
-    assert not mixpro._kernels._use_cell_loop(torch.empty(128, 1, 32, 32), 16)
-    assert not mixpro._kernels._use_cell_loop(big.requires_grad_(), 49)
 
 
 @SETTINGS
@@ -455,33 +343,3 @@ def test_cell_mask_validation():
         CellMask(torch.ones(1, 2, 2, dtype=torch.bool), (0, 2, 1), (0, 1, 2))
     with pytest.raises(ValueError, match="col_edges"):
         CellMask(torch.ones(1, 2, 2, dtype=torch.bool), (0, 1, 2), (0, 1))
-
-
-def test_single_thread_loops_can_be_turned_off_with_identical_results():
-    from mixpro import _kernels
-
-    x = torch.rand(64, 3, 64, 64)
-    partner = torch.arange(63, -1, -1)
-    keep = torch.rand(64, 1, 64, 64) > 0.5
-    mixed = {}
-    n = torch.get_num_threads()
-    seen = []
-
-    def mix(a, b, rows):
-        seen.append(torch.get_num_threads())
-        return _kernels._choose(keep[rows], a, b)
-
-    try:
-        for on in (True, False):
-            mixpro.set_single_thread_loops(on)
-            torch.set_num_threads(2)
-            seen.clear()
-            mixed[on] = _kernels._mix_blocks(x, partner, mix)
-            assert set(seen) == ({1} if on else {2})
-            assert torch.get_num_threads() == 2
-    finally:
-        mixpro.set_single_thread_loops(True)
-        torch.set_num_threads(n)
-    assert torch.equal(mixed[True], mixed[False])
-    with pytest.raises(TypeError, match="enabled must be a bool"):
-        mixpro.set_single_thread_loops("no")

@@ -1,65 +1,198 @@
-"""Mixing kernels: the few tensor calls that build a mixed batch from two sources, tuned
-for CPU caches and thread barriers and identical in result on every device.
+"""Mixing kernels: the few tensor calls that build a mixed batch from two sources, and the
+per-machine choice among equivalent ways of running them.
 
-Owns :func:`_choose` (select by 0/1 weights), :func:`_mix_blocks` (a per-sample mix run over
-cache-sized blocks of samples), :func:`_single_threaded` (loops of calls with one intra-op
-thread; :func:`set_single_thread_loops` turns that off) and :func:`_use_cell_loop` (whether a
-:class:`~mixpro.pixels.CellMask` copies cell by cell). Used by :mod:`mixpro.pixels`; nothing
-here draws random numbers.
+Owns :func:`fastest` (run the fastest of several ways that give bit-identical results,
+chosen by timing real calls on this machine, per call signature), :func:`_mix_blocks` (a
+per-sample mix over the whole batch or over cache-sized blocks of samples),
+:func:`_single_threaded` (one intra-op thread for a loop of calls;
+:func:`set_single_thread_loops` turns those ways off), :func:`cell_loop_allowed` (whether a
+:class:`~mixpro.pixels.CellMask` may copy cell by cell) and :func:`_choose` (select by 0/1
+weights). Used by :mod:`mixpro.pixels`; nothing here draws random numbers.
+
+Why a choice at run time: which way is fastest depends on the CPU and on what else runs. On a
+2-core AMD EPYC a per-sample select in 4 MB blocks with one thread was 1.35x a plain copy and
+the whole batch with two threads 2.3x; on a 2-core Intel Xeon (AVX-512/AMX) one thread copies
+at 0.6x the speed of two, so the one-thread ways lose there. On a busy machine (other
+processes on the cores) every two-thread call can wait for a descheduled thread at its
+OpenMP barrier (measured at load 4 on 2 cores: 4 MB blocks 14-20x a copy with two threads,
+1.1-1.4x with one). No constant fits all three, so each call signature keeps the recent
+timings of each way and runs the fastest; the others are timed again now and then, less
+often each time they lose, so a machine that turns busy (or quiet) is followed.
 """
 
 from __future__ import annotations
 
+import statistics
 import threading
-from collections.abc import Callable, Iterator
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 import torch
 
-# How a CellMask mixes (measured on 2 CPU cores, see benchmarks/): one strided copy per cell
-# touches each pixel once (1.3x a plain copy at B=128, 3x224²) but pays a per-cell call; a
-# select over a pixel mask with a gathered partner (`_choose`, by blocks of samples on CPU,
-# `_mix_blocks`) is a few calls. The per-cell loop is used on CPU for batches past the caches
-# with large cells; the select everywhere else (small batches, many tiny cells, per-sample
-# masks, and on accelerators, where per-call launch latency dominates).
-_MAX_CELL_LOOP = 1024
-_LOOP_MIN_BYTES = 32 * 2**20
-_LOOP_MIN_CELL_ELEMS = 32768
+T = TypeVar("T")
+
+# ------------------------------------------------------------------------------------------
+# Choosing among equivalent ways
+# ------------------------------------------------------------------------------------------
+
+_SAMPLES = 3        # timings kept per way (their median is the way's estimate)
+_RETRY_FIRST = 16   # calls before a losing way is timed again; doubles each time it loses
+_RETRY_MAX = 4096   # ... up to this many calls
+_HOPELESS = 4.0     # during calibration, one timing this many times the best is enough
+_MAX_SIGNATURES = 256
 
 
-def _use_cell_loop(images: torch.Tensor, n_cells: int) -> bool:
-    if images.device.type != "cpu" or images.requires_grad or n_cells > _MAX_CELL_LOOP:
-        return False
-    total = images.numel()
-    return total * images.element_size() >= _LOOP_MIN_BYTES and (
-        total // max(n_cells, 1) >= _LOOP_MIN_CELL_ELEMS
-    )
+class _Race:
+    """The recent timings of each way for one call signature."""
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self.times: dict[str, list[float]] = {n: [] for n in names}
+        self.retry_at: dict[str, int] = {}  # call count at which a losing way runs again
+        self.wait: dict[str, int] = dict.fromkeys(names, _RETRY_FIRST)
+        self.calls = 0
+
+    def estimate(self, name: str) -> float:
+        t = self.times[name]
+        return statistics.median(t) if t else float("inf")
+
+    def best(self) -> str:
+        return min(self.times, key=self.estimate)
+
+    def _open(self) -> list[str]:
+        """Ways still to be timed in calibration (fewer than 3 timings, not hopeless)."""
+        bound = _HOPELESS * self.estimate(self.best())
+        return [n for n, t in self.times.items()
+                if len(t) < _SAMPLES and not (t and t[-1] > bound)]
+
+    def settled(self) -> bool:
+        return not self._open()
+
+    def pick(self) -> str:
+        """The way to run now: calibration first, then a due retry, else the fastest."""
+        todo = self._open()
+        if todo:
+            return min(todo, key=lambda n: len(self.times[n]))
+        due = [n for n, at in self.retry_at.items() if at <= self.calls]
+        return due[0] if due else self.best()
+
+    def record(self, name: str, seconds: float) -> None:
+        settled, before = self.settled(), self.best()
+        t = self.times[name]
+        t.append(seconds)
+        del t[:-_SAMPLES]
+        self.calls += 1
+        best = self.best()
+        if settled and name != before:  # a retry: losing again doubles the wait
+            self.wait[name] = _RETRY_FIRST if name == best else min(2 * self.wait[name],
+                                                                    _RETRY_MAX)
+            self.retry_at.pop(name, None)
+        if best != before:
+            self.wait[before] = _RETRY_FIRST
+            self.retry_at.pop(before, None)
+        self.retry_at.pop(best, None)
+        if self.settled():
+            for n in self.times:
+                if n != best and n not in self.retry_at:
+                    self.retry_at[n] = self.calls + self.wait[n]
 
 
-# Per-sample masks and blends (a select/lerp against a gathered partner) run on CPU in blocks
-# of samples of about _BLOCK_BYTES: each block's partner gather stays in cache (measured on 2
-# CPU cores, B=128, 3x224²: gather + select over the whole batch 2.3x a plain copy, in 4 MB
-# blocks 1.35x; gather + lerp 2.1x -> 1.2x). Loops of calls (blocks, the per-cell loop) run
-# with one intra-op thread: with two, every call ends in an OpenMP barrier, and on a busy
-# machine (other processes, data-loader workers) each barrier waits for a descheduled thread
-# (measured at load 4 on 2 cores: 4 MB blocks 14-20x a copy with 2 threads, 1.1-1.4x with
-# one). Accelerators (launch latency dominates) and autograd inputs take the whole batch in
-# one call.
-_BLOCK_BYTES = 4 * 2**20
+_RACES: OrderedDict[Hashable, _Race] = OrderedDict()
+_RACES_LOCK = threading.Lock()
+_forced: dict[str, str | None] = {"way": None}
+_clock: dict[str, Callable[[], float]] = {"now": time.perf_counter}
+
+
+def fastest(signature: Hashable, ways: dict[str, Callable[[], T]]) -> T:
+    """Run one of ``ways`` (zero-argument callables that return identical results) and
+    return its result: the fastest so far for ``signature`` on this machine.
+
+    The first calls of a signature time each way (up to 3 times); afterwards the way with the
+    lowest median of its last 3 timings runs, and each other way is timed again after 16
+    calls, then 32, 64, ... up to 4096 while it keeps losing (so a change of load is
+    followed at a bounded cost). Timings are the real calls: nothing extra runs.
+    """
+    names = tuple(ways)
+    if len(names) == 1:
+        return ways[names[0]]()
+    forced = _forced["way"]
+    if forced is not None and forced in ways:
+        return ways[forced]()
+    key = (signature, names)
+    with _RACES_LOCK:
+        race = _RACES.get(key)
+        if race is None:
+            race = _RACES[key] = _Race(names)
+            if len(_RACES) > _MAX_SIGNATURES:
+                _RACES.popitem(last=False)
+        else:
+            _RACES.move_to_end(key)
+        name = race.pick()
+    now = _clock["now"]
+    t0 = now()
+    out = ways[name]()
+    seconds = now() - t0
+    with _RACES_LOCK:
+        race.record(name, seconds)
+    return out
+
+
+def choices() -> list[dict]:
+    """What :func:`fastest` has learnt so far, newest signature last: ``[{"signature",
+    "ways": {name: median seconds}, "chosen", "settled"}]`` (for ``mixpro bench``)."""
+    with _RACES_LOCK:
+        return [{"signature": key[0], "ways": {n: race.estimate(n) for n in race.times},
+                 "chosen": race.best(), "settled": race.settled()}
+                for key, race in _RACES.items()]
+
+
+def calibrating() -> int:
+    """How many call signatures are still timing their ways for the first time."""
+    with _RACES_LOCK:
+        return sum(not race.settled() for race in _RACES.values())
+
+
+def forget() -> None:
+    """Drop every timing (the next calls calibrate again)."""
+    with _RACES_LOCK:
+        _RACES.clear()
+
+
+@contextmanager
+def forced(way: str | None) -> Iterator[None]:
+    """Run ``way`` wherever it is one of the ways (tests, ``mixpro bench``'s per-way rows);
+    ``None`` restores the choice by timing."""
+    saved = _forced["way"]
+    _forced["way"] = way
+    try:
+        yield
+    finally:
+        _forced["way"] = saved
+
+
+# ------------------------------------------------------------------------------------------
+# Threads
+# ------------------------------------------------------------------------------------------
 
 _THREADS_LOCK = threading.Lock()
 _threads_state = {"depth": 0, "saved": 1, "enabled": True}
 
 
 def set_single_thread_loops(enabled: bool = True) -> None:
-    """Whether mixpro's CPU loops of calls (blocks of samples, the per-cell copy) set
-    ``torch.set_num_threads(1)`` for their duration (default True: immune to barrier stalls
-    on a busy machine; the count is restored afterwards). ``False`` leaves the process's
-    thread count untouched, e.g. when other Python threads run torch ops meanwhile; results
-    are identical either way."""
+    """Whether mixpro's CPU mixing may run some of its ways with one intra-op thread
+    (``torch.set_num_threads(1)`` for the duration of a call, restored afterwards; default
+    True). ``False`` leaves the process's thread count untouched, e.g. when other Python
+    threads run torch ops meanwhile; results are identical either way."""
     if not isinstance(enabled, bool):
         raise TypeError(f"enabled must be a bool, got {type(enabled).__name__}")
     _threads_state["enabled"] = enabled
+
+
+def single_thread_ways() -> bool:
+    """Whether the one-thread ways may run (see :func:`set_single_thread_loops`)."""
+    return bool(_threads_state["enabled"])
 
 
 @contextmanager
@@ -85,33 +218,109 @@ def _single_threaded() -> Iterator[None]:
                 torch.set_num_threads(_threads_state["saved"])
 
 
-def _block_size(images: torch.Tensor) -> int:
-    """Samples per block for :func:`_mix_blocks`: the whole batch off the CPU."""
-    if images.device.type != "cpu" or images.requires_grad:
-        return images.shape[0]
+def thread_options() -> list[bool]:
+    """Whether each way runs with one thread: ``[False]`` (the process's count), plus
+    ``True`` when the one-thread ways are allowed and the process has more than one."""
+    return [False] + ([True] if single_thread_ways() and torch.get_num_threads() > 1 else [])
+
+
+def with_threads(one: bool, fn: Callable[[], T]) -> Callable[[], T]:
+    """``fn`` run with one intra-op thread (``one``) or with the process's count."""
+    if not one:
+        return fn
+
+    def run() -> T:
+        with _single_threaded():
+            return fn()
+
+    return run
+
+
+def timed_ways(images: torch.Tensor) -> bool:
+    """Whether a call on ``images`` chooses among ways: CPU tensors outside autograd (on an
+    accelerator one whole-batch call is best: launch latency dominates)."""
+    return images.device.type == "cpu" and not images.requires_grad
+
+
+def signature(tag: str, images: torch.Tensor, *extra: Hashable) -> tuple:
+    """The call signature of a mix: what decides which way is fastest."""
+    return (tag, tuple(images.shape), images.dtype, torch.get_num_threads(), *extra)
+
+
+# ------------------------------------------------------------------------------------------
+# Per-sample mixing: the whole batch, or blocks of samples
+# ------------------------------------------------------------------------------------------
+
+# Blocks of samples of about these sizes are ways too: a block's partner gather stays in
+# cache (on the AMD EPYC above, gather + select over the whole batch was 2.3x a copy, in 4 MB
+# blocks 1.35x); which size fits depends on the CPU's caches.
+_BLOCK_BYTES = (1 * 2**20, 4 * 2**20, 16 * 2**20)
+_MAX_CELL_LOOP = 1024  # more cells than this: the per-cell loop is all Python overhead
+
+Mix = Callable[[torch.Tensor, torch.Tensor, slice], torch.Tensor]
+
+
+def _whole(images: torch.Tensor, partner: torch.Tensor, mix: Mix) -> torch.Tensor:
+    return mix(images, images.index_select(0, partner), slice(0, images.shape[0]))
+
+
+def _blocked(images: torch.Tensor, partner: torch.Tensor, mix: Mix, k: int) -> torch.Tensor:
+    b = images.shape[0]
+    out = torch.empty_like(images)
+    for start in range(0, b, k):
+        rows = slice(start, min(b, start + k))
+        out[rows] = mix(images[rows], images.index_select(0, partner[rows]), rows)
+    return out
+
+
+def block_samples(images: torch.Tensor, block_bytes: int) -> int:
+    """Samples per block of about ``block_bytes`` (at least 1)."""
     per_sample = images[0].numel() * images.element_size()
-    return max(1, _BLOCK_BYTES // max(per_sample, 1))
+    return max(1, block_bytes // max(per_sample, 1))
+
+
+def mix_ways(images: torch.Tensor, partner: torch.Tensor, mix: Mix
+             ) -> dict[str, Callable[[], torch.Tensor]]:
+    """The ways of computing ``mix`` row by row (see :func:`_mix_blocks`): the whole batch
+    and distinct block sizes, each with the process's threads and (when allowed) one."""
+    b = images.shape[0]
+    ways: dict[str, Callable[[], torch.Tensor]] = {}
+    threads = thread_options()
+    seen = set()
+    for block in _BLOCK_BYTES:
+        k = block_samples(images, block)
+        if k >= b or k in seen:
+            continue
+        seen.add(k)
+        size = f"{block >> 20} MB" if block >= 2**20 else f"{block >> 10} kB"
+        for one in threads:
+            ways[f"blocks {size}{', 1 thread' if one else ''}"] = with_threads(
+                one, lambda k=k: _blocked(images, partner, mix, k))
+    for one in threads:
+        ways[f"batch{', 1 thread' if one else ''}"] = with_threads(
+            one, lambda: _whole(images, partner, mix))
+    return ways
 
 
 def _mix_blocks(
     images: torch.Tensor,
     partner: torch.Tensor,
-    mix: Callable[[torch.Tensor, torch.Tensor, slice], torch.Tensor],
+    mix: Mix,
+    *,
+    tag: str = "mix",
+    extra: tuple = (),
 ) -> torch.Tensor:
     """A new ``(B, C, H, W)`` tensor whose rows ``r`` are ``mix(images[r], images[partner[r]],
-    r)``, block of samples by block (``r`` is a slice; see ``_BLOCK_BYTES``)."""
-    b = images.shape[0]
-    k = _block_size(images)
-    if images.device.type != "cpu":
-        return mix(images, images.index_select(0, partner), slice(0, b))
-    with _single_threaded():  # also one block: a 2-thread index_select can stall for seconds
-        if k >= b:
-            return mix(images, images.index_select(0, partner), slice(0, b))
-        out = torch.empty_like(images)
-        for start in range(0, b, k):
-            rows = slice(start, min(b, start + k))
-            out[rows] = mix(images[rows], images.index_select(0, partner[rows]), rows)
-    return out
+    r)`` (``r`` a slice), over the whole batch or block of samples by block, whichever is
+    fastest here (:func:`fastest`; ``tag``/``extra`` tell call signatures apart)."""
+    if not timed_ways(images):
+        return _whole(images, partner, mix)
+    return fastest(signature(tag, images, *extra), mix_ways(images, partner, mix))
+
+
+def cell_loop_allowed(images: torch.Tensor, n_cells: int) -> bool:
+    """Whether copying cell by cell is one of the ways (CPU, no autograd, few cells)."""
+    return timed_ways(images) and n_cells <= _MAX_CELL_LOOP
 
 
 def _rows(t: torch.Tensor, rows: slice) -> torch.Tensor:

@@ -311,7 +311,7 @@ class BoxMasks:
         keep = torch.logical_or((ys < y0) | (ys >= y1), (xs < x0) | (xs >= x1))
         area = (box[:, 1] - box[:, 0]) * (box[:, 3] - box[:, 2])  # boxes lie inside the image
         return CellMask.known(keep, tuple(range(h + 1)), tuple(range(w + 1)),
-                              lam=(h * w - area).float() / float(h * w))
+                              lam=(h * w - area).float() / float(h * w), boxes=box)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,18 @@ from typing import Literal, Protocol, runtime_checkable
 
 import torch
 
-from ._kernels import _choose, _mix_blocks, _rows, _single_threaded, _use_cell_loop
+from ._kernels import (
+    _choose,
+    _mix_blocks,
+    _rows,
+    cell_loop_allowed,
+    fastest,
+    mix_ways,
+    signature,
+    thread_options,
+    timed_ways,
+    with_threads,
+)
 
 TokenMode = Literal["area", "nearest"]
 
@@ -114,16 +125,16 @@ class CellMask:
 
     @classmethod
     def known(cls, cells: torch.Tensor, row_edges: tuple[int, ...], col_edges: tuple[int, ...],
-              *, lam: torch.Tensor | None = None, pixel: torch.Tensor | None = None
-              ) -> CellMask:
-        """A mask whose generator already knows its ``lam_area`` ``(Bm,)`` and/or its bool
-        pixel mask ``(Bm, 1, H, W)`` (a box: two comparisons instead of gathers through the
-        cells); they are returned as given."""
+              *, lam: torch.Tensor | None = None, pixel: torch.Tensor | None = None,
+              boxes: torch.Tensor | None = None) -> CellMask:
+        """A mask whose generator already knows its ``lam_area`` ``(Bm,)``, its bool pixel
+        mask ``(Bm, 1, H, W)`` (a box: two comparisons instead of gathers through the cells)
+        and/or, for per-sample boxes, the boxes ``(Bm, 4)`` int64 ``(y0, y1, x0, x1)`` whose
+        pixels are False (one of the ways :meth:`apply` can take); they are used as given."""
         mask = cls(cells, row_edges, col_edges)
-        if lam is not None:
-            mask._cache["lam"] = lam
-        if pixel is not None:
-            mask._cache["pixel"] = pixel
+        for name, value in (("lam", lam), ("pixel", pixel), ("boxes", boxes)):
+            if value is not None:
+                mask._cache[name] = value
         return mask
 
     @property
@@ -157,9 +168,10 @@ class CellMask:
     def select(self, index: torch.Tensor) -> CellMask:
         """The masks of rows ``index`` (int64 ``(n,)``), same grid; a computed λ is kept."""
         # advanced indexing: a 2-thread bool index_select took 1.5 s on a busy CPU (0.2 ms idle)
-        lam = self._cache.get("lam")
+        lam, boxes = self._cache.get("lam"), self._cache.get("boxes")
         return CellMask.known(self.cells[index], self.row_edges, self.col_edges,
-                              lam=None if lam is None else lam.index_select(0, index))
+                              lam=None if lam is None else lam.index_select(0, index),
+                              boxes=None if boxes is None else boxes.index_select(0, index))
 
     def pixel_mask(self) -> torch.Tensor:
         """Bool ``(Bm, 1, H, W)``, True = pixel from sample ``i`` (built on request only)."""
@@ -198,38 +210,75 @@ class CellMask:
     def apply(self, images: torch.Tensor, partner: torch.Tensor) -> torch.Tensor:
         """Mixed images: pixels of cells with True from ``images``, others from the partner.
 
-        Large CPU batches with few cells: each pixel is read and written once (one strided
-        gather per cell), no partner batch and no pixel mask is materialised. Otherwise
-        a select (:func:`_choose`) over the bool pixel mask against the gathered partner, in
-        blocks of samples on CPU (see ``_use_cell_loop``, ``_mix_blocks``).
+        On CPU the fastest of these ways on this machine runs (:func:`~mixpro._kernels.fastest`;
+        all give identical results): a select (:func:`~mixpro._kernels._choose`) over the
+        bool pixel mask against the gathered partner, over the batch or in blocks of samples;
+        a strided copy per cell (each pixel read and written once, no partner batch nor pixel
+        mask); for per-sample boxes, a copy of the batch with each box pasted from its
+        partner (timm's way). Elsewhere one select over the batch.
         """
-        b = images.shape[0]
         if self.image_size != tuple(images.shape[-2:]):
             raise ValueError(
                 f"mask is for images of size {self.image_size}, got {tuple(images.shape[-2:])}"
             )
+
+        def select(x: torch.Tensor, other: torch.Tensor, rows: slice) -> torch.Tensor:
+            return _choose(_rows(self.pixel_mask(), rows), x, other)
+
+        if not timed_ways(images):
+            return _mix_blocks(images, partner, select)
+        keep = {}
+
+        def cached(x: torch.Tensor, other: torch.Tensor, rows: slice) -> torch.Tensor:
+            if "pixel" not in keep:  # built once per call, whichever blocks it serves
+                keep["pixel"] = self.pixel_mask()
+            return _choose(_rows(keep["pixel"], rows), x, other)
+
+        ways = mix_ways(images, partner, cached)
+        gh, gw = self.cells.shape[1:]
+        loops = thread_options()
+        if not self.per_pixel and cell_loop_allowed(images, gh * gw):
+            for one in loops:
+                ways[f"cells{', 1 thread' if one else ''}"] = with_threads(
+                    one, lambda: self._cell_copy(images, partner))
+        boxes = self._cache.get("boxes")
+        if boxes is not None:
+            for one in loops:
+                ways[f"paste boxes{', 1 thread' if one else ''}"] = with_threads(
+                    one, lambda: _paste_boxes(images, partner, boxes))
+        return fastest(signature("cells", images, tuple(self.cells.shape), boxes is not None),
+                       ways)
+
+    def _cell_copy(self, images: torch.Tensor, partner: torch.Tensor) -> torch.Tensor:
+        """The mixed batch by one strided ``index_select`` per cell."""
+        b = images.shape[0]
         gh, gw = self.cells.shape[1:]
         own = torch.arange(b, device=images.device)
-        if not _use_cell_loop(images, gh * gw):
-            keep = self.pixel_mask()
-            return _mix_blocks(
-                images, partner, lambda x, other, rows: _choose(_rows(keep, rows), x, other)
-            )
         # source sample of every (sample, cell): (B, Gh, Gw)
         src = torch.where(self.cells, own.view(b, 1, 1), partner.view(b, 1, 1))
         out = torch.empty_like(images)
         re, ce = self.row_edges, self.col_edges
-        with _single_threaded():
-            for r in range(gh):
-                if re[r + 1] == re[r]:
+        for r in range(gh):
+            if re[r + 1] == re[r]:
+                continue
+            for c in range(gw):
+                if ce[c + 1] == ce[c]:
                     continue
-                for c in range(gw):
-                    if ce[c + 1] == ce[c]:
-                        continue
-                    sl = (slice(None), slice(None), slice(re[r], re[r + 1]),
-                          slice(ce[c], ce[c + 1]))
-                    torch.index_select(images[sl], 0, src[:, r, c], out=out[sl])
+                sl = (slice(None), slice(None), slice(re[r], re[r + 1]), slice(ce[c], ce[c + 1]))
+                torch.index_select(images[sl], 0, src[:, r, c], out=out[sl])
         return out
+
+
+def _paste_boxes(images: torch.Tensor, partner: torch.Tensor, boxes: torch.Tensor
+                 ) -> torch.Tensor:
+    """A copy of ``images`` with box ``boxes[b] = (y0, y1, x0, x1)`` of sample ``b`` taken
+    from sample ``partner[b]`` (per-sample CutMix as timm computes it, out of place)."""
+    out = images.clone()
+    for b, (j, (y0, y1, x0, x1)) in enumerate(zip(partner.tolist(), boxes.tolist(),
+                                                  strict=True)):
+        if y1 > y0 and x1 > x0 and j != b:
+            out[b, :, y0:y1, x0:x1] = images[j, :, y0:y1, x0:x1]
+    return out
 
 
 # ------------------------------------------------------------------------------------------
@@ -251,7 +300,8 @@ class Blend:
             raise TypeError(f"Mixup blends need floating images, got {images.dtype}")
         w = self.weight.to(images.dtype).view(-1, 1, 1, 1)
         return _mix_blocks(
-            images, partner, lambda x, other, rows: torch.lerp(other, x, _rows(w, rows))
+            images, partner, lambda x, other, rows: torch.lerp(other, x, _rows(w, rows)),
+            tag="blend", extra=(w.shape[0],),
         )
 
     def token_fraction(self, grid: tuple[int, int], mode: TokenMode = "area") -> torch.Tensor:
@@ -289,7 +339,7 @@ class Switch:
             k = _rows(keep, rows).to(images.dtype)
             return torch.lerp(other, x, torch.where(_rows(use, rows), k, _rows(w, rows)))
 
-        return _mix_blocks(images, partner, mix)
+        return _mix_blocks(images, partner, mix, tag="switch")
 
     def token_fraction(self, grid: tuple[int, int], mode: TokenMode = "area") -> torch.Tensor:
         return self._pick(
