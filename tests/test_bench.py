@@ -200,3 +200,54 @@ def test_reference_mixes_mix_like_their_descriptions():
     # every pixel of the saliency yardstick comes from the image or one partner, same place
     same = (sal[:, None] == x[None]).all(2)  # (B, B, H, W)
     assert same.any(1).all()
+
+
+def test_goals_are_checked_on_the_run_s_own_numbers():
+    rows = [{"method": "copy", "mix_ms": 10.0, "x_copy": 1.0},
+            {"method": "maskmix", "mix_ms": 17.0, "x_copy": 1.7}]
+    libs = [{"job": "CutMix, elem", "mixpro_ms": 8.0, "timm_ms": 9.0, "torchvision_ms": None},
+            {"job": "Mixup, batch", "mixpro_ms": 8.0, "timm_ms": 9.0, "torchvision_ms": 7.0}]
+    got = bench.goals([{"batch": 128, "shape": [3, 224, 224], "rows": rows, "libraries": libs},
+                       {"batch": 128, "shape": [1, 32, 32],  # a copy under 1 ms: no x-copy goal
+                        "rows": [{**rows[0], "mix_ms": 0.01}, rows[1]], "libraries": []}])
+    assert [(g["value"], g["limit"], g["met"]) for g in got] == [
+        (1.7, 1.6, False), (8.0 / 9.0, 1.0, True), (8.0 / 7.0, 1.0, False)]
+    md = bench.to_markdown({"command": "t", "environment": bench.environment(
+        torch.device("cpu")), "mix": [], "step": None, "goals": got})
+    assert "## Goals" in md and "| **no** |" in md
+
+
+def test_bench_names_the_kernel_way_and_can_run_on_a_busy_machine(tmp_path):
+    cpu = torch.device("cpu")
+    mix = bench.bench_mix(batch=8, channels=3, size=16, patch=4, scale=2, device=cpu,
+                          repeats=1, warmup=0, num_classes=5)
+    from mixpro import _kernels
+
+    _kernels.forget()  # warm-up runs until the kernels have chosen their ways
+    bench.interleaved({"f": lambda: _kernels.fastest("t", {"a": lambda: 1, "b": lambda: 2})},
+                      cpu, repeats=1, warmup=0)
+    assert _kernels.calibrating() == 0 and _kernels.choices()[0]["settled"]
+    kernels = {r["method"]: r["kernel"] for r in mix["rows"]}
+    assert kernels["copy"] is None and kernels["maskmix"]
+    assert all(r["mixpro_kernel"] for r in mix["libraries"])
+    opts = bench.BenchOptions(device="cpu", skip_step=True, repeats=1, output=str(tmp_path),
+                              busy=1)
+    import mixpro.bench as mb
+
+    specs = []
+    real = mb.bench_mix
+
+    def small(**kw):
+        specs.append(kw)
+        return real(**{**kw, "batch": 4, "size": 16, "patch": 4, "scale": 2})
+
+    mb.bench_mix = small
+    try:
+        result = bench.run(opts)
+    finally:
+        mb.bench_mix = real
+    env = result["environment"]
+    assert env["busy_processes"] == 1 and len(specs) == 3
+    assert (tmp_path / "bench-cpu-busy1.json").exists()
+    assert "busy: 1 other processes" in (tmp_path / "bench-cpu-busy1.md").read_text()
+    assert isinstance(result["goals"], list)

@@ -102,6 +102,7 @@ class _Race:
 _RACES: OrderedDict[Hashable, _Race] = OrderedDict()
 _RACES_LOCK = threading.Lock()
 _forced: dict[str, str | None] = {"way": None}
+_ran: dict[str, list[str] | None] = {"ways": None}
 _clock: dict[str, Callable[[], float]] = {"now": time.perf_counter}
 
 
@@ -115,11 +116,11 @@ def fastest(signature: Hashable, ways: dict[str, Callable[[], T]]) -> T:
     followed at a bounded cost). Timings are the real calls: nothing extra runs.
     """
     names = tuple(ways)
-    if len(names) == 1:
-        return ways[names[0]]()
     forced = _forced["way"]
-    if forced is not None and forced in ways:
-        return ways[forced]()
+    if len(names) == 1 or (forced is not None and forced in ways):
+        name = names[0] if len(names) == 1 else forced
+        _note(name)
+        return ways[name]()
     key = (signature, names)
     with _RACES_LOCK:
         race = _RACES.get(key)
@@ -130,6 +131,7 @@ def fastest(signature: Hashable, ways: dict[str, Callable[[], T]]) -> T:
         else:
             _RACES.move_to_end(key)
         name = race.pick()
+    _note(name)
     now = _clock["now"]
     t0 = now()
     out = ways[name]()
@@ -137,6 +139,21 @@ def fastest(signature: Hashable, ways: dict[str, Callable[[], T]]) -> T:
     with _RACES_LOCK:
         race.record(name, seconds)
     return out
+
+
+def _note(name: str) -> None:
+    if _ran["ways"] is not None:
+        _ran["ways"].append(name)
+
+
+@contextmanager
+def recording() -> Iterator[list[str]]:
+    """The names of the ways run inside the block, in order (for ``mixpro bench``)."""
+    saved, _ran["ways"] = _ran["ways"], []
+    try:
+        yield _ran["ways"]
+    finally:
+        _ran["ways"] = saved
 
 
 def choices() -> list[dict]:

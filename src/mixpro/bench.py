@@ -24,6 +24,7 @@ CUDA timings use CUDA events after synchronisation; CPU timings use ``perf_count
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import json
@@ -32,8 +33,10 @@ import os
 import platform
 import shlex
 import statistics
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +48,7 @@ from . import (
     ClsAttention,
     Mixup,
     NoMix,
+    _kernels,
     options,
 )
 from .errors import UserError
@@ -75,6 +79,7 @@ class BenchOptions:
             e.g. ``fashion_mnist_limited_swin``; ``model``/``img_size``/``batch`` then come from
             the recipe.
         output: folder for ``bench-<device>.{md,json}``.
+        busy: other processes kept spinning on the CPU during the run (0: none).
     """
 
     device: str | None = option(None, help="cpu or cuda[:N] (default: cuda if available)")
@@ -94,6 +99,9 @@ class BenchOptions:
         "time the step of this mixpro train recipe's model, geometry and batch (e.g. "
         "fashion_mnist_limited_swin) instead of --model"))
     output: str = option("benchmarks/results", help="folder for bench-<device>.{md,json}")
+    busy: int = option(0, ge=0, help=(
+        "keep N other processes spinning on the CPU for the whole run (a busy machine, the "
+        "kernels' worst case); files bench-<device>-busy<N>.{md,json}"))
 
     def __post_init__(self) -> None:
         options.check_flags(self, BenchError)
@@ -210,12 +218,21 @@ class _Clock:
         return time.perf_counter() - t0
 
 
+_MAX_CALIBRATION_ROUNDS = 60
+
+
 def interleaved(
     fns: dict[str, Callable[[], object]], device: torch.device, repeats: int, warmup: int
 ) -> dict[str, float]:
-    """Median seconds per call of each function, run in turn ``repeats`` times after warm-up."""
+    """Median seconds per call of each function, run in turn ``repeats`` times after warm-up
+    (and, on CPU, after the mixing kernels have chosen their ways)."""
     clock = _Clock(device)
-    for _ in range(warmup):
+    # the CPU kernels time their ways on the first calls of each shape: warm up until every
+    # one has chosen (bounded), so that the timed repeats measure the choice, not the search
+    cpu = device.type == "cpu"
+    for i in range(max(warmup, _MAX_CALIBRATION_ROUNDS)):
+        if i >= warmup and (not cpu or (i > 0 and not _kernels.calibrating())):
+            break
         for fn in fns.values():
             fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
@@ -285,6 +302,13 @@ def library_jobs(
     return jobs
 
 
+def _kernel_of(fn: Callable[[], object]) -> str | None:
+    """The way(s) the CPU kernels chose for one more call of ``fn`` (None: no choice)."""
+    with _kernels.recording() as ran:
+        fn()
+    return ", ".join(dict.fromkeys(ran)) or None
+
+
 def bench_mix(
     *, batch: int, channels: int, size: int, patch: int, scale: int, device: torch.device,
     repeats: int, warmup: int, num_classes: int = 1000,
@@ -326,6 +350,7 @@ def bench_mix(
             "method": k, "mix_ms": 1e3 * v, "x_copy": v / med["copy"],
             "speedup_vs_official": med["official_numpy_loop"] / v,
             "targets_ms": 1e3 * med_t[k] if k in med_t else None,
+            "kernel": _kernel_of(fns[k]) if k in mixers else None,
         })
     compare = []
     for job in jobs:
@@ -334,6 +359,7 @@ def bench_mix(
             v = med.get(f"{lib} | {job}")
             row[f"{lib}_ms"] = None if v is None else 1e3 * v
             row[f"{lib}_x_copy"] = None if v is None else v / med["copy"]
+        row["mixpro_kernel"] = _kernel_of(fns[f"mixpro | {job}"])
         compare.append(row)
     return {"batch": batch, "shape": [channels, size, size], "patch": patch,
             "mask_scale": scale, "rows": rows, "libraries": compare}
@@ -543,50 +569,92 @@ def cpu_model() -> str:
     return f"{name} ({', '.join(isa)})" if isa else name
 
 
-def environment(device: torch.device) -> dict:
+def environment(device: torch.device, busy: int = 0) -> dict:
+    """The machine a result comes from: CPU model and ISA, cores, threads, versions, the load
+    when it started and the spinning processes of ``--busy``."""
     env = {
         "device": str(device), "torch": torch.__version__, "timm": timm.__version__,
         "cpu": cpu_model(), "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
         "platform": platform.platform(), "python": platform.python_version(),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "load_avg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "busy_processes": busy,
     }
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
     return env
 
 
+MASKMIX_X_COPY = 1.6  # goal: MaskMix at most this many plain copies of the batch
+
+
+def goals(mix_sections: list[dict]) -> list[dict]:
+    """The speed goals, checked on one run's numbers: every mixpro job at or below the
+    fastest of timm and torchvision on the same job, and MaskMix at most 1.6× a plain copy
+    where a copy takes at least 1 ms (below that, per-call overhead is what is timed)."""
+    out = []
+    for mix in mix_sections:
+        c, h, w = mix["shape"]
+        shape = f"B={mix['batch']}, {c}×{h}×{w}"
+        copy = next(r for r in mix["rows"] if r["method"] == "copy")
+        maskmix = next((r for r in mix["rows"] if r["method"] == "maskmix"), None)
+        if maskmix is not None and copy["mix_ms"] >= 1.0:
+            out.append({"goal": f"maskmix × copy, {shape}", "value": maskmix["x_copy"],
+                        "limit": MASKMIX_X_COPY, "met": maskmix["x_copy"] <= MASKMIX_X_COPY})
+        for r in mix.get("libraries", []):
+            others = [r[f"{lib}_ms"] for lib in LIBRARIES[1:] if r[f"{lib}_ms"] is not None]
+            if others and r["mixpro_ms"] is not None:
+                ratio = r["mixpro_ms"] / min(others)
+                out.append({"goal": f"mixpro ÷ fastest of timm/torchvision: {r['job']}, {shape}",
+                            "value": ratio, "limit": 1.0, "met": ratio <= 1.0})
+    return out
+
+
 def to_markdown(result: dict) -> str:
     env = result["environment"]
+    busy = env.get("busy_processes") or 0
+    load = env.get("load_avg_1min")
     lines = [f"# mixpro bench — {env.get('gpu', env['device'])}", "",
              f"{env.get('cpu', 'CPU not recorded')}, {env.get('cpu_count', '?')} cores, "
              f"torch {env['torch']}, timm {env['timm']}, {env['threads']} threads, "
-             f"{env['platform']}, {env['date']}", "", f"Command: `{result['command']}` "
+             f"{env['platform']}, {env['date']}"
+             + ("" if load is None else f"; load {load:.2f} at the start")
+             + (f"; **busy: {busy} other processes spinning on the CPU**" if busy else ""),
+             "", f"Command: `{result['command']}` "
              f"(medians of {result.get('repeats', '?')} interleaved repeats after "
-             f"{result.get('warmup', '?')} warm-up rounds)", ""]
+             f"{result.get('warmup', '?')} warm-up rounds and the kernels' choice of ways)", ""]
+    if result.get("goals"):
+        lines += ["## Goals", "", "| goal | value | limit | met |", "|---|---:|---:|---|"]
+        for g in result["goals"]:
+            lines.append(f"| {g['goal']} | {g['value']:.2f} | {g['limit']:.2f} | "
+                         f"{'yes' if g['met'] else '**no**'} |")
+        lines.append("")
     for mix in result["mix"]:
         c, h, w = mix["shape"]
         lines += [f"## Mask + mix per batch: B={mix['batch']}, {c}×{h}×{w}, patch "
                   f"{mix['patch']}, mask_scale {mix['mask_scale']}", "",
-                  "| method | mix ms | × copy | speed-up vs official loop | targets ms |",
-                  "|---|---:|---:|---:|---:|"]
+                  "| method | mix ms | × copy | speed-up vs official loop | targets ms | "
+                  "kernel way chosen |",
+                  "|---|---:|---:|---:|---:|---|"]
         for r in mix["rows"]:
             t = "" if r["targets_ms"] is None else f"{r['targets_ms']:.2f}"
             lines.append(f"| {r['method']} | {r['mix_ms']:.2f} | {r['x_copy']:.2f} | "
-                         f"{r['speedup_vs_official']:.1f} | {t} |")
+                         f"{r['speedup_vs_official']:.1f} | {t} | {r.get('kernel') or ''} |")
         lines.append("")
         if mix.get("libraries"):
             lines += ["Same job in timm and torchvision (mixed images + soft targets, × the "
                       "plain copy above; timm mixes in place, so its time is clone + mix; "
                       "torchvision has batch-level MixUp/CutMix only):", "",
-                      "| job | mixpro | timm (clone + mix) | torchvision |",
-                      "|---|---:|---:|---:|"]
+                      "| job | mixpro | timm (clone + mix) | torchvision | mixpro's way |",
+                      "|---|---:|---:|---:|---|"]
             for r in mix["libraries"]:
                 cells = [
                     "—" if r[f"{lib}_ms"] is None
                     else f"{r[f'{lib}_ms']:.2f} ms ({r[f'{lib}_x_copy']:.2f}×)"
                     for lib in LIBRARIES
                 ]
-                lines.append(f"| {r['job']} | " + " | ".join(cells) + " |")
+                lines.append(f"| {r['job']} | " + " | ".join(cells)
+                             + f" | {r.get('mixpro_kernel') or ''} |")
             lines.append("")
     step = result.get("step")
     if step:
@@ -604,6 +672,19 @@ def to_markdown(result: dict) -> str:
 
 
 _DEFAULTS = BenchOptions()
+
+
+@contextlib.contextmanager
+def _spinning(n: int) -> Iterator[None]:
+    """``n`` other Python processes spinning on the CPU for the duration (``--busy``)."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"],
+                              stdin=subprocess.DEVNULL) for _ in range(n)]
+    try:
+        yield
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
 
 
 def command_line(options: BenchOptions) -> str:
@@ -647,7 +728,8 @@ def run(options: BenchOptions, command: str | None = None) -> dict:
         raise BenchError(f"--device {name}: there are {torch.cuda.device_count()} CUDA devices")
     cuda = device.type == "cuda"
     repeats = options.repeats or (20 if cuda else 5)
-    result = {"command": command or command_line(options), "environment": environment(device),
+    result = {"command": command or command_line(options),
+              "environment": environment(device, options.busy),
               "repeats": repeats, "warmup": options.warmup, "mix": []}
     step = None
     if not options.skip_step:
@@ -667,15 +749,17 @@ def run(options: BenchOptions, command: str | None = None) -> dict:
     specs = () if options.skip_mix else (dict(batch=128, channels=3, size=224, patch=16, scale=2),
                                           dict(batch=128, channels=3, size=224, patch=14, scale=4),
                                           dict(batch=128, channels=1, size=32, patch=4, scale=2))
-    for spec in specs:
-        result["mix"].append(bench_mix(device=device, repeats=repeats, warmup=options.warmup,
-                                       **spec))
-    if step is not None:
-        result["step"] = bench_step(device=device, repeats=repeats, warmup=options.warmup,
-                                    amp=options.amp, **step)
-        if options.recipe is not None:
-            result["step"]["recipe"] = options.recipe
-    stem = f"bench-{device.type}"
+    with _spinning(options.busy):
+        for spec in specs:
+            result["mix"].append(bench_mix(device=device, repeats=repeats,
+                                           warmup=options.warmup, **spec))
+        if step is not None:
+            result["step"] = bench_step(device=device, repeats=repeats, warmup=options.warmup,
+                                        amp=options.amp, **step)
+            if options.recipe is not None:
+                result["step"]["recipe"] = options.recipe
+    result["goals"] = goals(result["mix"])
+    stem = f"bench-{device.type}" + (f"-busy{options.busy}" if options.busy else "")
     atomic_write_text(json.dumps(result, indent=2) + "\n", out / f"{stem}.json")
     atomic_write_text(to_markdown(result) + "\n", out / f"{stem}.md")
     return result
