@@ -254,3 +254,15 @@ def test_compare_keeps_an_older_sweeps_per_method_heads_resumable(data_dir, tmp_
     assert "keeping that for this sweep" in capsys.readouterr().err
     none = torch.load(tmp_path / "s" / "none-seed0" / "last.pt", weights_only=True)
     assert none["config"]["cls_head"] is None and none["epoch"] == 2
+
+
+def test_a_hybrid_vit_s_patch_is_its_pixel_stride():
+    """timm's hybrid ViTs (a CNN stem before the patch embedding): MaskMix cells and the token
+    grid are in pixels of the input, patch × the stem's stride."""
+    import timm
+
+    model = timm.create_model("vit_tiny_r_s16_p8_224", img_size=24, patch_size=1, in_chans=1,
+                              num_classes=10, embed_dim=32, depth=1, num_heads=2)
+    assert models.patch_size(model) == 4 and models.token_grid(model, (24, 24)) == (6, 6)
+    vit = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, num_classes=10)
+    assert models.patch_size(vit) == 8 and models.token_grid(vit) == (4, 4)

@@ -284,10 +284,19 @@ def build_model(description: Mapping[str, Any]) -> nn.Module:
 
 
 def patch_size(model: nn.Module) -> int | None:
-    """Side of the model's patch embedding (``patch_embed.patch_size``), None if it has none."""
-    ps = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+    """Pixels per token side of the model's patch embedding (``patch_embed.patch_size``; for
+    a hybrid ViT, timm's ``HybridEmbed``, times its CNN stem's stride: ``feat_ratio``), None
+    if it has none."""
+    pe = getattr(model, "patch_embed", None)
+    ps = getattr(pe, "patch_size", None)
     if ps is None:
         return None
+    ratio = getattr(pe, "feat_ratio", None)
+    if callable(ratio):
+        try:
+            ps = ratio(as_scalar=False)
+        except TypeError:  # another signature: keep patch_size
+            pass
     return int(ps[0]) if isinstance(ps, tuple | list) else int(ps)
 
 
