@@ -41,7 +41,8 @@ T = TypeVar("T")
 _SAMPLES = 3        # timings kept per way (their median is the way's estimate)
 _RETRY_FIRST = 16   # calls before a losing way is timed again; doubles each time it loses
 _RETRY_MAX = 4096   # ... up to this many calls
-_HOPELESS = 4.0     # during calibration, one timing this many times the best is enough
+_RETRY_GAP = 16     # at most one retry per this many calls of a signature
+_HOPELESS = 4.0     # one timing this many times the best: calibrated; a retry: wait x16
 _MAX_SIGNATURES = 256
 
 
@@ -53,6 +54,8 @@ class _Race:
         self.retry_at: dict[str, int] = {}  # call count at which a losing way runs again
         self.wait: dict[str, int] = dict.fromkeys(names, _RETRY_FIRST)
         self.calls = 0
+        self.last_retry = 0
+        self.calibrated = False  # every way timed enough once; retries do not reopen it
 
     def estimate(self, name: str) -> float:
         t = self.times[name]
@@ -63,6 +66,8 @@ class _Race:
 
     def _open(self) -> list[str]:
         """Ways still to be timed in calibration (fewer than 3 timings, not hopeless)."""
+        if self.calibrated:
+            return []
         bound = _HOPELESS * self.estimate(self.best())
         return [n for n, t in self.times.items()
                 if len(t) < _SAMPLES and not (t and t[-1] > bound)]
@@ -76,23 +81,33 @@ class _Race:
         if todo:
             return min(todo, key=lambda n: len(self.times[n]))
         due = [n for n, at in self.retry_at.items() if at <= self.calls]
-        return due[0] if due else self.best()
+        if due and self.calls - self.last_retry >= _RETRY_GAP:
+            return min(due, key=self.retry_at.__getitem__)
+        return self.best()
 
     def record(self, name: str, seconds: float) -> None:
         settled, before = self.settled(), self.best()
+        if not settled:
+            _calibration["calls"] += 1
         t = self.times[name]
+        retry = settled and name != before
+        if retry:  # its old timings are stale: the machine may have changed since
+            t.clear()
         t.append(seconds)
         del t[:-_SAMPLES]
         self.calls += 1
         best = self.best()
-        if settled and name != before:  # a retry: losing again doubles the wait
-            self.wait[name] = _RETRY_FIRST if name == best else min(2 * self.wait[name],
-                                                                    _RETRY_MAX)
+        if retry:  # losing again doubles the wait (x16 when hopeless: stalls are rare)
+            self.last_retry = self.calls
+            slow = self.estimate(name) > _HOPELESS * self.estimate(best)
+            self.wait[name] = _RETRY_FIRST if name == best else min(
+                self.wait[name] * (16 if slow else 2), _RETRY_MAX)
             self.retry_at.pop(name, None)
         if best != before:
             self.wait[before] = _RETRY_FIRST
             self.retry_at.pop(before, None)
         self.retry_at.pop(best, None)
+        self.calibrated = self.calibrated or not self._open()
         if self.settled():
             for n in self.times:
                 if n != best and n not in self.retry_at:
@@ -100,6 +115,7 @@ class _Race:
 
 
 _RACES: OrderedDict[Hashable, _Race] = OrderedDict()
+_calibration = {"calls": 0}
 _RACES_LOCK = threading.Lock()
 _forced: dict[str, str | None] = {"way": None}
 _ran: dict[str, list[str] | None] = {"ways": None}
@@ -112,8 +128,9 @@ def fastest(signature: Hashable, ways: dict[str, Callable[[], T]]) -> T:
 
     The first calls of a signature time each way (up to 3 times); afterwards the way with the
     lowest median of its last 3 timings runs, and each other way is timed again after 16
-    calls, then 32, 64, ... up to 4096 while it keeps losing (so a change of load is
-    followed at a bounded cost). Timings are the real calls: nothing extra runs.
+    calls, then 32, 64, ... up to 4096 while it keeps losing (x16 instead of x2 when it is
+    over 4x slower), at most one retry per 16 calls, so a change of load is followed at a
+    bounded cost. Timings are the real calls: nothing extra runs.
     """
     names = tuple(ways)
     forced = _forced["way"]
@@ -169,6 +186,11 @@ def calibrating() -> int:
     """How many call signatures are still timing their ways for the first time."""
     with _RACES_LOCK:
         return sum(not race.settled() for race in _RACES.values())
+
+
+def calibration_calls() -> int:
+    """How many calls so far timed a way of a signature that was still calibrating."""
+    return _calibration["calls"]
 
 
 def forget() -> None:

@@ -218,7 +218,7 @@ class _Clock:
         return time.perf_counter() - t0
 
 
-_MAX_CALIBRATION_ROUNDS = 60
+_MAX_CALIBRATION_CALLS = 60
 
 
 def interleaved(
@@ -227,14 +227,21 @@ def interleaved(
     """Median seconds per call of each function, run in turn ``repeats`` times after warm-up
     (and, on CPU, after the mixing kernels have chosen their ways)."""
     clock = _Clock(device)
-    # the CPU kernels time their ways on the first calls of each shape: warm up until every
-    # one has chosen (bounded), so that the timed repeats measure the choice, not the search
-    cpu = device.type == "cpu"
-    for i in range(max(warmup, _MAX_CALIBRATION_ROUNDS)):
-        if i >= warmup and (not cpu or (i > 0 and not _kernels.calibrating())):
-            break
+    for _ in range(warmup):
         for fn in fns.values():
             fn()
+    # the CPU kernels time their ways on the first calls of each shape: each function is
+    # called again while its calls still calibrate (bounded), so that the timed repeats
+    # measure the choice, not the search
+    if device.type == "cpu":
+        for fn in fns.values():
+            idle = 0
+            for _ in range(_MAX_CALIBRATION_CALLS):
+                before = _kernels.calibration_calls()
+                fn()
+                idle = 0 if _kernels.calibration_calls() > before else idle + 1
+                if idle >= 3 or not _kernels.calibrating():
+                    break
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for name, fn in fns.items():

@@ -250,14 +250,35 @@ class CellMask:
                        ways)
 
     def _cell_copy(self, images: torch.Tensor, partner: torch.Tensor) -> torch.Tensor:
-        """The mixed batch by one strided ``index_select`` per cell."""
+        """The mixed batch by strided copies: one ``index_select`` per cell for per-sample
+        masks; for one mask shared by the batch, one call per run of same-source cells in a
+        row (a plain copy for sample ``i``'s runs, a gather of the partners for the others)."""
         b = images.shape[0]
         gh, gw = self.cells.shape[1:]
+        out = torch.empty_like(images)
+        re, ce = self.row_edges, self.col_edges
+        if self.cells.shape[0] == 1:
+            keep = self.cells[0].tolist()
+            for r in range(gh):
+                if re[r + 1] == re[r]:
+                    continue
+                c = 0
+                while c < gw:
+                    end = c + 1
+                    while end < gw and keep[r][end] == keep[r][c]:
+                        end += 1
+                    sl = (slice(None), slice(None), slice(re[r], re[r + 1]),
+                          slice(ce[c], ce[end]))
+                    if ce[end] > ce[c]:
+                        if keep[r][c]:
+                            out[sl] = images[sl]
+                        else:
+                            torch.index_select(images[sl], 0, partner, out=out[sl])
+                    c = end
+            return out
         own = torch.arange(b, device=images.device)
         # source sample of every (sample, cell): (B, Gh, Gw)
         src = torch.where(self.cells, own.view(b, 1, 1), partner.view(b, 1, 1))
-        out = torch.empty_like(images)
-        re, ce = self.row_edges, self.col_edges
         for r in range(gh):
             if re[r + 1] == re[r]:
                 continue
