@@ -28,7 +28,7 @@ def test_no_arguments_trains_the_embedded_default(captured):
     assert cli.main([]) == 0
     cfg = captured["cfg"]
     assert (cfg.name, cfg.data, cfg.method, cfg.img_size, cfg.mask_scale) == (
-        "fashion_mnist", "fashion_mnist", "mixpro", 32, 1)
+        "fashion_mnist", "fashion_mnist", "mixpro", 24, 2)
     assert captured["resume"] is False
 
 
@@ -73,10 +73,11 @@ def test_missing_dataset_and_bad_model_from_the_cli(tmp_path, capsys):
                      "--output", str(tmp_path / "r")]) == 2
     assert "resnet18 has no patch embedding: set patch_size" in capsys.readouterr().err
     assert cli.main(["train", "--data-dir", str(data), "--model", "resnet18", "--patch-size", "4",
-                     "--output", str(tmp_path / "r")]) == 2
+                     "--img-size", "32", "--output", str(tmp_path / "r")]) == 2
     assert "1x1 attention grid" in capsys.readouterr().err
     assert cli.main(["train", "--data-dir", str(data), "--model", "resnet18", "--model-kwargs",
-                     "{}", "--patch-size", "4", "--output", str(tmp_path / "r")]) == 2
+                     "{}", "--patch-size", "4", "--img-size", "32", "--output",
+                     str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip()  # cls_head auto: a head, but 32 px give 1 token
     assert "1x1 attention grid" in err and "img_size >= 64" in err and "\n" not in err
     assert cli.main(["train", "--data-dir", str(data), "--model", "resnet18", "--model-kwargs",

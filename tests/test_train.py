@@ -31,7 +31,7 @@ def data_dir(tmp_path_factory):
 def tiny(data_dir, out, **kw):
     over = dict(data_dir=str(data_dir), img_size=16, model_kwargs=TINY, patch_size=4, epochs=2,
                 warmup_epochs=1, batch_size=16, eval_batch_size=64, progress=False,
-                output=str(out), max_steps=4, threads=1)
+                output=str(out), max_steps=4, threads=1, eval_every=1)
     over.update(kw)
     return load_recipe(None, over)
 
@@ -51,11 +51,11 @@ def test_every_packaged_recipe_loads_and_deit_follows_table_11():
         "rand-m9-mstd0.5-inc1", 0.1, 0.1, 0.8, 1.0, "paper")
     default = load_recipe(None)
     assert (default.method, default.img_size, default.patch_size, default.mask_scale) == (
-        "mixpro", 32, 8, 1)
+        "mixpro", 24, 4, 2)
     # a recipe file starts from the embedded default's data, model and optimisation keys
     fields = {f.name: f for f in dataclasses.fields(C.Recipe)}
-    for key in ("translate", "model_kwargs", "patch_size", "drop_path", "epochs", "batch_size",
-                "lr", "warmup_epochs", "hflip"):
+    for key in ("img_size", "translate", "model_kwargs", "patch_size", "drop_path", "epochs",
+                "batch_size", "lr", "warmup_epochs", "hflip"):
         f = fields[key]
         value = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         assert getattr(default, key) == value, key
@@ -258,7 +258,8 @@ def _ddp_worker(rank: int, world: int, port: int, overrides: dict, result_dir: s
 def test_ddp_two_ranks_gloo_keep_identical_parameters(data_dir, tmp_path):
     over = dict(data_dir=str(data_dir), img_size=16, model_kwargs=TINY, epochs=2,
                 warmup_epochs=1, batch_size=8, eval_batch_size=64, progress=False,
-                output=str(tmp_path / "ddp"), max_steps=3, threads=1, method="mixpro")
+                output=str(tmp_path / "ddp"), max_steps=3, threads=1, method="mixpro",
+                eval_every=1)
     mp.spawn(_ddp_worker, args=(2, _free_port(), over, str(tmp_path)), nprocs=2, join=True)
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=False)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=False)

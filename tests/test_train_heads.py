@@ -235,7 +235,7 @@ def test_another_model_on_the_command_line_drops_the_recipes_model_kwargs_and_pa
     same = load_recipe(None, {"model": "vit_tiny_patch16_224"})
     default = load_recipe(None)
     assert (same.model_kwargs, same.patch_size) == (default.model_kwargs, default.patch_size)
-    assert same.model_kwargs["embed_dim"] == 96 and same.patch_size == 8
+    assert same.model_kwargs["embed_dim"] == 64 and same.patch_size == 4
 
 
 def test_compare_keeps_an_older_sweeps_per_method_heads_resumable(data_dir, tmp_path, capsys):

@@ -69,7 +69,7 @@ class _RecipeData:
     holdout_classes: list = option(factory=list, help=(
         "Fashion-MNIST class indices left out of training and test, e.g. '[8, 9]'; mixpro "
         "eval uses their test images as the OOD set"))
-    img_size: int = option(32, ge=1, help="input side in pixels")
+    img_size: int = option(24, ge=1, help="input side in pixels")
     in_chans: Literal[1, 3] | None = option(None, help="input channels (null: 1 for "
                                             "Fashion-MNIST, 3 for ImageFolder)")
     translate: int = option(0, ge=0, le=31, help="Fashion-MNIST: random shift of up to this "
@@ -85,9 +85,9 @@ class _RecipeData:
     # model
     model: str = option("vit_tiny_patch16_224", help="any timm model name")
     model_kwargs: dict = option(factory=lambda: {
-        "embed_dim": 96, "depth": 6, "num_heads": 3, "mlp_ratio": 2.0},
+        "embed_dim": 64, "depth": 3, "num_heads": 2, "mlp_ratio": 2.0},
         help="extra timm.create_model keywords, YAML, e.g. '{depth: 6}'")
-    patch_size: int | None = option(8, ge=1, help=(
+    patch_size: int | None = option(4, ge=1, help=(
         "ViT patch size (null: the model's own); for Swin the patch embedding (4), for "
         "ConvNets the unit of MaskMix cells"))
     cls_head: str = option("auto", choices=CLS_HEADS, help=(
@@ -141,7 +141,7 @@ class Recipe(_RecipeMixing):
     ``label_smoothing: 0.0``)."""
 
     # optimisation
-    epochs: int = option(15, ge=1, help="training epochs")
+    epochs: int = option(12, ge=1, help="training epochs")
     batch_size: int = option(128, ge=2, help="batch size per process (mixing pairs images)")
     eval_batch_size: int = option(512, ge=1, help="evaluation batch size")
     eval_every: int = option(1, ge=1, help="evaluate every N epochs (and after the last)")
