@@ -4,8 +4,8 @@ per-machine choice among equivalent ways of running them.
 Owns :func:`fastest` (run the fastest of several ways that give bit-identical results,
 chosen by timing real calls on this machine, per call signature), :func:`_mix_blocks` (a
 per-sample mix over the whole batch or over cache-sized blocks of samples),
-:func:`_single_threaded` (one intra-op thread for a loop of calls;
-:func:`set_single_thread_loops` turns those ways off), :func:`cell_loop_allowed` (whether a
+:func:`threaded_ways` (a way with the process's intra-op threads and with one;
+:func:`set_single_thread_loops` turns the latter off), :func:`cell_loop_allowed` (whether a
 :class:`~mixpro.pixels.CellMask` may copy cell by cell) and :func:`_choose` (select by 0/1
 weights). Used by :mod:`mixpro.pixels`; nothing here draws random numbers.
 
@@ -55,7 +55,7 @@ class _Race:
         self.wait: dict[str, int] = dict.fromkeys(names, _RETRY_FIRST)
         self.calls = 0
         self.last_retry = 0
-        self.calibrated = False  # every way timed enough once; retries do not reopen it
+        self.calibrated = False  # every way timed enough once (retries do not reopen it)
 
     def estimate(self, name: str) -> float:
         t = self.times[name]
@@ -66,20 +66,17 @@ class _Race:
 
     def _open(self) -> list[str]:
         """Ways still to be timed in calibration (fewer than 3 timings, not hopeless)."""
-        if self.calibrated:
-            return []
         bound = _HOPELESS * self.estimate(self.best())
         return [n for n, t in self.times.items()
                 if len(t) < _SAMPLES and not (t and t[-1] > bound)]
 
     def settled(self) -> bool:
-        return not self._open()
+        return self.calibrated
 
     def pick(self) -> str:
         """The way to run now: calibration first, then a due retry, else the fastest."""
-        todo = self._open()
-        if todo:
-            return min(todo, key=lambda n: len(self.times[n]))
+        if not self.calibrated:
+            return min(self._open(), key=lambda n: len(self.times[n]))
         due = [n for n, at in self.retry_at.items() if at <= self.calls]
         if due and self.calls - self.last_retry >= _RETRY_GAP:
             return min(due, key=self.retry_at.__getitem__)
@@ -108,7 +105,7 @@ class _Race:
             self.retry_at.pop(before, None)
         self.retry_at.pop(best, None)
         self.calibrated = self.calibrated or not self._open()
-        if self.settled():
+        if self.calibrated:
             for n in self.times:
                 if n != best and n not in self.retry_at:
                     self.retry_at[n] = self.calls + self.wait[n]
@@ -229,11 +226,6 @@ def set_single_thread_loops(enabled: bool = True) -> None:
     _threads_state["enabled"] = enabled
 
 
-def single_thread_ways() -> bool:
-    """Whether the one-thread ways may run (see :func:`set_single_thread_loops`)."""
-    return bool(_threads_state["enabled"])
-
-
 @contextmanager
 def _single_threaded() -> Iterator[None]:
     """One intra-op thread for a loop of calls, restored afterwards (re-entrant and safe
@@ -257,22 +249,18 @@ def _single_threaded() -> Iterator[None]:
                 torch.set_num_threads(_threads_state["saved"])
 
 
-def thread_options() -> list[bool]:
-    """Whether each way runs with one thread: ``[False]`` (the process's count), plus
-    ``True`` when the one-thread ways are allowed and the process has more than one."""
-    return [False] + ([True] if single_thread_ways() and torch.get_num_threads() > 1 else [])
+def threaded_ways(name: str, fn: Callable[[], T]) -> dict[str, Callable[[], T]]:
+    """``fn`` as the ways ``name`` (the process's intra-op threads) and ``"<name>, 1 thread"``
+    (one thread, restored afterwards: immune to barrier stalls on a busy machine), the latter
+    only when :func:`set_single_thread_loops` allows it and the process has more threads."""
+    ways = {name: fn}
+    if _threads_state["enabled"] and torch.get_num_threads() > 1:
+        def one() -> T:
+            with _single_threaded():
+                return fn()
 
-
-def with_threads(one: bool, fn: Callable[[], T]) -> Callable[[], T]:
-    """``fn`` run with one intra-op thread (``one``) or with the process's count."""
-    if not one:
-        return fn
-
-    def run() -> T:
-        with _single_threaded():
-            return fn()
-
-    return run
+        ways[f"{name}, 1 thread"] = one
+    return ways
 
 
 def timed_ways(images: torch.Tensor) -> bool:
@@ -324,7 +312,6 @@ def mix_ways(images: torch.Tensor, partner: torch.Tensor, mix: Mix
     and distinct block sizes, each with the process's threads and (when allowed) one."""
     b = images.shape[0]
     ways: dict[str, Callable[[], torch.Tensor]] = {}
-    threads = thread_options()
     seen = set()
     for block in _BLOCK_BYTES:
         k = block_samples(images, block)
@@ -332,12 +319,9 @@ def mix_ways(images: torch.Tensor, partner: torch.Tensor, mix: Mix
             continue
         seen.add(k)
         size = f"{block >> 20} MB" if block >= 2**20 else f"{block >> 10} kB"
-        for one in threads:
-            ways[f"blocks {size}{', 1 thread' if one else ''}"] = with_threads(
-                one, lambda k=k: _blocked(images, partner, mix, k))
-    for one in threads:
-        ways[f"batch{', 1 thread' if one else ''}"] = with_threads(
-            one, lambda: _whole(images, partner, mix))
+        ways.update(threaded_ways(f"blocks {size}",
+                                  lambda k=k: _blocked(images, partner, mix, k)))
+    ways.update(threaded_ways("batch", lambda: _whole(images, partner, mix)))
     return ways
 
 

@@ -33,9 +33,8 @@ from ._kernels import (
     fastest,
     mix_ways,
     signature,
-    thread_options,
+    threaded_ways,
     timed_ways,
-    with_threads,
 )
 
 TokenMode = Literal["area", "nearest"]
@@ -222,30 +221,23 @@ class CellMask:
                 f"mask is for images of size {self.image_size}, got {tuple(images.shape[-2:])}"
             )
 
-        def select(x: torch.Tensor, other: torch.Tensor, rows: slice) -> torch.Tensor:
-            return _choose(_rows(self.pixel_mask(), rows), x, other)
-
-        if not timed_ways(images):
-            return _mix_blocks(images, partner, select)
         keep = {}
 
-        def cached(x: torch.Tensor, other: torch.Tensor, rows: slice) -> torch.Tensor:
+        def select(x: torch.Tensor, other: torch.Tensor, rows: slice) -> torch.Tensor:
             if "pixel" not in keep:  # built once per call, whichever blocks it serves
                 keep["pixel"] = self.pixel_mask()
             return _choose(_rows(keep["pixel"], rows), x, other)
 
-        ways = mix_ways(images, partner, cached)
+        if not timed_ways(images):
+            return _mix_blocks(images, partner, select)
+        ways = mix_ways(images, partner, select)
         gh, gw = self.cells.shape[1:]
-        loops = thread_options()
         if not self.per_pixel and cell_loop_allowed(images, gh * gw):
-            for one in loops:
-                ways[f"cells{', 1 thread' if one else ''}"] = with_threads(
-                    one, lambda: self._cell_copy(images, partner))
+            ways.update(threaded_ways("cells", lambda: self._cell_copy(images, partner)))
         boxes = self._cache.get("boxes")
         if boxes is not None:
-            for one in loops:
-                ways[f"paste boxes{', 1 thread' if one else ''}"] = with_threads(
-                    one, lambda: _paste_boxes(images, partner, boxes))
+            ways.update(threaded_ways("paste boxes",
+                                      lambda: _paste_boxes(images, partner, boxes)))
         return fastest(signature("cells", images, tuple(self.cells.shape), boxes is not None),
                        ways)
 
