@@ -14,6 +14,8 @@ MODELS = {
     "vit_qknorm_reg": ("vit_tiny_patch16_224", dict(TINY, reg_tokens=4, qk_norm=True)),
     "deit_distilled": ("deit_tiny_distilled_patch16_224", TINY),
     "cait": ("cait_xxs24_224", dict(TINY, depth_token_only=2, attn_drop_rate=0.2)),
+    # ConViT: gated positional attention first, then MHSA blocks where the cls token joins
+    "convit": ("convit_tiny", dict(TINY, local_up_to_layer=1, attn_drop_rate=0.2)),
     "xcit": ("xcit_nano_12_p16_224", dict(img_size=64, patch_size=8, depth=1, embed_dim=32,
                                           num_heads=2, num_classes=5)),
 }
@@ -41,8 +43,9 @@ def test_probe_matches_unfused_reference_same_forward(key, train):
     probe = mixpro.ClsAttention(model)
     attn = _last_attn(model)
     assert fused == [getattr(m, "fused_attn", None) for m in model.modules()], "probe un-fused"
-    assert attn.fused_attn
-    attn.fused_attn = False  # only to build the reference in this same forward pass
+    if hasattr(attn, "fused_attn"):  # ConViT's MHSA always passes its softmax to attn_drop
+        assert attn.fused_attn
+        attn.fused_attn = False  # only to build the reference in this same forward pass
     captured = {}
     hook = attn.attn_drop.register_forward_hook(
         lambda mod, inp, out: captured.__setitem__("p", inp[0].detach())

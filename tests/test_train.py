@@ -273,3 +273,52 @@ def test_ddp_two_ranks_gloo_keep_identical_parameters(data_dir, tmp_path):
     assert [{k: v for k, v in r.items() if not k.startswith("attn_")} for r in _strip(
         r0["metrics"])] == _strip(r1["metrics"])
     assert (tmp_path / "ddp" / "last.pt").is_file()  # written once, by rank 0
+
+
+# -- speed knobs: fused optimiser step, written-out attention ------------------------------
+
+
+def test_fused_opt_uses_torchs_fused_step_where_the_optimiser_has_one():
+    model = timm.create_model("vit_tiny_patch16_224", img_size=16, patch_size=4, in_chans=1,
+                              num_classes=3, **TINY)
+    fused = run._optimizer(load_recipe(None, {"fused_opt": True}), model)
+    plain = run._optimizer(load_recipe(None, {"fused_opt": False}), model)
+    assert all(g["fused"] for g in fused.param_groups)
+    assert not any(g["fused"] for g in plain.param_groups)
+    # an optimiser without a fused step (timm's Lamb) is built as it is
+    lamb = run._optimizer(load_recipe(None, {"fused_opt": True, "opt": "lamb"}), model)
+    assert type(lamb).__name__ == "Lamb"
+    # the fused step and torch's loop take the same step (to float rounding)
+    torch.manual_seed(0)
+    a = torch.nn.Linear(5, 3)
+    b = torch.nn.Linear(5, 3)
+    b.load_state_dict(a.state_dict())
+    start = a.weight.detach().clone()
+    opts = [run._optimizer(load_recipe(None, {"fused_opt": f}), m)
+            for f, m in ((True, a), (False, b))]
+    x = torch.randn(8, 5)
+    for _ in range(3):
+        for m, o in zip((a, b), opts, strict=True):
+            o.zero_grad()
+            m(x).square().sum().backward()
+            o.step()
+    assert not torch.allclose(a.weight, start)  # it moved
+    torch.testing.assert_close(a.weight, b.weight, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_attn_switches_every_attention_module_and_keeps_the_output(data_dir, tmp_path):
+    from mixpro import models
+
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", img_size=16, patch_size=4, in_chans=1,
+                              num_classes=3, **TINY).eval()
+    x = torch.randn(4, 1, 16, 16)
+    assert models.set_fused_attention(model, True) == len(model.blocks)
+    fused = model(x)
+    assert models.set_fused_attention(model, False) == len(model.blocks)
+    assert not any(b.attn.fused_attn for b in model.blocks)
+    torch.testing.assert_close(model(x), fused, rtol=1e-5, atol=1e-5)
+    # a run with written-out attention trains and PAL reads the attention
+    res = run.train(tiny(data_dir, tmp_path / "r", fused_attn=False, epochs=2))
+    assert not any(m.fused_attn for m in res.model.modules() if hasattr(m, "fused_attn"))
+    assert 0 < res.metrics[-1]["alpha_mean"] <= 1

@@ -67,7 +67,7 @@ def _timm_classes(*paths: str) -> tuple[type, ...]:
 
 
 # attention = softmax(q·kᵀ·scale) exactly, from a fused qkv Linear (+ optional q/k norm)
-_QKV_EXACT = _timm_classes("timm.layers.attention:Attention")
+_QKV_EXACT = _timm_classes("timm.layers.attention:Attention", "timm.models.convit:MHSA")
 # class attention: the query is the cls token only, separate q and k Linears
 _Q_K_EXACT = _timm_classes("timm.models.cait:ClassAttn")
 # attention pooling with a learned latent query (ViT global_pool='map')

@@ -283,6 +283,20 @@ def build_model(description: Mapping[str, Any]) -> nn.Module:
     return add_cls_head(model, head)[0]
 
 
+def set_fused_attention(model: nn.Module, fused: bool) -> int:
+    """Switch timm's fused attention (``scaled_dot_product_attention``) on or off in every
+    attention module of ``model`` (those with a boolean ``fused_attn``: timm's ``Attention``
+    and its kin, mixpro's class-attention heads). Both ways compute the same softmax
+    attention; which is faster depends on the token count and the device. Returns how many
+    modules were set."""
+    count = 0
+    for module in model.modules():
+        if isinstance(getattr(module, "fused_attn", None), bool):
+            module.fused_attn = bool(fused)
+            count += 1
+    return count
+
+
 def patch_size(model: nn.Module) -> int | None:
     """Pixels per token side of the model's patch embedding (``patch_embed.patch_size``; for
     a hybrid ViT, timm's ``HybridEmbed``, times its CNN stem's stride: ``feat_ratio``), None

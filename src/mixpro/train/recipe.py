@@ -167,6 +167,14 @@ class Recipe(_RecipeMixing):
                        "it too")
     ema_decay: float = option(0.9998, gt=0, lt=1, help="EMA decay")
     amp: Literal["auto", "on", "off"] = option("auto", help="auto (CUDA only) | on | off")
+    fused_opt: bool = option(True, help=(
+        "torch's fused optimiser step where the optimiser has one (Adam, AdamW, SGD, Adagrad "
+        "on CPU and CUDA): one kernel per parameter instead of a loop of small ops; false: "
+        "torch's default (how the committed ablations ran)"))
+    fused_attn: bool | None = option(None, help=(
+        "timm's fused attention (scaled_dot_product_attention) in every attention block: "
+        "true | false (q·kᵀ, softmax, ·v written out: faster for short token sequences on "
+        "CPU) | null (timm's default, TIMM_FUSED_ATTN)"))
     # system
     seed: int = option(0, ge=0, le=SEED_MAX, help="random seed")
     device: str = option("auto", help="auto | cpu | cuda | cuda:N")

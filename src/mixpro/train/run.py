@@ -10,6 +10,7 @@ Only rank 0 writes files.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import random
 import shutil
@@ -24,7 +25,7 @@ import numpy as np
 import timm
 import torch
 import yaml
-from timm.optim import create_optimizer_v2
+from timm.optim import create_optimizer_v2, get_optimizer_class
 from timm.scheduler import create_scheduler_v2
 from torch.utils.data import DataLoader, DistributedSampler
 
@@ -258,6 +259,8 @@ def _build(cfg: Recipe, num_classes: int | None, mixer_gen: torch.Generator,
     patch = models.patch_size(model) or cfg.patch_size
     needs_attention = methods.needs_attention(cfg.method, _mix_options(cfg))
     model, head = _cls_head(cfg, model, needs_attention)
+    if cfg.fused_attn is not None:  # before any probe: a probe restores what it finds
+        models.set_fused_attention(model, cfg.fused_attn)
     mixer = _mixer(cfg, num_classes, patch, mixer_gen,
                    token_size=getattr(model, "token_stride", None), stats=stats, model=model)
     _check_geometry(cfg, patch, model, mixer.needs_attention)
@@ -269,6 +272,31 @@ def _mix_options(cfg: Recipe) -> methods.MixOptions:
         return cfg.mix_options()
     except ArgumentError as e:
         raise ConfigError(str(e)) from None
+
+
+def _optimizer(cfg: Recipe, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """timm's optimiser of the recipe; with ``fused_opt``, torch's fused step where the
+    optimiser class has one and the parameters' device supports it (else torch's default)."""
+    def build(**extra: bool) -> torch.optim.Optimizer:
+        return create_optimizer_v2(model, opt=cfg.opt, lr=cfg.lr,
+                                   weight_decay=cfg.weight_decay,
+                                   layer_decay=cfg.layer_decay, **extra)
+
+    if cfg.fused_opt and _has_fused_step(cfg.opt):
+        try:
+            return build(fused=True)
+        except RuntimeError:  # a device (or dtype) without torch's fused kernel
+            pass
+    return build()
+
+
+def _has_fused_step(opt: str) -> bool:
+    """Whether timm's optimiser ``opt`` is a torch class with a ``fused`` keyword."""
+    try:
+        cls = get_optimizer_class(opt)
+    except (ValueError, KeyError, AssertionError):
+        return False  # unknown: create_optimizer_v2 reports it
+    return "fused" in inspect.signature(cls).parameters
 
 
 def check(cfg: Recipe) -> None:
@@ -344,9 +372,7 @@ def _prepare(cfg: Recipe, info: distributed.DistInfo, out: Path, resume_path: Pa
         raise ConfigError(f"batch_size {cfg.batch_size} x {info.world} ranks is larger than "
                           f"the {len(train_data)} training images")
     try:
-        optimizer = create_optimizer_v2(model, opt=cfg.opt, lr=cfg.lr,
-                                        weight_decay=cfg.weight_decay,
-                                        layer_decay=cfg.layer_decay)
+        optimizer = _optimizer(cfg, model)
         # layer decay: the unscaled (head) group first, so that the logged lr is the peak's
         optimizer.param_groups.sort(key=lambda g: -g.get("lr_scale", 1.0))
         if mixer.parameters():
