@@ -180,6 +180,7 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(data_dir, tmp_path, mo
     ({"model_kwargs": {**TINY, "depthh": 2}}, "cannot build model"),
     ({"batch_size": 4096}, "larger than"),
     ({"data": "/no/such/imagenet"}, "not found"),
+    ({"mix_off_epoch": 2}, r"mix_off_epoch \(2\) must be smaller than epochs \(2\)"),
 ])
 def test_bad_input_is_one_line_before_training(data_dir, tmp_path, over, match):
     with pytest.raises((TrainError, DatasetError), match=match) as e:
@@ -322,3 +323,22 @@ def test_fused_attn_switches_every_attention_module_and_keeps_the_output(data_di
     res = run.train(tiny(data_dir, tmp_path / "r", fused_attn=False, epochs=2))
     assert not any(m.fused_attn for m in res.model.modules() if hasattr(m, "fused_attn"))
     assert 0 < res.metrics[-1]["alpha_mean"] <= 1
+
+
+def test_mix_off_epoch_trains_the_last_epochs_unmixed(data_dir, tmp_path, monkeypatch):
+    cfg = tiny(data_dir, tmp_path / "r", epochs=3, mix_off_epoch=1)
+    seen: list[tuple[str, bool]] = []
+    real = run.train_one_epoch
+
+    def spy(ctx, loader, epoch, *a, **kw):
+        m = ctx.mixer_at(epoch)
+        images, labels = next(iter(loader))
+        batch = m(images, labels)
+        seen.append((m.method, bool(torch.equal(batch.images, images))))
+        return real(ctx, loader, epoch, *a, **kw)
+
+    monkeypatch.setattr(run, "train_one_epoch", spy)
+    res = run.train(cfg)
+    assert seen == [("mixpro", False), ("none", True), ("none", True)]
+    alphas = [m["alpha_mean"] for m in res.metrics]
+    assert alphas[0] is not None and alphas[1:] == [None, None]  # no attention labels after

@@ -187,9 +187,9 @@ class FolderLock:
     def held(self) -> bool:
         return self._fd is not None
 
-    def __del__(self) -> None:  # a lock nobody releases is freed with its object
-        if self._fd is not None:
-            os.close(self._fd)
+    def __del__(self, _close=os.close) -> None:  # a lock nobody releases is freed with it
+        if self._fd is not None:  # (os.close bound early: os may be gone at interpreter exit)
+            _close(self._fd)
             self._fd = None
 
     def __enter__(self) -> FolderLock:

@@ -47,6 +47,13 @@ class StepContext:
     sched_per_step: bool
     max_steps: int | None = None
     progress: bool = True
+    unmixed: object | None = None  # the ``none`` mixer of the epochs from ``mix_off_epoch`` on
+    mix_off_epoch: int | None = None
+
+    def mixer_at(self, epoch: int):
+        """The mixer of 0-based ``epoch``: :attr:`unmixed` from ``mix_off_epoch`` on."""
+        off = self.mix_off_epoch is not None and epoch >= self.mix_off_epoch
+        return self.unmixed if off else self.mixer
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None):
@@ -82,7 +89,7 @@ def train_one_epoch(ctx: StepContext, loader: Iterable, epoch: int,
 
     Returns ``{"train_loss", "img_per_s", "alpha_mean", "lr", "steps", "alpha_last",
     "complete", "state"}``."""
-    model, mixer, dev = ctx.model, ctx.mixer, ctx.dist.device
+    model, mixer, dev = ctx.model, ctx.mixer_at(epoch), ctx.dist.device
     mixer_params = mixer.parameters()
     model.train()
     n_steps = ctx.steps_per_epoch

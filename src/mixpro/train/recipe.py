@@ -142,6 +142,10 @@ class Recipe(_RecipeMixing):
 
     # optimisation
     epochs: int = option(12, ge=1, help="training epochs")
+    mix_off_epoch: int | None = option(None, ge=0, help=(
+        "mix the first N epochs only, then train on the unmixed images with their (smoothed) "
+        "one-hot labels, as timm's --mixup-off-epoch; smaller than epochs (null: mix to the "
+        "end)"))
     batch_size: int = option(128, ge=2, help="batch size per process (mixing pairs images)")
     eval_batch_size: int = option(512, ge=1, help="evaluation batch size")
     eval_every: int = option(1, ge=1, help="evaluate every N epochs (and after the last)")
@@ -347,6 +351,9 @@ def validate(cfg: Recipe) -> None:
     _check(0 <= cfg.min_lr <= cfg.lr, f"min_lr must be in [0, lr={cfg.lr}], got {cfg.min_lr}")
     _check(0 <= cfg.warmup_epochs < cfg.epochs or cfg.warmup_epochs == 0,
            f"warmup_epochs ({cfg.warmup_epochs}) must be smaller than epochs ({cfg.epochs})")
+    _check(cfg.mix_off_epoch is None or cfg.mix_off_epoch < cfg.epochs,
+           f"mix_off_epoch ({cfg.mix_off_epoch}) must be smaller than epochs ({cfg.epochs}), "
+           "or null")
     _check(_device_ok(cfg.device), f"device must be auto, cpu or cuda[:N], got {cfg.device!r}")
     from ..data.folder import check_auto_augment
 
