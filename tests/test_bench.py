@@ -207,11 +207,14 @@ def test_goals_are_checked_on_the_run_s_own_numbers():
             {"method": "maskmix", "mix_ms": 17.0, "x_copy": 1.7}]
     libs = [{"job": "CutMix, elem", "mixpro_ms": 8.0, "timm_ms": 9.0, "torchvision_ms": None},
             {"job": "Mixup, batch", "mixpro_ms": 8.0, "timm_ms": 9.0, "torchvision_ms": 7.0}]
-    got = bench.goals([{"batch": 128, "shape": [3, 224, 224], "rows": rows, "libraries": libs},
+    geo = {"patch": 14, "mask_scale": 4}
+    got = bench.goals([{"batch": 128, "shape": [3, 224, 224], "rows": rows, "libraries": libs,
+                        **geo},
                        {"batch": 128, "shape": [1, 32, 32],  # a copy under 1 ms: no x-copy goal
-                        "rows": [{**rows[0], "mix_ms": 0.01}, rows[1]], "libraries": []}])
+                        "rows": [{**rows[0], "mix_ms": 0.01}, rows[1]], "libraries": [], **geo}])
     assert [(g["value"], g["limit"], g["met"]) for g in got] == [
         (1.7, 1.6, False), (8.0 / 9.0, 1.0, True), (8.0 / 7.0, 1.0, False)]
+    assert got[0]["goal"] == "maskmix × copy, B=128, 3×224×224, patch 14, mask_scale 4"
     md = bench.to_markdown({"command": "t", "environment": bench.environment(
         torch.device("cpu")), "mix": [], "step": None, "goals": got})
     assert "## Goals" in md and "| **no** |" in md

@@ -31,7 +31,8 @@ def data_dir(tmp_path_factory):
 def tiny(data_dir, out, **kw):
     over = dict(data_dir=str(data_dir), img_size=16, model_kwargs=TINY, patch_size=4, epochs=2,
                 warmup_epochs=1, batch_size=16, eval_batch_size=64, progress=False,
-                output=str(out), max_steps=4, threads=1, eval_every=1)
+                output=str(out), max_steps=4, threads=1, eval_every=1,
+                mix_until=1.0)  # every epoch mixes (the default recipe's last 0.3 do not)
     over.update(kw)
     return load_recipe(None, over)
 
@@ -180,7 +181,7 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(data_dir, tmp_path, mo
     ({"model_kwargs": {**TINY, "depthh": 2}}, "cannot build model"),
     ({"batch_size": 4096}, "larger than"),
     ({"data": "/no/such/imagenet"}, "not found"),
-    ({"mix_off_epoch": 2}, r"mix_off_epoch \(2\) must be smaller than epochs \(2\)"),
+    ({"mix_until": 1.5}, r"mix_until must be in \[0, 1\], got 1.5"),
 ])
 def test_bad_input_is_one_line_before_training(data_dir, tmp_path, over, match):
     with pytest.raises((TrainError, DatasetError), match=match) as e:
@@ -325,8 +326,14 @@ def test_fused_attn_switches_every_attention_module_and_keeps_the_output(data_di
     assert 0 < res.metrics[-1]["alpha_mean"] <= 1
 
 
-def test_mix_off_epoch_trains_the_last_epochs_unmixed(data_dir, tmp_path, monkeypatch):
-    cfg = tiny(data_dir, tmp_path / "r", epochs=3, mix_off_epoch=1)
+def test_mix_until_trains_the_last_epochs_unmixed(data_dir, tmp_path, monkeypatch):
+    # round(mix_until * epochs), halves up, at least 1 above 0: the recipe's shape at any length
+    shares = [(1.0, 16, 16), (0.7, 16, 11), (0.7, 10, 7), (0.7, 3, 2), (0.7, 1, 1),
+              (0.5, 3, 2), (0.1, 2, 1), (0.0, 5, 0), (0.8333, 300, 250)]
+    for share, epochs, mixed in shares:
+        over = {"mix_until": share, "epochs": epochs, "warmup_epochs": 0}
+        assert load_recipe(None, over).mixed_epochs == mixed
+    cfg = tiny(data_dir, tmp_path / "r", epochs=3, mix_until=0.3)
     seen: list[tuple[str, bool]] = []
     real = run.train_one_epoch
 

@@ -36,7 +36,7 @@ def recipe(data_dir, out, **kw):
     over = dict(data_dir=str(data_dir), img_size=64, model=SWIN, model_kwargs=SWIN_KW,
                 method="mixpro", mask_scale=8, epochs=2, warmup_epochs=1, batch_size=16,
                 eval_batch_size=80, progress=False, output=str(out), max_steps=2, threads=1,
-                ema=True, patch_size=4)
+                ema=True, patch_size=4, mix_until=1.0)
     over.update(kw)  # None: leave the key out (e.g. mask_scale for TransMix)
     return load_recipe(None, {k: v for k, v in over.items() if v is not None})
 

@@ -603,10 +603,11 @@ def goals(mix_sections: list[dict]) -> list[dict]:
     for mix in mix_sections:
         c, h, w = mix["shape"]
         shape = f"B={mix['batch']}, {c}×{h}×{w}"
+        cells = f"{shape}, patch {mix['patch']}, mask_scale {mix['mask_scale']}"
         copy = next(r for r in mix["rows"] if r["method"] == "copy")
         maskmix = next((r for r in mix["rows"] if r["method"] == "maskmix"), None)
         if maskmix is not None and copy["mix_ms"] >= 1.0:
-            out.append({"goal": f"maskmix × copy, {shape}", "value": maskmix["x_copy"],
+            out.append({"goal": f"maskmix × copy, {cells}", "value": maskmix["x_copy"],
                         "limit": MASKMIX_X_COPY, "met": maskmix["x_copy"] <= MASKMIX_X_COPY})
         for r in mix.get("libraries", []):
             others = [r[f"{lib}_ms"] for lib in LIBRARIES[1:] if r[f"{lib}_ms"] is not None]

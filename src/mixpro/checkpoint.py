@@ -64,11 +64,11 @@ RESUME_KEYS = ("model", "model_kwargs", "img_size", "patch_size", "in_chans", "m
                "train_subset", "subset_seed", "holdout_classes", "batch_size", "epochs", "seed",
                "ema", "opt", "sched", "mask_scale", "lr", "min_lr", "warmup_epochs",
                "warmup_lr", "max_steps", "sched_per_step", "mask_strategy", "layer_decay",
-               "train_split", "val_split", "mix_off_epoch")
+               "train_split", "val_split", "mix_until")
 # keys newer than some checkpoints: their value when a checkpoint lacks them
 MISSING_MEANS: dict[str, Any] = {"holdout_classes": [], "mask_strategy": "grid",
                                  "train_split": "train", "val_split": "val",
-                                 "mix_off_epoch": None}
+                                 "mix_until": 1.0}
 PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile wrappers
 
 

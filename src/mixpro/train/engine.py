@@ -47,12 +47,12 @@ class StepContext:
     sched_per_step: bool
     max_steps: int | None = None
     progress: bool = True
-    unmixed: object | None = None  # the ``none`` mixer of the epochs from ``mix_off_epoch`` on
-    mix_off_epoch: int | None = None
+    unmixed: object | None = None  # the ``none`` mixer of the epochs after the mixed ones
+    mixed_epochs: int | None = None  # None: every epoch mixes
 
     def mixer_at(self, epoch: int):
-        """The mixer of 0-based ``epoch``: :attr:`unmixed` from ``mix_off_epoch`` on."""
-        off = self.mix_off_epoch is not None and epoch >= self.mix_off_epoch
+        """The mixer of 0-based ``epoch``: :attr:`unmixed` from ``mixed_epochs`` on."""
+        off = self.mixed_epochs is not None and epoch >= self.mixed_epochs
         return self.unmixed if off else self.mixer
 
 

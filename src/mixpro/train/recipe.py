@@ -13,6 +13,7 @@ registry. The command-line flags (:mod:`mixpro.cli`) and the options table of
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -137,15 +138,17 @@ class Recipe(_RecipeMixing):
     """Every knob of a training run: data and model keys, ``method`` and the mixing keys
     (:class:`mixpro.methods.MixOptions`), then optimisation and system keys. Defaults: the
     embedded Fashion-MNIST recipe's for data, model and optimisation keys (a recipe file
-    starts from them), MixOptions' for the mixing keys (that recipe sets ``mask_scale: 1``,
-    ``label_smoothing: 0.0``)."""
+    starts from them; but ``mix_until`` and ``fused_attn``, which that recipe sets to 0.7 and
+    false, default to 1 and null: mix to the end, timm's attention), MixOptions' for the mixing keys
+    (that recipe sets ``label_smoothing: 0.0``)."""
 
     # optimisation
-    epochs: int = option(12, ge=1, help="training epochs")
-    mix_off_epoch: int | None = option(None, ge=0, help=(
-        "mix the first N epochs only, then train on the unmixed images with their (smoothed) "
-        "one-hot labels, as timm's --mixup-off-epoch; smaller than epochs (null: mix to the "
-        "end)"))
+    epochs: int = option(16, ge=1, help="training epochs")
+    mix_until: float = option(1.0, ge=0, le=1, help=(
+        "share of the run that mixes: the first round(mix_until * epochs) epochs (at least 1 "
+        "when above 0, halves rounded up), then the rest on the unmixed images with their "
+        "(smoothed) one-hot labels, as timm's --mixup-off-epoch; a share, so that --epochs "
+        "keeps the recipe's shape; 1: mix to the end"))
     batch_size: int = option(128, ge=2, help="batch size per process (mixing pairs images)")
     eval_batch_size: int = option(512, ge=1, help="evaluation batch size")
     eval_every: int = option(1, ge=1, help="evaluate every N epochs (and after the last)")
@@ -203,6 +206,14 @@ class Recipe(_RecipeMixing):
     def mix_options(self) -> MixOptions:
         """The mixing keys of this recipe as :class:`mixpro.methods.MixOptions`."""
         return MixOptions(**{k: getattr(self, k) for k in OPTION_NAMES})
+
+    @property
+    def mixed_epochs(self) -> int:
+        """How many epochs mix (``mix_until``): the rest of the run trains unmixed."""
+        if self.mix_until >= 1:
+            return self.epochs
+        return 0 if self.mix_until == 0 else max(1, math.floor(self.mix_until * self.epochs
+                                                              + 0.5))
 
     @property
     def in_channels(self) -> int:
@@ -351,9 +362,6 @@ def validate(cfg: Recipe) -> None:
     _check(0 <= cfg.min_lr <= cfg.lr, f"min_lr must be in [0, lr={cfg.lr}], got {cfg.min_lr}")
     _check(0 <= cfg.warmup_epochs < cfg.epochs or cfg.warmup_epochs == 0,
            f"warmup_epochs ({cfg.warmup_epochs}) must be smaller than epochs ({cfg.epochs})")
-    _check(cfg.mix_off_epoch is None or cfg.mix_off_epoch < cfg.epochs,
-           f"mix_off_epoch ({cfg.mix_off_epoch}) must be smaller than epochs ({cfg.epochs}), "
-           "or null")
     _check(_device_ok(cfg.device), f"device must be auto, cpu or cuda[:N], got {cfg.device!r}")
     from ..data.folder import check_auto_augment
 

@@ -132,7 +132,7 @@ def _mixer(cfg: Recipe, num_classes: int | None, patch: int | None,
 
 def _unmixed(cfg: Recipe, num_classes: int | None, generator: torch.Generator):
     """The registry's ``none`` mixer with the recipe's label keys: the epochs from
-    ``mix_off_epoch`` on train with it."""
+    ``mix_until`` leaves unmixed train with it."""
     return build_mixer("none", _mix_options(cfg), num_classes=num_classes or 2, patch_size=1,
                        generator=generator)
 
@@ -433,8 +433,8 @@ def _prepare(cfg: Recipe, info: distributed.DistInfo, out: Path, resume_path: Pa
         scaler=scaler, ema=ema, amp_dtype=amp_dtype, clip_grad=cfg.clip_grad, dist=info,
         epochs=cfg.epochs, steps_per_epoch=steps, sched_per_step=cfg.sched_per_step,
         max_steps=cfg.max_steps, progress=cfg.progress,
-        unmixed=None if cfg.mix_off_epoch is None else _unmixed(cfg, num_classes, mixer_gen),
-        mix_off_epoch=cfg.mix_off_epoch)
+        unmixed=_unmixed(cfg, num_classes, mixer_gen) if cfg.mixed_epochs < cfg.epochs else None,
+        mixed_epochs=cfg.mixed_epochs)
     if info.is_main:
         for path in stale:  # --overwrite: the old run goes only now that all checks passed
             shutil.rmtree(path) if path.is_dir() else path.unlink()
