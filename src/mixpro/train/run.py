@@ -131,8 +131,8 @@ def _mixer(cfg: Recipe, num_classes: int | None, patch: int | None,
 
 
 def _unmixed(cfg: Recipe, num_classes: int | None, generator: torch.Generator):
-    """The registry's ``none`` mixer with the recipe's label keys: the epochs from
-    ``mix_until`` leaves unmixed train with it."""
+    """The registry's ``none`` mixer with the recipe's label keys: the epochs after the
+    ``mix_until`` share of the run train with it."""
     return build_mixer("none", _mix_options(cfg), num_classes=num_classes or 2, patch_size=1,
                        generator=generator)
 
