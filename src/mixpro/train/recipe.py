@@ -210,10 +210,9 @@ class Recipe(_RecipeMixing):
     @property
     def mixed_epochs(self) -> int:
         """How many epochs mix (``mix_until``): the rest of the run trains unmixed."""
-        if self.mix_until >= 1:
-            return self.epochs
-        return 0 if self.mix_until == 0 else max(1, math.floor(self.mix_until * self.epochs
-                                                              + 0.5))
+        if self.mix_until == 0:
+            return 0
+        return max(1, math.floor(self.mix_until * self.epochs + 0.5))  # 1: all epochs
 
     @property
     def in_channels(self) -> int:
