@@ -343,3 +343,22 @@ def test_cell_mask_validation():
         CellMask(torch.ones(1, 2, 2, dtype=torch.bool), (0, 2, 1), (0, 1, 2))
     with pytest.raises(ValueError, match="col_edges"):
         CellMask(torch.ones(1, 2, 2, dtype=torch.bool), (0, 1, 2), (0, 1))
+
+
+@pytest.mark.parametrize("concentration", [0.01, 0.2, 1.0, 5.0])
+def test_sample_beta_one_draw_on_the_host_equals_the_tensor_formula(concentration):
+    """One CPU draw is divided in numpy float32; it must be the tensor path's value bit for
+    bit (g0 / max(g0 + g1, tiny) of the same two Gamma draws) and leave the stream where the
+    tensor path leaves it."""
+    for seed in range(200):
+        got = mixpro.masks.sample_beta(concentration, 1,
+                                       generator=torch.Generator().manual_seed(seed))
+        g = torch.Generator().manual_seed(seed)
+        gam = torch._standard_gamma(torch.full((2, 1), concentration), generator=g)
+        want = gam[0] / (gam[0] + gam[1]).clamp_min(torch.finfo(torch.float32).tiny)
+        assert got.dtype == torch.float32 and got.shape == (1,)
+        assert torch.equal(got, want), (seed, got, want)
+    g1, g2 = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    mixpro.masks.sample_beta(concentration, 1, generator=g1)
+    torch._standard_gamma(torch.full((2, 1), concentration), generator=g2)
+    assert torch.equal(torch.rand(4, generator=g1), torch.rand(4, generator=g2))

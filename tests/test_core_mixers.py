@@ -418,3 +418,29 @@ def test_every_mixer_gives_valid_lambdas_and_targets(case):
         assert lam.shape == (b,) and ((lam >= 0) & (lam <= 1 + 1e-6)).all()
     if batch.mask is not None:  # every pixel comes from i or its partner, as the mask says
         assert torch.equal(batch.images, torch.where(batch.mask, x, x[batch.partner]))
+
+
+@pytest.mark.parametrize("mode", ["batch", "elem"])
+@pytest.mark.parametrize("alphas", [(1.0, 0.0), (0.0, 1.0), (0.8, 1.0)])
+def test_mixup_params_at_prob_1_equal_the_masked_formula(mode, alphas):
+    """At prob 1 the draws skip the per-sample 'active' mask (u < 1 always holds); λ and the
+    CutMix choice must equal what the mask would give, from the same generator state."""
+    from mixpro.masks import sample_beta
+    mixup_alpha, cutmix_alpha = alphas
+    n = 1 if mode == "batch" else 16
+    for seed in range(20):
+        m = mixpro.Mixup(mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, mode=mode,
+                         num_classes=10, generator=torch.Generator().manual_seed(seed))
+        lam, use_cut = m._params(n)
+        g = torch.Generator().manual_seed(seed)
+        u = torch.rand(2, n, generator=g)
+        if mixup_alpha > 0 and cutmix_alpha > 0:
+            cut = u[0] < 0.5
+            lam_ref = torch.where(cut, sample_beta(cutmix_alpha, n, generator=g),
+                                  sample_beta(mixup_alpha, n, generator=g))
+        else:
+            cut = torch.full((n,), cutmix_alpha > 0)
+            lam_ref = sample_beta(max(alphas), n, generator=g)
+        active = u[1] < 1.0
+        assert torch.equal(lam, lam_ref.masked_fill(~active, 1.0))
+        assert torch.equal(use_cut, cut & active)

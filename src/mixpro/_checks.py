@@ -136,7 +136,7 @@ def label_range(labels: torch.Tensor, n_classes: int) -> None:
             raise ValueError(f"multi-label labels must lie in [0, 1] (no NaN), got range "
                              f"[{lo}, {hi}]")
         return
-    lo, hi = int(labels.min()), int(labels.max())
+    lo, hi = (int(v) for v in torch.aminmax(labels))
     if lo < 0 or hi >= n_classes:
         raise ValueError(f"labels must lie in [0, num_classes={n_classes}), got range [{lo}, {hi}]")
 

@@ -51,6 +51,7 @@ class _Race:
 
     def __init__(self, names: tuple[str, ...]) -> None:
         self.times: dict[str, list[float]] = {n: [] for n in names}
+        self.medians: dict[str, float] = dict.fromkeys(names, float("inf"))  # of self.times
         self.retry_at: dict[str, int] = {}  # call count at which a losing way runs again
         self.wait: dict[str, int] = dict.fromkeys(names, _RETRY_FIRST)
         self.calls = 0
@@ -58,11 +59,10 @@ class _Race:
         self.calibrated = False  # every way timed enough once (retries do not reopen it)
 
     def estimate(self, name: str) -> float:
-        t = self.times[name]
-        return statistics.median(t) if t else float("inf")
+        return self.medians[name]
 
     def best(self) -> str:
-        return min(self.times, key=self.estimate)
+        return min(self.medians, key=self.medians.__getitem__)
 
     def _open(self) -> list[str]:
         """Ways still to be timed in calibration (fewer than 3 timings, not hopeless)."""
@@ -92,6 +92,7 @@ class _Race:
             t.clear()
         t.append(seconds)
         del t[:-_SAMPLES]
+        self.medians[name] = statistics.median(t)
         self.calls += 1
         best = self.best()
         if retry:  # losing again doubles the wait (x16 when hopeless: stalls are rare)
@@ -302,7 +303,7 @@ def _blocked(images: torch.Tensor, partner: torch.Tensor, mix: Mix, k: int) -> t
 
 def block_samples(images: torch.Tensor, block_bytes: int) -> int:
     """Samples per block of about ``block_bytes`` (at least 1)."""
-    per_sample = images[0].numel() * images.element_size()
+    per_sample = images.numel() // max(images.shape[0], 1) * images.element_size()
     return max(1, block_bytes // max(per_sample, 1))
 
 

@@ -54,9 +54,8 @@ def mix_targets(
     b = labels.shape[0]
     off = smoothing / num_classes
     gap = 1.0 - smoothing  # on - off
-    lam = lam.to(torch.float32).reshape(-1, 1).expand(b, 1)
-    other = 1.0 - lam if partner_lam is None else \
-        partner_lam.to(torch.float32).reshape(-1, 1).expand(b, 1)
+    lam = _column(lam, b)
+    other = 1.0 - lam if partner_lam is None else _column(partner_lam, b)
     if labels.dim() == 2:  # multi-hot rows
         y = labels.float()
         return off + gap * (lam * y + other * y.index_select(0, partner))
@@ -64,6 +63,12 @@ def mix_targets(
     out = torch.full((b, num_classes), off, device=labels.device)
     out.scatter_add_(1, idx, lam * gap)  # in place on a fresh tensor: autograd reaches λ
     return out.scatter_add_(1, idx.index_select(0, partner), other * gap)
+
+
+def _column(weights: torch.Tensor, b: int) -> torch.Tensor:
+    """``(B,)`` or broadcastable weights as a float32 ``(B, 1)`` column."""
+    col = weights.to(torch.float32).reshape(-1, 1)
+    return col if col.shape[0] == b else col.expand(b, 1)
 
 
 AttentionNorm = Literal["paper", "renormalize"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
@@ -32,10 +33,21 @@ def sample_beta(
     device: torch.device | str = "cpu",
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Draw ``n`` samples of Beta(c, c) as float32 ``(n,)`` on ``device`` (no host sync)."""
+    """Draw ``n`` samples of Beta(c, c) as float32 ``(n,)`` on ``device`` (no host sync):
+    ``g0 / max(g0 + g1, tiny)`` of two Gamma(c) draws. One sample on the CPU is divided in
+    numpy float32 (the same IEEE float32 operations as the tensor path, without three tensor
+    calls: what a batch-level mix costs on small images)."""
     conc = torch.full((2, n), float(concentration), device=device, dtype=torch.float32)
     g = torch._standard_gamma(conc, generator=generator)
-    return g[0] / (g[0] + g[1]).clamp_min(torch.finfo(torch.float32).tiny)
+    if n == 1 and g.device.type == "cpu":
+        (a,), (b,) = g.tolist()
+        lam = np.float32(a) / max(np.float32(a) + np.float32(b), np.float32(_TINY))
+        return torch.full((1,), float(lam), dtype=torch.float32)
+    g0, g1 = g.unbind(0)
+    return g0 / (g0 + g1).clamp_min_(_TINY)
+
+
+_TINY = torch.finfo(torch.float32).tiny
 
 
 def rand(
@@ -172,6 +184,13 @@ class GridMasks:
 _BOX_CELLS = [[[True, True, True], [True, False, True], [True, True, True]]]
 
 
+@lru_cache(maxsize=16)
+def _box_cells(device: torch.device) -> torch.Tensor:
+    """The 3x3 cells of one box (the middle one from the partner) on ``device``; callers
+    take a copy (a mask owns its cells)."""
+    return torch.tensor(_BOX_CELLS, device=device)
+
+
 @dataclass(frozen=True)
 class BoxMasks:
     """CutMix boxes: a box of about ``1 - ratio`` of the image comes from the partner.
@@ -292,16 +311,17 @@ class BoxMasks:
         h, w = image_size
         if ratio.shape[0] == 1:  # one box for the batch: 3x3 cells, the middle one from j
             if ratio.device.type == "cpu":  # Python floats, no tensor round trip
-                u = rand(4, 1, device=ratio.device, generator=generator)[:, 0].tolist()
-                y0, y1, x0, x1 = self._box_py(float(ratio[0]), u, h, w)
+                u = rand(4, device=ratio.device, generator=generator).tolist()
+                y0, y1, x0, x1 = self._box_py(ratio.item(), u, h, w)
             else:
                 y0, y1, x0, x1 = self.boxes(ratio, image_size, generator)[0].tolist()
             kept = np.float32(h * w - (y1 - y0) * (x1 - x0)) / np.float32(h * w)
             keep = torch.ones(1, 1, h, w, dtype=torch.bool, device=device)
             keep[..., y0:y1, x0:x1] = False  # two calls instead of gathers through the cells
-            return CellMask.known(torch.tensor(_BOX_CELLS, device=device), (0, y0, y1, h),
-                                  (0, x0, x1, w), lam=torch.tensor([kept], device=device),
-                                  pixel=keep)
+            return CellMask.known(_box_cells(torch.device(device)).clone(), (0, y0, y1, h),
+                                  (0, x0, x1, w), pixel=keep,
+                                  lam=torch.full((1,), float(kept), dtype=torch.float32,
+                                                 device=device))
         box = self.boxes(ratio, image_size, generator)
         # per-sample boxes: the pixel mask from broadcast comparisons, (B, H, 1) | (B, 1, W)
         box = box.to(device)

@@ -450,6 +450,8 @@ class Mixup(Mixer):
         else:
             use_cut = torch.ones(n, dtype=torch.bool)
             lam = sample_beta(self.cutmix_alpha, n, generator=g)
+        if self.mixup_enabled and self.mix_prob >= 1.0:  # u < 1: every sample mixes
+            return lam, use_cut
         active = (u[1] < self.mix_prob) & self.mixup_enabled
         return lam.masked_fill(~active, 1.0), use_cut & active
 
@@ -462,21 +464,36 @@ class Mixup(Mixer):
         if self.mode == "pair":  # pair (i, B-1-i) shares its draws
             mirror = torch.minimum(torch.arange(b), torch.arange(b - 1, -1, -1))
             lam, use_cut = lam[mirror], use_cut[mirror]
-        if not bool((lam < 1).any()):
+        if not _any_below_one(lam):
             src = Identity(b, dev)
             return Draw(src, partner, src.lam_area(), "none")
-        if not bool(use_cut.any()):
+        if not _any(use_cut):
             return Draw(Blend(lam.to(dev)), partner, lam, "mixup")
         mask = self.boxes(lam, size, device=dev, generator=self.generator)
         if self.mode == "pair":
             mask = mask.select(mirror.to(dev))
         lam_cut = mask.lam_area() if self.correct_lam or self.cutmix_minmax else lam.to(dev)
-        if bool(use_cut.all()):
+        if _all(use_cut):
             return Draw(mask, partner, lam_cut, self._cut_method, self.relabel)
         sel = use_cut.to(dev)
         src = Switch(sel, mask, Blend(lam.to(dev)))
         lam_area = torch.where(sel, lam_cut.to(dev), lam.to(dev))
         return Draw(src, partner, lam_area, "mixup+" + self._cut_method, self.relabel)
+
+
+def _any_below_one(lam: torch.Tensor) -> bool:
+    """Whether some host ``λ`` is below 1 (one element: no tensor op)."""
+    return float(lam) < 1.0 if lam.numel() == 1 else bool((lam < 1).any())
+
+
+def _any(flags: torch.Tensor) -> bool:
+    """Whether any of the host ``flags`` is True (one element: no reduction op)."""
+    return bool(flags) if flags.numel() == 1 else bool(flags.any())
+
+
+def _all(flags: torch.Tensor) -> bool:
+    """Whether all of the host ``flags`` are True (one element: no reduction op)."""
+    return bool(flags) if flags.numel() == 1 else bool(flags.all())
 
 
 @dataclass(eq=False)
