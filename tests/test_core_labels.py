@@ -411,3 +411,18 @@ def test_token_grid_inference_and_mismatch():
     batch = mixer(torch.randn(2, 3, 16, 16), torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="patch tokens"):
         batch.targets(torch.randn(2, 3), torch.rand(2, 64))
+
+
+@settings(max_examples=60, deadline=None)
+@given(b=st.integers(2, 12), k=st.integers(2, 9), lam=st.floats(0.0, 1.0, width=32),
+       smoothing=st.sampled_from([0.0, 0.1, 0.3]), seed=st.integers(0, 2**16))
+def test_mix_targets_of_one_shared_lambda_equal_the_per_sample_path(b, k, lam, smoothing, seed):
+    """A λ shared by the batch (one element, 0-dim or broadcast) takes the host-scalar path;
+    its targets must be bit-identical to those of the same λ stored per sample."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, k, (b,), generator=g)
+    partner = torch.randperm(b, generator=g)
+    per_sample = mixpro.labels.mix_targets(labels, partner, torch.full((b,), lam), k, smoothing)
+    for shared in (torch.tensor(lam), torch.tensor([lam]), torch.tensor([lam]).expand(b)):
+        got = mixpro.labels.mix_targets(labels, partner, shared, k, smoothing)
+        assert torch.equal(got, per_sample)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Literal, Protocol, runtime_checkable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -49,11 +50,21 @@ def mix_targets(
     ``off = s/C`` (timm's ``mixup_target`` and ``BinaryCrossEntropy`` values). ``lam`` is
     ``(B,)`` (or broadcastable); gradients through ``lam`` are kept. Index labels are built as
     ``s/C`` everywhere plus ``λ·(1-s)`` scattered onto ``y_i`` and ``(1-λ)·(1-s)`` onto
-    ``y_partner[i]`` (two ``(B, 1)`` scatters instead of mixing two ``(B, C)`` one-hots).
+    ``y_partner[i]`` (two ``(B, 1)`` scatters instead of mixing two ``(B, C)`` one-hots). One
+    λ shared by the batch on the CPU (batch-level Mixup/CutMix, no gradient) is scattered as
+    two host scalars, computed in numpy float32: the same values without four tensor calls.
     """
     b = labels.shape[0]
     off = smoothing / num_classes
     gap = 1.0 - smoothing  # on - off
+    shared = _shared_value(lam) if partner_lam is None and labels.dim() == 1 else None
+    if shared is not None:
+        own, g = np.float32(shared), np.float32(gap)
+        idx = labels.long()[:, None]
+        out = torch.full((b, num_classes), off, device=labels.device)
+        out.scatter_(1, idx, float(own * g), reduce="add")
+        return out.scatter_(1, idx.index_select(0, partner), float((np.float32(1) - own) * g),
+                            reduce="add")
     lam = _column(lam, b)
     other = 1.0 - lam if partner_lam is None else _column(partner_lam, b)
     if labels.dim() == 2:  # multi-hot rows
@@ -63,6 +74,16 @@ def mix_targets(
     out = torch.full((b, num_classes), off, device=labels.device)
     out.scatter_add_(1, idx, lam * gap)  # in place on a fresh tensor: autograd reaches λ
     return out.scatter_add_(1, idx.index_select(0, partner), other * gap)
+
+
+def _shared_value(lam: torch.Tensor) -> float | None:
+    """The one value of a CPU ``λ`` without gradient that is a single element or one element
+    broadcast over the batch (stride 0); otherwise None."""
+    if lam.device.type != "cpu" or lam.requires_grad or lam.dim() > 1:
+        return None
+    if lam.numel() == 1:
+        return lam.item()
+    return float(lam[0]) if lam.dim() == 1 and lam.stride(0) == 0 else None
 
 
 def _column(weights: torch.Tensor, b: int) -> torch.Tensor:
