@@ -82,6 +82,8 @@ def test_every_way_gives_the_same_bits(b, c, h, w, kind, dtype, threads, seed):
         assert ("cells" in names) == (not source.per_pixel)  # per-pixel cells: no loop
     if kind == "box elem":
         assert "paste boxes" in names and "cells" not in names  # per-pixel cells: no loop
+    if kind == "box batch":
+        assert "paste box" in names
     first = next(iter(outs.values()))
     for way, out in outs.items():
         assert out.dtype == dtype and torch.equal(out, first), way

@@ -37,8 +37,8 @@ def sample_beta(
     ``g0 / max(g0 + g1, tiny)`` of two Gamma(c) draws. One sample on the CPU is divided in
     numpy float32 (the same IEEE float32 operations as the tensor path, without three tensor
     calls: what a batch-level mix costs on small images)."""
-    conc = torch.full((2, n), float(concentration), device=device, dtype=torch.float32)
-    g = torch._standard_gamma(conc, generator=generator)
+    g = torch._standard_gamma(_concentration(float(concentration), n, torch.device(device)),
+                              generator=generator)
     if n == 1 and g.device.type == "cpu":
         (a,), (b,) = g.tolist()
         lam = np.float32(a) / max(np.float32(a) + np.float32(b), np.float32(_TINY))
@@ -48,6 +48,12 @@ def sample_beta(
 
 
 _TINY = torch.finfo(torch.float32).tiny
+
+
+@lru_cache(maxsize=64)
+def _concentration(concentration: float, n: int, device: torch.device) -> torch.Tensor:
+    """The ``(2, n)`` float32 Gamma concentrations of :func:`sample_beta` (read only)."""
+    return torch.full((2, n), concentration, device=device, dtype=torch.float32)
 
 
 def rand(
@@ -316,10 +322,8 @@ class BoxMasks:
             else:
                 y0, y1, x0, x1 = self.boxes(ratio, image_size, generator)[0].tolist()
             kept = np.float32(h * w - (y1 - y0) * (x1 - x0)) / np.float32(h * w)
-            keep = torch.ones(1, 1, h, w, dtype=torch.bool, device=device)
-            keep[..., y0:y1, x0:x1] = False  # two calls instead of gathers through the cells
             return CellMask.known(_box_cells(torch.device(device)).clone(), (0, y0, y1, h),
-                                  (0, x0, x1, w), pixel=keep,
+                                  (0, x0, x1, w), box=(y0, y1, x0, x1),
                                   lam=torch.full((1,), float(kept), dtype=torch.float32,
                                                  device=device))
         box = self.boxes(ratio, image_size, generator)

@@ -20,6 +20,7 @@ import typing
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import KW_ONLY, dataclass, field
+from functools import lru_cache
 from typing import ClassVar, Literal
 
 import torch
@@ -445,10 +446,10 @@ class Mixup(Mixer):
                 sample_beta(self.mixup_alpha, n, generator=g),
             )
         elif self.mixup_alpha > 0:
-            use_cut = torch.zeros(n, dtype=torch.bool)
+            use_cut = _constant_flags(n, False)
             lam = sample_beta(self.mixup_alpha, n, generator=g)
         else:
-            use_cut = torch.ones(n, dtype=torch.bool)
+            use_cut = _constant_flags(n, True)
             lam = sample_beta(self.cutmix_alpha, n, generator=g)
         if self.mixup_enabled and self.mix_prob >= 1.0:  # u < 1: every sample mixes
             return lam, use_cut
@@ -479,6 +480,13 @@ class Mixup(Mixer):
         src = Switch(sel, mask, Blend(lam.to(dev)))
         lam_area = torch.where(sel, lam_cut.to(dev), lam.to(dev))
         return Draw(src, partner, lam_area, "mixup+" + self._cut_method, self.relabel)
+
+
+@lru_cache(maxsize=32)
+def _constant_flags(n: int, value: bool) -> torch.Tensor:
+    """Host bool ``(n,)`` all ``value``, read only: :meth:`Mixup.draw` only tests it or
+    derives new tensors from it."""
+    return torch.full((n,), value, dtype=torch.bool)
 
 
 def _any_below_one(lam: torch.Tensor) -> bool:

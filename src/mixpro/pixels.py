@@ -125,13 +125,16 @@ class CellMask:
     @classmethod
     def known(cls, cells: torch.Tensor, row_edges: tuple[int, ...], col_edges: tuple[int, ...],
               *, lam: torch.Tensor | None = None, pixel: torch.Tensor | None = None,
-              boxes: torch.Tensor | None = None) -> CellMask:
+              boxes: torch.Tensor | None = None,
+              box: tuple[int, int, int, int] | None = None) -> CellMask:
         """A mask whose generator already knows its ``lam_area`` ``(Bm,)``, its bool pixel
-        mask ``(Bm, 1, H, W)`` (a box: two comparisons instead of gathers through the cells)
-        and/or, for per-sample boxes, the boxes ``(Bm, 4)`` int64 ``(y0, y1, x0, x1)`` whose
-        pixels are False (one of the ways :meth:`apply` can take); they are used as given."""
+        mask ``(Bm, 1, H, W)`` (a box: two comparisons instead of gathers through the cells),
+        for per-sample boxes the boxes ``(Bm, 4)`` int64 ``(y0, y1, x0, x1)`` whose pixels are
+        False, and/or for one mask shared by the batch its one such ``box`` as host ints (the
+        pixel mask is then built from it on request); :meth:`apply` can paste either kind of
+        box. They are used as given."""
         mask = cls(cells, row_edges, col_edges)
-        for name, value in (("lam", lam), ("pixel", pixel), ("boxes", boxes)):
+        for name, value in (("lam", lam), ("pixel", pixel), ("boxes", boxes), ("box", box)):
             if value is not None:
                 mask._cache[name] = value
         return mask
@@ -176,6 +179,14 @@ class CellMask:
         """Bool ``(Bm, 1, H, W)``, True = pixel from sample ``i`` (built on request only)."""
         if "pixel" in self._cache:
             return self._cache["pixel"]
+        box = self._cache.get("box")
+        if box is not None:  # one box for the batch: two calls instead of gathers
+            y0, y1, x0, x1 = box
+            h, w = self.image_size
+            keep = torch.ones(1, 1, h, w, dtype=torch.bool, device=self.cells.device)
+            keep[..., y0:y1, x0:x1] = False
+            self._cache["pixel"] = keep
+            return keep
         if self.per_pixel:
             return self.cells.unsqueeze(1)
         dev = self.cells.device
@@ -234,12 +245,14 @@ class CellMask:
         gh, gw = self.cells.shape[1:]
         if not self.per_pixel and cell_loop_allowed(images, gh * gw):
             ways.update(threaded_ways("cells", lambda: self._cell_copy(images, partner)))
-        boxes = self._cache.get("boxes")
+        boxes, box = self._cache.get("boxes"), self._cache.get("box")
         if boxes is not None:
             ways.update(threaded_ways("paste boxes",
                                       lambda: _paste_boxes(images, partner, boxes)))
-        return fastest(signature("cells", images, tuple(self.cells.shape), boxes is not None),
-                       ways)
+        if box is not None:
+            ways.update(threaded_ways("paste box", lambda: _paste_box(images, partner, box)))
+        return fastest(signature("cells", images, tuple(self.cells.shape), boxes is not None,
+                                 box is not None), ways)
 
     def _cell_copy(self, images: torch.Tensor, partner: torch.Tensor) -> torch.Tensor:
         """The mixed batch by strided copies: one ``index_select`` per cell for per-sample
@@ -280,6 +293,18 @@ class CellMask:
                 sl = (slice(None), slice(None), slice(re[r], re[r + 1]), slice(ce[c], ce[c + 1]))
                 torch.index_select(images[sl], 0, src[:, r, c], out=out[sl])
         return out
+
+
+def _paste_box(images: torch.Tensor, partner: torch.Tensor, box: tuple[int, int, int, int]
+               ) -> torch.Tensor:
+    """A copy of ``images`` with the one box ``(y0, y1, x0, x1)`` of every sample ``b`` taken
+    from sample ``partner[b]`` (batch-level CutMix as timm computes it, out of place)."""
+    y0, y1, x0, x1 = box
+    out = images.clone()
+    if y1 > y0 and x1 > x0:
+        region = (slice(None), slice(None), slice(y0, y1), slice(x0, x1))
+        torch.index_select(images[region], 0, partner, out=out[region])
+    return out
 
 
 def _paste_boxes(images: torch.Tensor, partner: torch.Tensor, boxes: torch.Tensor
