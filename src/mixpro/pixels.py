@@ -224,8 +224,9 @@ class CellMask:
         all give identical results): a select (:func:`~mixpro._kernels._choose`) over the
         bool pixel mask against the gathered partner, over the batch or in blocks of samples;
         a strided copy per cell (each pixel read and written once, no partner batch nor pixel
-        mask); for per-sample boxes, a copy of the batch with each box pasted from its
-        partner (timm's way). Elsewhere one select over the batch.
+        mask); for a box (the one shared by the batch, or one per sample), a copy of the
+        batch with the box pasted from the partner (timm's way). Elsewhere one select over
+        the batch.
         """
         if self.image_size != tuple(images.shape[-2:]):
             raise ValueError(
