@@ -235,3 +235,17 @@ def test_autograd_and_accelerator_inputs_take_one_call():
     out.sum().backward()
     assert x.grad is not None and not _kernels.choices()
     assert not _kernels.timed_ways(torch.empty(2, 1, 4, 4, device="meta"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_one_blend_weight_takes_lerps_scalar_form_with_the_same_bits(dtype):
+    """Batch-level Mixup (one weight) uses ``lerp``'s scalar weight; every way must give the
+    bits of the broadcast tensor weight, ``lerp(x_j, x_i, w)``."""
+    g = torch.Generator().manual_seed(3)
+    x = (torch.randn(6, 2, 5, 7, generator=g) * 50).to(dtype)
+    partner = torch.randperm(6, generator=g)
+    for w in torch.rand(20, generator=g):
+        blend = mixpro.pixels.Blend(w.reshape(1))
+        want = torch.lerp(x[partner], x, w.to(dtype).view(1, 1, 1, 1))
+        for way, out in _every_way(blend, x, partner).items():
+            assert out.dtype == dtype and torch.equal(out, want), way

@@ -337,7 +337,13 @@ class Blend:
     def apply(self, images: torch.Tensor, partner: torch.Tensor) -> torch.Tensor:
         if not images.dtype.is_floating_point:
             raise TypeError(f"Mixup blends need floating images, got {images.dtype}")
-        w = self.weight.to(images.dtype).view(-1, 1, 1, 1)
+        w = self.weight.to(images.dtype)
+        if w.numel() == 1 and w.device.type == "cpu":  # one weight: lerp's scalar form
+            weight = float(w)  # (the same values; no (1, 1, 1, 1) view to broadcast)
+            return _mix_blocks(images, partner,
+                               lambda x, other, rows: torch.lerp(other, x, weight),
+                               tag="blend", extra=(1,))
+        w = w.view(-1, 1, 1, 1)
         return _mix_blocks(
             images, partner, lambda x, other, rows: torch.lerp(other, x, _rows(w, rows)),
             tag="blend", extra=(w.shape[0],),
