@@ -238,14 +238,20 @@ def test_autograd_and_accelerator_inputs_take_one_call():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
-def test_one_blend_weight_takes_lerps_scalar_form_with_the_same_bits(dtype):
-    """Batch-level Mixup (one weight) uses ``lerp``'s scalar weight; every way must give the
-    bits of the broadcast tensor weight, ``lerp(x_j, x_i, w)``."""
+def test_one_blend_weight_takes_lerps_scalar_form_with_the_same_bits(dtype, monkeypatch):
+    """Batch-level Mixup (one weight) uses ``lerp``'s scalar weight; every way (blocks, the
+    whole batch, 1 and 2 threads) must give the bits of the broadcast tensor weight,
+    ``lerp(x_j, x_i, w)``."""
+    torch.set_num_threads(2)  # the fixture restores the count
     g = torch.Generator().manual_seed(3)
     x = (torch.randn(6, 2, 5, 7, generator=g) * 50).to(dtype)
+    per_sample = x[0].numel() * x.element_size()
+    monkeypatch.setattr(_kernels, "_BLOCK_BYTES", (per_sample, 2 * per_sample))
     partner = torch.randperm(6, generator=g)
     for w in torch.rand(20, generator=g):
         blend = mixpro.pixels.Blend(w.reshape(1))
         want = torch.lerp(x[partner], x, w.to(dtype).view(1, 1, 1, 1))
-        for way, out in _every_way(blend, x, partner).items():
+        outs = _every_way(blend, x, partner)
+        assert "batch" in outs and any(n.startswith("blocks") for n in outs)
+        for way, out in outs.items():
             assert out.dtype == dtype and torch.equal(out, want), way
