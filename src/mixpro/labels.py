@@ -58,20 +58,19 @@ def mix_targets(
     off = smoothing / num_classes
     gap = 1.0 - smoothing  # on - off
     shared = _shared_value(lam) if partner_lam is None and labels.dim() == 1 else None
-    if shared is not None:
-        own, g = np.float32(shared), np.float32(gap)
-        idx = labels.long()[:, None]
-        out = torch.full((b, num_classes), off, device=labels.device)
-        out.scatter_(1, idx, float(own * g), reduce="add")
-        return out.scatter_(1, idx.index_select(0, partner), float((np.float32(1) - own) * g),
-                            reduce="add")
-    lam = _column(lam, b)
-    other = 1.0 - lam if partner_lam is None else _column(partner_lam, b)
+    if shared is None:
+        lam = _column(lam, b)
+        other = 1.0 - lam if partner_lam is None else _column(partner_lam, b)
     if labels.dim() == 2:  # multi-hot rows
         y = labels.float()
         return off + gap * (lam * y + other * y.index_select(0, partner))
     idx = labels.long()[:, None]
     out = torch.full((b, num_classes), off, device=labels.device)
+    if shared is not None:
+        own, g = np.float32(shared), np.float32(gap)
+        out.scatter_(1, idx, float(own * g), reduce="add")
+        return out.scatter_(1, idx.index_select(0, partner), float((np.float32(1) - own) * g),
+                            reduce="add")
     out.scatter_add_(1, idx, lam * gap)  # in place on a fresh tensor: autograd reaches λ
     return out.scatter_add_(1, idx.index_select(0, partner), other * gap)
 

@@ -339,14 +339,14 @@ class Blend:
             raise TypeError(f"Mixup blends need floating images, got {images.dtype}")
         w = self.weight.to(images.dtype)
         if w.numel() == 1 and w.device.type == "cpu":  # one weight: lerp's scalar form
-            weight = float(w)  # (the same values; no (1, 1, 1, 1) view to broadcast)
-            return _mix_blocks(images, partner,
-                               lambda x, other, rows: torch.lerp(other, x, weight),
-                               tag="blend", extra=(1,))
-        w = w.view(-1, 1, 1, 1)
+            scalar = float(w)  # (the same values; no (1, 1, 1, 1) view to broadcast)
+            weight_of = lambda rows: scalar  # noqa: E731
+        else:
+            column = w.view(-1, 1, 1, 1)
+            weight_of = lambda rows: _rows(column, rows)  # noqa: E731
         return _mix_blocks(
-            images, partner, lambda x, other, rows: torch.lerp(other, x, _rows(w, rows)),
-            tag="blend", extra=(w.shape[0],),
+            images, partner, lambda x, other, rows: torch.lerp(other, x, weight_of(rows)),
+            tag="blend", extra=(w.numel(),),
         )
 
     def token_fraction(self, grid: tuple[int, int], mode: TokenMode = "area") -> torch.Tensor:
