@@ -63,6 +63,22 @@ def rand(
     return torch.rand(*shape, device=device, generator=generator)
 
 
+def sqrt_rn(x: torch.Tensor) -> torch.Tensor:
+    """Correctly rounded square root of a float64 tensor ``x`` (any shape, no grad), on its
+    device: what ``math.sqrt`` and numpy (timm's ``rand_bbox``) give element by element.
+
+    torch's vectorised CPU kernel is not correctly rounded: it is one ulp off for ~1 % of
+    float64 inputs (an AVX-512 build, seen 2026-12-03), e.g. ``sqrt(1 - 2**-53)`` gives 1.0, so
+    a box side ``int(H·sqrt(1-λ))`` could be one pixel larger than timm's. On the CPU the root
+    is taken by numpy (IEEE ``sqrt``); CUDA's float64 ``sqrt`` is already correctly rounded.
+    """
+    if x.dtype != torch.float64:
+        raise TypeError(f"x must be a float64 tensor, got {x.dtype}")
+    if x.device.type != "cpu":
+        return x.sqrt()
+    return torch.from_numpy(np.sqrt(x.detach().numpy()))
+
+
 # ------------------------------------------------------------------------------------------
 # Mask generators
 # ------------------------------------------------------------------------------------------
@@ -283,7 +299,7 @@ class BoxMasks:
         dev = ratio.device
         u = u.double()
         if self.minmax is None:
-            cut = (1.0 - ratio.double()).clamp(0, 1).sqrt()
+            cut = sqrt_rn((1.0 - ratio.double()).clamp(0, 1))
             ch, cw = (h * cut).long(), (w * cut).long()
             cy, cx = (u[0] * h).long(), (u[1] * w).long()
             y0, y1 = (cy - ch // 2).clamp(0, h), (cy + ch // 2).clamp(0, h)
@@ -381,8 +397,8 @@ class BlockMasks:
             lo = torch.minimum(remaining, torch.full_like(remaining, self.min_block)).double()
             area = lo + u[0] * (remaining.double() - lo)
             asp = torch.exp(log_lo + u[1] * (log_hi - log_lo))
-            bh = (area * asp).sqrt().round().long().clamp(1, nh)
-            bw = (area / asp).sqrt().round().long().clamp(1, nw)
+            bh = sqrt_rn(area * asp).round().long().clamp(1, nh)
+            bw = sqrt_rn(area / asp).round().long().clamp(1, nw)
             top = (u[2] * (nh - bh + 1)).long()
             left = (u[3] * (nw - bw + 1)).long()
             block = (

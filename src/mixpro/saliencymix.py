@@ -23,7 +23,7 @@ from typing import ClassVar, Literal
 import torch
 
 from . import _checks
-from .masks import sample_beta
+from .masks import sample_beta, sqrt_rn
 from .mixers import Draw, LabelledMixer, Pairing
 from .pixels import CellMask
 from .saliency import fine_grained_saliency, spectral_residual_saliency
@@ -170,7 +170,7 @@ class SaliencyMix(LabelledMixer):
         ``peaks (n, 2)``."""
         h, w = image_size
         dev = peaks.device
-        cut = (1.0 - lam.double()).clamp(0, 1).sqrt()
+        cut = sqrt_rn((1.0 - lam.double()).clamp(0, 1))
         cy, cx = peaks[:, 0], peaks[:, 1]
         if self.align is None:  # CutMix's size, centred on the peak, clipped
             ch, cw = (h * cut).long().to(dev), (w * cut).long().to(dev)
