@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import dataclasses
 import json
 
@@ -254,3 +255,43 @@ def test_bench_names_the_kernel_way_and_can_run_on_a_busy_machine(tmp_path):
     assert (tmp_path / "bench-cpu-busy1.json").exists()
     assert "busy: 1 other processes" in (tmp_path / "bench-cpu-busy1.md").read_text()
     assert isinstance(result["goals"], list)
+
+
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
+                                               "usmblks", "fsmblks", "uordblks", "fordblks",
+                                               "keepcost")]
+
+
+def _mmapped_blocks_of(nbytes: int) -> int:
+    """How many mmapped blocks (new pages) glibc adds for one tensor of ``nbytes``."""
+    libc = bench._glibc()
+    libc.mallinfo2.restype = _Mallinfo2
+    before = libc.mallinfo2().hblks
+    t = torch.empty(nbytes, dtype=torch.uint8)
+    during = libc.mallinfo2().hblks
+    del t
+    return during - before
+
+
+@pytest.mark.skipif(bench._glibc() is None, reason="the memory regimes are glibc's mallopt")
+def test_memory_regimes_put_blocks_on_the_pages_they_say(tmp_path, monkeypatch):
+    with bench.memory_regime("reused"):  # freed memory is kept: even 40 MB come from the heap
+        assert [_mmapped_blocks_of(40 << 20) for _ in range(2)] == [0, 0]
+    # afterwards: glibc's long-run thresholds (32 MiB): a batch of 3x224^2 on new pages again
+    assert _mmapped_blocks_of(77 << 20) == 1 and _mmapped_blocks_of(1 << 20) == 0
+    with pytest.raises(bench.BenchError, match="--memory must be"):
+        with bench.memory_regime("fresh"):
+            pass
+    # the run records its regime and writes files of their own
+    monkeypatch.setattr(bench, "bench_mix", lambda **kw: {
+        "batch": 4, "shape": [1, 8, 8], "patch": 4, "mask_scale": 1, "libraries": [],
+        "rows": [{"method": "copy", "mix_ms": 0.1, "x_copy": 1.0, "speedup_vs_official": 1.0,
+                  "targets_ms": None}]})
+    result = bench.run(bench.BenchOptions(device="cpu", skip_step=True, repeats=1,
+                                          output=str(tmp_path), memory="reused"))
+    assert result["environment"]["memory"] == "reused"
+    assert "--memory reused" in result["command"]
+    assert "memory: reused" in (tmp_path / "bench-cpu-reused.md").read_text()
+    assert json.loads((tmp_path / "bench-cpu-reused.json").read_text())["environment"][
+        "memory"] == "reused"

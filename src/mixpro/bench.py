@@ -25,6 +25,8 @@ CUDA timings use CUDA events after synchronisation; CPU timings use ``perf_count
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import dataclasses
 import datetime as _dt
 import json
@@ -36,9 +38,11 @@ import statistics
 import subprocess
 import sys
 import time
+import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import timm
@@ -54,6 +58,8 @@ from . import (
 from .errors import UserError
 from .files import atomic_write_text
 from .options import option
+
+MemoryMode = Literal["system", "reused"]
 
 
 class BenchError(UserError):
@@ -80,6 +86,7 @@ class BenchOptions:
             the recipe.
         output: folder for ``bench-<device>.{md,json}``.
         busy: other processes kept spinning on the CPU during the run (0: none).
+        memory: the CPU memory regime, see :func:`memory_regime`.
     """
 
     device: str | None = option(None, help="cpu or cuda[:N] (default: cuda if available)")
@@ -102,6 +109,11 @@ class BenchOptions:
     busy: int = option(0, ge=0, help=(
         "keep N other processes spinning on the CPU for the whole run (a busy machine, the "
         "kernels' worst case); files bench-<device>-busy<N>.{md,json}"))
+    memory: MemoryMode = option("system", help=(
+        "CPU memory regime (glibc): system (the allocator as a training loop has it: big "
+        "outputs on new pages, each paying its page faults) | reused (freed memory is kept: "
+        "no call pays page faults, so the kernels' own work is timed, run after run); "
+        "reused writes bench-<device>-reused.{md,json}"))
 
     def __post_init__(self) -> None:
         options.check_flags(self, BenchError)
@@ -576,16 +588,16 @@ def cpu_model() -> str:
     return f"{name} ({', '.join(isa)})" if isa else name
 
 
-def environment(device: torch.device, busy: int = 0) -> dict:
+def environment(device: torch.device, busy: int = 0, memory: MemoryMode = "system") -> dict:
     """The machine a result comes from: CPU model and ISA, cores, threads, versions, the load
-    when it started and the spinning processes of ``--busy``."""
+    when it started, the spinning processes of ``--busy`` and the memory regime."""
     env = {
         "device": str(device), "torch": torch.__version__, "timm": timm.__version__,
         "cpu": cpu_model(), "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
         "platform": platform.platform(), "python": platform.python_version(),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "load_avg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-        "busy_processes": busy,
+        "busy_processes": busy, "memory": memory,
     }
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
@@ -627,7 +639,8 @@ def to_markdown(result: dict) -> str:
              f"torch {env['torch']}, timm {env['timm']}, {env['threads']} threads, "
              f"{env['platform']}, {env['date']}"
              + ("" if load is None else f"; load {load:.2f} at the start")
-             + (f"; **busy: {busy} other processes spinning on the CPU**" if busy else ""),
+             + (f"; **busy: {busy} other processes spinning on the CPU**" if busy else "")
+             + f"; memory: {env.get('memory', 'system')}",
              "", f"Command: `{result['command']}` "
              f"(medians of {result.get('repeats', '?')} interleaved repeats after "
              f"{result.get('warmup', '?')} warm-up rounds and the kernels' choice of ways)", ""]
@@ -680,6 +693,60 @@ def to_markdown(result: dict) -> str:
 
 
 _DEFAULTS = BenchOptions()
+
+
+# glibc's mallopt parameters (malloc.h), its default mmap count, and the most
+# its dynamic mmap threshold rises to on 64-bit systems (DEFAULT_MMAP_THRESHOLD_MAX)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
+_DEFAULT_MMAP_MAX, _DYNAMIC_THRESHOLD_MAX = 65536, 32 << 20
+
+
+def _glibc() -> ctypes.CDLL | None:
+    """The C library when it is glibc (it has ``mallopt``), else None."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
+@contextlib.contextmanager
+def memory_regime(mode: MemoryMode) -> Iterator[None]:
+    """The CPU memory regime of a run (glibc's ``mallopt``), restored afterwards.
+
+    On a glibc system a block that the heap's free memory cannot serve and that is above the
+    mmap threshold (128 KiB, raised by the allocator up to 32 MiB as blocks are freed) comes as
+    new pages whose first touch costs a page fault each: for a 77 MB batch of 3×224² images
+    ~35 ms, 5–8× the copy itself, and whether mid-size blocks (masks, indices) get new or
+    reused pages depends on what was freed before, so the ratios of one run move from those
+    of another. ``'system'`` leaves the allocator alone (what a training loop gets);
+    ``'reused'`` keeps freed memory in the heap (no mmap, no trimming), so after warm-up no
+    call faults and the kernels' own work is timed. Afterwards the memory kept is released
+    and the thresholds are set where glibc's dynamic threshold ends in a long process
+    (32 MiB, trimming at twice that): a ``mallopt`` switches the dynamic threshold off for
+    good, and its 128 KiB start would put every later mid-size block on new pages.
+    ``'reused'`` raises :class:`BenchError` where the C library is not glibc.
+    """
+    if mode not in typing.get_args(MemoryMode):
+        raise BenchError(f"--memory must be system or reused, got {mode!r}")
+    if mode == "system":
+        yield
+        return
+    libc = _glibc()
+    if libc is None:
+        raise BenchError("--memory reused needs glibc's mallopt (Linux); use --memory system")
+    for param, value in ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1)):
+        if libc.mallopt(param, value) != 1:
+            raise BenchError(f"--memory reused: glibc refused mallopt({param}, {value})")
+    try:
+        yield
+    finally:
+        for param, value in ((_M_MMAP_MAX, _DEFAULT_MMAP_MAX),
+                             (_M_TRIM_THRESHOLD, 2 * _DYNAMIC_THRESHOLD_MAX),
+                             (_M_MMAP_THRESHOLD, _DYNAMIC_THRESHOLD_MAX)):
+            libc.mallopt(param, value)
+        libc.malloc_trim(0)
 
 
 @contextlib.contextmanager
@@ -736,8 +803,9 @@ def run(options: BenchOptions, command: str | None = None) -> dict:
         raise BenchError(f"--device {name}: there are {torch.cuda.device_count()} CUDA devices")
     cuda = device.type == "cuda"
     repeats = options.repeats or (20 if cuda else 5)
+    memory = options.memory if device.type == "cpu" else "system"  # CUDA: its own allocator
     result = {"command": command or command_line(options),
-              "environment": environment(device, options.busy),
+              "environment": environment(device, options.busy, memory),
               "repeats": repeats, "warmup": options.warmup, "mix": []}
     step = None
     if not options.skip_step:
@@ -757,7 +825,7 @@ def run(options: BenchOptions, command: str | None = None) -> dict:
     specs = () if options.skip_mix else (dict(batch=128, channels=3, size=224, patch=16, scale=2),
                                           dict(batch=128, channels=3, size=224, patch=14, scale=4),
                                           dict(batch=128, channels=1, size=32, patch=4, scale=2))
-    with _spinning(options.busy):
+    with _spinning(options.busy), memory_regime(memory):
         for spec in specs:
             result["mix"].append(bench_mix(device=device, repeats=repeats,
                                            warmup=options.warmup, **spec))
@@ -767,7 +835,8 @@ def run(options: BenchOptions, command: str | None = None) -> dict:
             if options.recipe is not None:
                 result["step"]["recipe"] = options.recipe
     result["goals"] = goals(result["mix"])
-    stem = f"bench-{device.type}" + (f"-busy{options.busy}" if options.busy else "")
+    stem = (f"bench-{device.type}" + (f"-busy{options.busy}" if options.busy else "")
+            + ("" if memory == "system" else f"-{memory}"))
     atomic_write_text(json.dumps(result, indent=2) + "\n", out / f"{stem}.json")
     atomic_write_text(to_markdown(result) + "\n", out / f"{stem}.md")
     return result
