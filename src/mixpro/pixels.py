@@ -372,19 +372,47 @@ class Switch:
         return self._pick(self.mask.lam_area(), self.blend.lam_area())
 
     def apply(self, images: torch.Tensor, partner: torch.Tensor) -> torch.Tensor:
-        """One pass: ``lerp(x_j, x_i, W)`` with the per-pixel weight ``W`` = the mask (0/1,
-        where ``lerp`` is exact) for box samples and ``w`` for blended ones."""
+        """``lerp(x_j, x_i, W)`` with the per-pixel weight ``W`` = the mask (0/1, where
+        ``lerp`` is exact) for box samples and ``w`` for blended ones, in one pass over the
+        batch or its blocks; on CPU, for per-sample boxes, also timm's loop over the samples
+        (out of place), whichever is fastest here (the same bits)."""
         if not images.dtype.is_floating_point:
             raise TypeError(f"Mixup blends need floating images, got {images.dtype}")
-        keep = self.mask.pixel_mask()
         use = self.use_mask.view(-1, 1, 1, 1)
-        w = self.blend.weight.to(images.dtype).view(-1, 1, 1, 1)
+        w = self.blend.weight.to(images.dtype)
+        column = w.view(-1, 1, 1, 1)
+        keep = {}
 
         def mix(x: torch.Tensor, other: torch.Tensor, rows: slice) -> torch.Tensor:
-            k = _rows(keep, rows).to(images.dtype)
-            return torch.lerp(other, x, torch.where(_rows(use, rows), k, _rows(w, rows)))
+            if "pixel" not in keep:  # built once per call, whichever blocks it serves
+                keep["pixel"] = self.mask.pixel_mask()
+            k = _rows(keep["pixel"], rows).to(images.dtype)
+            return torch.lerp(other, x, torch.where(_rows(use, rows), k, _rows(column, rows)))
 
-        return _mix_blocks(images, partner, mix, tag="switch")
+        boxes = self.mask._cache.get("boxes") if isinstance(self.mask, CellMask) else None
+        if boxes is None or not timed_ways(images):
+            return _mix_blocks(images, partner, mix, tag="switch")
+        ways = mix_ways(images, partner, mix)
+        ways.update(threaded_ways("per sample",
+                                  lambda: self._per_sample(images, partner, boxes, w)))
+        return fastest(signature("switch", images, "boxes"), ways)
+
+    def _per_sample(self, images: torch.Tensor, partner: torch.Tensor, boxes: torch.Tensor,
+                    w: torch.Tensor) -> torch.Tensor:
+        """timm's per-sample loop, out of place: a box sample ``b`` is sample ``b`` with its
+        box ``boxes[b] = (y0, y1, x0, x1)`` from ``partner[b]``; a blended one is
+        ``lerp(x_j, x_b, w_b)`` with ``w_b`` as ``lerp``'s scalar weight (the same values)."""
+        out = torch.empty_like(images)
+        for b, (j, use, wb, (y0, y1, x0, x1)) in enumerate(zip(
+                partner.tolist(), self.use_mask.tolist(), w.tolist(), boxes.tolist(),
+                strict=True)):
+            if use:
+                out[b] = images[b]
+                if y1 > y0 and x1 > x0 and j != b:
+                    out[b, :, y0:y1, x0:x1] = images[j, :, y0:y1, x0:x1]
+            else:
+                torch.lerp(images[j], images[b], wb, out=out[b])
+        return out
 
     def token_fraction(self, grid: tuple[int, int], mode: TokenMode = "area") -> torch.Tensor:
         return self._pick(
