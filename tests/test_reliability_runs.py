@@ -351,7 +351,7 @@ def test_compare_refuses_a_finished_run_of_another_recipe(data_dir, tmp_path, ca
     assert [r["mean"] for r in again] == [r["mean"] for r in first]
     before = (out / "results.md").read_text()
     with pytest.raises(cmp.StaleRun, match=r"none-seed0 holds a run of another recipe \(epochs "
-                                           r"1 there, 2 now; lr 0.002 there, 0.1 now\) \(and 1 "
+                                           r"1 there, 2 now; lr 0.004 there, 0.1 now\) \(and 1 "
                                            r"more runs\): pass --rerun"):
         cmp.compare(cmp.plan(None, methods=["none", "cutmix"], seeds=[0], output=out,
                              overrides=_sweep_over(data_dir, epochs=2, lr=0.1)))

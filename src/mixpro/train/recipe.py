@@ -143,7 +143,7 @@ class Recipe(_RecipeMixing):
     (that recipe sets ``label_smoothing: 0.0``)."""
 
     # optimisation
-    epochs: int = option(16, ge=1, help="training epochs")
+    epochs: int = option(13, ge=1, help="training epochs")
     mix_until: float = option(1.0, ge=0, le=1, help=(
         "share of the run that mixes: the first round(mix_until * epochs) epochs (at least 1 "
         "when above 0, halves rounded up), then the rest on the unmixed images with their "
@@ -157,7 +157,7 @@ class Recipe(_RecipeMixing):
         "error (attn_* in metrics.jsonl) on this many fixed test images, unmixed and mixed, "
         "where the object is known (Fashion-MNIST: pixels > 0); 0: off"))
     opt: str = option("adamw", help="timm optimiser name")
-    lr: float = option(2e-3, gt=0, help="peak learning rate")
+    lr: float = option(4e-3, gt=0, help="peak learning rate")
     weight_decay: float = option(0.05, ge=0, help="weight decay")
     layer_decay: float | None = option(None, gt=0, le=1, help=(
         "layer-wise lr decay in (0, 1]: layer l of L gets lr * layer_decay^(L - l) "
