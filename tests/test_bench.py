@@ -274,12 +274,15 @@ def _mmapped_blocks_of(nbytes: int) -> int:
     return during - before
 
 
-@pytest.mark.skipif(bench._glibc() is None, reason="the memory regimes are glibc's mallopt")
+@pytest.mark.skipif(bench._glibc() is None or not hasattr(bench._glibc(), "mallinfo2"),
+                    reason="the memory regimes are glibc's mallopt (mallinfo2: glibc >= 2.33)")
 def test_memory_regimes_put_blocks_on_the_pages_they_say(tmp_path, monkeypatch):
     with bench.memory_regime("reused"):  # freed memory is kept: even 40 MB come from the heap
         assert [_mmapped_blocks_of(40 << 20) for _ in range(2)] == [0, 0]
     # afterwards: glibc's long-run thresholds (32 MiB): a batch of 3x224^2 on new pages again
     assert _mmapped_blocks_of(77 << 20) == 1 and _mmapped_blocks_of(1 << 20) == 0
+    with pytest.raises(bench.BenchError, match="--memory reused is for CPU runs"):
+        bench.BenchOptions(device="cuda:0", memory="reused")
     with pytest.raises(bench.BenchError, match="--memory must be"):
         with bench.memory_regime("fresh"):
             pass

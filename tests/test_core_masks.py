@@ -220,6 +220,9 @@ def test_sqrt_rn_is_correctly_rounded_like_math_sqrt():
     assert sqrt_rn(strided).tolist() == [math.sqrt(v) for v in strided.tolist()]
     with pytest.raises(TypeError, match="float64"):
         sqrt_rn(x.float())
+    assert sqrt_rn(torch.tensor(0.25, dtype=torch.float64)).item() == 0.5  # 0-d
+    assert sqrt_rn(torch.tensor([-0.25], dtype=torch.float64).neg()).item() == 0.5  # lazy neg
+    assert sqrt_rn(torch.tensor([-1.0], dtype=torch.float64)).isnan().all()  # as torch's sqrt
 
 
 @settings(max_examples=300, deadline=None)

@@ -119,6 +119,9 @@ class BenchOptions:
         options.check_flags(self, BenchError)
         if self.skip_mix and self.skip_step:
             raise BenchError("skip_mix and skip_step together leave nothing to time")
+        if self.memory != "system" and (self.device or "").startswith("cuda"):
+            raise BenchError(f"--memory {self.memory} is for CPU runs (CUDA has its own "
+                             "caching allocator); drop it for --device cuda")
         out = Path(self.output)
         for p in (out, *out.parents):  # the nearest existing folder on the way must be one
             if p.exists():
@@ -713,7 +716,7 @@ def _glibc() -> ctypes.CDLL | None:
 
 @contextlib.contextmanager
 def memory_regime(mode: MemoryMode) -> Iterator[None]:
-    """The CPU memory regime of a run (glibc's ``mallopt``), restored afterwards.
+    """The CPU memory regime of a run (glibc's ``mallopt``), reset afterwards (see below).
 
     On a glibc system a block that the heap's free memory cannot serve and that is above the
     mmap threshold (128 KiB, raised by the allocator up to 32 MiB as blocks are freed) comes as
@@ -736,10 +739,10 @@ def memory_regime(mode: MemoryMode) -> Iterator[None]:
     libc = _glibc()
     if libc is None:
         raise BenchError("--memory reused needs glibc's mallopt (Linux); use --memory system")
-    for param, value in ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1)):
-        if libc.mallopt(param, value) != 1:
-            raise BenchError(f"--memory reused: glibc refused mallopt({param}, {value})")
     try:
+        for param, value in ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1)):
+            if libc.mallopt(param, value) != 1:
+                raise BenchError(f"--memory reused: glibc refused mallopt({param}, {value})")
         yield
     finally:
         for param, value in ((_M_MMAP_MAX, _DEFAULT_MMAP_MAX),
@@ -803,7 +806,10 @@ def run(options: BenchOptions, command: str | None = None) -> dict:
         raise BenchError(f"--device {name}: there are {torch.cuda.device_count()} CUDA devices")
     cuda = device.type == "cuda"
     repeats = options.repeats or (20 if cuda else 5)
-    memory = options.memory if device.type == "cpu" else "system"  # CUDA: its own allocator
+    if options.memory != "system" and device.type != "cpu":
+        raise BenchError(f"--memory {options.memory} is for CPU runs (CUDA has its own "
+                         "caching allocator); drop it for --device cuda")
+    memory = options.memory
     result = {"command": command or command_line(options),
               "environment": environment(device, options.busy, memory),
               "repeats": repeats, "warmup": options.warmup, "mix": []}

@@ -76,7 +76,8 @@ def sqrt_rn(x: torch.Tensor) -> torch.Tensor:
         raise TypeError(f"x must be a float64 tensor, got {x.dtype}")
     if x.device.type != "cpu":
         return x.sqrt()
-    return torch.from_numpy(np.sqrt(x.detach().numpy()))
+    with np.errstate(invalid="ignore"):  # a negative input gives NaN, as torch's sqrt does
+        return torch.from_numpy(np.asarray(np.sqrt(x.detach().resolve_neg().numpy())))
 
 
 # ------------------------------------------------------------------------------------------

@@ -403,8 +403,9 @@ class Switch:
         box ``boxes[b] = (y0, y1, x0, x1)`` from ``partner[b]``; a blended one is
         ``lerp(x_j, x_b, w_b)`` with ``w_b`` as ``lerp``'s scalar weight (the same values)."""
         out = torch.empty_like(images)
+        weights = w.expand(images.shape[0]) if w.numel() == 1 else w  # one weight: the batch's
         for b, (j, use, wb, (y0, y1, x0, x1)) in enumerate(zip(
-                partner.tolist(), self.use_mask.tolist(), w.tolist(), boxes.tolist(),
+                partner.tolist(), self.use_mask.tolist(), weights.tolist(), boxes.tolist(),
                 strict=True)):
             if use:
                 out[b] = images[b]
