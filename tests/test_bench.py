@@ -282,7 +282,7 @@ def test_memory_regimes_put_blocks_on_the_pages_they_say(tmp_path, monkeypatch):
     # afterwards: glibc's long-run thresholds (32 MiB): a batch of 3x224^2 on new pages again
     assert _mmapped_blocks_of(77 << 20) == 1 and _mmapped_blocks_of(1 << 20) == 0
     with pytest.raises(bench.BenchError, match="--memory reused is for CPU runs"):
-        bench.BenchOptions(device="cuda:0", memory="reused")
+        bench.run(bench.BenchOptions(device="cuda:0", memory="reused", output=str(tmp_path)))
     with pytest.raises(bench.BenchError, match="--memory must be"):
         with bench.memory_regime("fresh"):
             pass

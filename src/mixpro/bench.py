@@ -119,9 +119,6 @@ class BenchOptions:
         options.check_flags(self, BenchError)
         if self.skip_mix and self.skip_step:
             raise BenchError("skip_mix and skip_step together leave nothing to time")
-        if self.memory != "system" and (self.device or "").startswith("cuda"):
-            raise BenchError(f"--memory {self.memory} is for CPU runs (CUDA has its own "
-                             "caching allocator); drop it for --device cuda")
         out = Path(self.output)
         for p in (out, *out.parents):  # the nearest existing folder on the way must be one
             if p.exists():
@@ -800,16 +797,16 @@ def run(options: BenchOptions, command: str | None = None) -> dict:
         device = None
     if device is None or device.type not in ("cpu", "cuda"):
         raise BenchError(f"--device must be cpu or cuda[:N], got {name!r}")
+    memory = options.memory
+    if memory != "system" and device.type != "cpu":
+        raise BenchError(f"--memory {memory} is for CPU runs (CUDA has its own caching "
+                         "allocator); drop it for --device cuda")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise BenchError("--device cuda asked for, but CUDA is not available")
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
         raise BenchError(f"--device {name}: there are {torch.cuda.device_count()} CUDA devices")
     cuda = device.type == "cuda"
     repeats = options.repeats or (20 if cuda else 5)
-    if options.memory != "system" and device.type != "cpu":
-        raise BenchError(f"--memory {options.memory} is for CPU runs (CUDA has its own "
-                         "caching allocator); drop it for --device cuda")
-    memory = options.memory
     result = {"command": command or command_line(options),
               "environment": environment(device, options.busy, memory),
               "repeats": repeats, "warmup": options.warmup, "mix": []}
