@@ -100,7 +100,7 @@ def test_every_way_gives_the_same_bits(b, c, h, w, kind, dtype, threads, seed):
     finally:
         _kernels._BLOCK_BYTES = saved
     names = set(outs)
-    assert "batch" in names and any(n.startswith("blocks") for n in names)
+    assert {"batch", "pairs"} <= names and any(n.startswith("blocks") for n in names)
     assert (threads == 2) == any(n.endswith("1 thread") for n in names)
     if kind in ("grid elem", "grid batch", "box batch"):
         assert ("cells" in names) == (not source.per_pixel)  # per-pixel cells: no loop
@@ -117,6 +117,20 @@ def test_every_way_gives_the_same_bits(b, c, h, w, kind, dtype, threads, seed):
         ref = mix_images_np(x.float().numpy(), source.pixel_mask().numpy().astype(np.int64),
                             partner.numpy())
         assert np.array_equal(first.float().numpy(), ref)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 11), min_size=1, max_size=12))
+def test_partner_order_lists_each_sample_once_followed_by_its_partner(targets):
+    """Any index map (not only permutations): every sample once, and a sample whose partner
+    is still to come is followed by it (so the partner is read while it is in cache)."""
+    partner = [t % len(targets) for t in targets]
+    order = _kernels.partner_order(partner)
+    assert sorted(order) == list(range(len(partner)))
+    for k, i in enumerate(order[:-1]):
+        if partner[i] not in order[:k + 1]:
+            assert order[k + 1] == partner[i]
+    assert _kernels.partner_order([3, 2, 1, 0]) == [0, 3, 1, 2]  # flip: pair by pair
 
 
 class _FakeClock:
@@ -187,9 +201,9 @@ def test_one_thread_ways_run_with_one_thread_and_restore_the_count():
     torch.set_num_threads(2)
     seen = []
 
-    def mix(a, other, rows):
+    def mix(a, other, rows, out):
         seen.append(torch.get_num_threads())
-        return torch.lerp(other, a, 0.5)
+        return torch.lerp(other, a, 0.5, out=out)
 
     x = torch.randn(6, 3, 8, 8)
     ways = _kernels.mix_ways(x, torch.arange(5, -1, -1), mix)

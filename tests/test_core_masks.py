@@ -138,6 +138,23 @@ def test_grid_count_of_any_double_is_floor_of_the_product(s, ratio):
         assert got == round(exact)
 
 
+@SETTINGS
+@given(st.integers(1, 6), st.integers(1, 6), st.integers(1, 5), st.integers(1, 5),
+       st.integers(1, 3), st.integers(0, 2**31 - 1))
+def test_equal_cells_know_their_lam_exactly(ch, cw, gh, gw, bm, seed):
+    """A grid of equal cells gives λ = k·(cell px) / (image px) in float32, bit for bit the
+    pixel mean over the cells (the general path) and numpy's float32 quotient."""
+    g = torch.Generator().manual_seed(seed)
+    mask = GridMasks((ch, cw))(torch.rand(bm, generator=g), (gh * ch, gw * cw),
+                               device=torch.device("cpu"), generator=g)
+    assert "lam" in mask._cache  # known, not summed
+    summed = CellMask(mask.cells, mask.row_edges, mask.col_edges).lam_area()
+    kept = mask.cells.flatten(1).sum(1).numpy() * ch * cw
+    want = kept.astype(np.float32) / np.float32(gh * ch * gw * cw)
+    assert torch.equal(mask.lam_area(), summed)
+    assert np.array_equal(mask.lam_area().numpy(), want)
+
+
 def test_grid_count_examples_and_dtype():
     assert GridMasks(4).count(torch.tensor([0.7]), 10).tolist() == [7]  # float32 0.7
     assert GridMasks(4, rounding="ceil").count(torch.tensor([0.3]), 10).tolist() == [3]

@@ -3,7 +3,8 @@ per-machine choice among equivalent ways of running them.
 
 Owns :func:`fastest` (run the fastest of several ways that give bit-identical results,
 chosen by timing real calls on this machine, per call signature), :func:`_mix_blocks` (a
-per-sample mix over the whole batch or over cache-sized blocks of samples),
+per-sample mix over the whole batch, over cache-sized blocks of samples or sample by sample
+with its partner),
 :func:`threaded_ways` (a way with the process's intra-op threads and with one;
 :func:`set_single_thread_loops` turns the latter off), :func:`cell_loop_allowed` (whether a
 :class:`~mixpro.pixels.CellMask` may copy cell by cell) and :func:`_choose` (select by 0/1
@@ -284,12 +285,16 @@ def signature(tag: str, images: torch.Tensor, *extra: Hashable) -> tuple:
 # blocks 1.35x); which size fits depends on the CPU's caches.
 _BLOCK_BYTES = (1 * 2**20, 4 * 2**20, 16 * 2**20)
 _MAX_CELL_LOOP = 1024  # more cells than this: the per-cell loop is all Python overhead
+_MAX_PAIR_LOOP = 1024  # more samples than this: the per-sample loop is all Python overhead
 
-Mix = Callable[[torch.Tensor, torch.Tensor, slice], torch.Tensor]
+Mix = Callable[[torch.Tensor, torch.Tensor, slice, "torch.Tensor | None"], torch.Tensor]
+"""``mix(x, other, rows, out)``: rows ``rows`` of the mixed batch from ``x`` (those rows of
+the images) and ``other`` (their partners, gathered), written into ``out`` (a view of the
+result's rows) when it is given, else into a new tensor; returns it."""
 
 
 def _whole(images: torch.Tensor, partner: torch.Tensor, mix: Mix) -> torch.Tensor:
-    return mix(images, images.index_select(0, partner), slice(0, images.shape[0]))
+    return mix(images, images.index_select(0, partner), slice(0, images.shape[0]), None)
 
 
 def _blocked(images: torch.Tensor, partner: torch.Tensor, mix: Mix, k: int) -> torch.Tensor:
@@ -297,7 +302,33 @@ def _blocked(images: torch.Tensor, partner: torch.Tensor, mix: Mix, k: int) -> t
     out = torch.empty_like(images)
     for start in range(0, b, k):
         rows = slice(start, min(b, start + k))
-        out[rows] = mix(images[rows], images.index_select(0, partner[rows]), rows)
+        mix(images[rows], images.index_select(0, partner[rows]), rows, out[rows])
+    return out
+
+
+def partner_order(partner: list[int]) -> list[int]:
+    """Every sample once, each followed by its partner where that one is still to come
+    (``0, p[0], p[p[0]], ...``, then the next sample not yet listed): sample ``i`` is then
+    read as sample ``i`` and, one step later or earlier, as a partner, while it is in cache."""
+    seen = [False] * len(partner)
+    order = []
+    for start in range(len(partner)):
+        i = start
+        while not seen[i]:
+            seen[i] = True
+            order.append(i)
+            i = partner[i]
+    return order
+
+
+def _pairs(images: torch.Tensor, partner: torch.Tensor, mix: Mix) -> torch.Tensor:
+    """``mix`` sample by sample in :func:`partner_order`, straight from the two samples
+    (no gathered partner batch): each image is read from memory about once."""
+    out = torch.empty_like(images)
+    src = partner.tolist()
+    for i in partner_order(src):
+        j = src[i]
+        mix(images[i:i + 1], images[j:j + 1], slice(i, i + 1), out[i:i + 1])
     return out
 
 
@@ -309,8 +340,9 @@ def block_samples(images: torch.Tensor, block_bytes: int) -> int:
 
 def mix_ways(images: torch.Tensor, partner: torch.Tensor, mix: Mix
              ) -> dict[str, Callable[[], torch.Tensor]]:
-    """The ways of computing ``mix`` row by row (see :func:`_mix_blocks`): the whole batch
-    and distinct block sizes, each with the process's threads and (when allowed) one."""
+    """The ways of computing ``mix`` row by row (see :func:`_mix_blocks`): the whole batch,
+    distinct block sizes and sample by sample with its partner (``"pairs"``, up to 1024
+    samples), each with the process's threads and (when allowed) one."""
     b = images.shape[0]
     ways: dict[str, Callable[[], torch.Tensor]] = {}
     seen = set()
@@ -322,6 +354,8 @@ def mix_ways(images: torch.Tensor, partner: torch.Tensor, mix: Mix
         size = f"{block >> 20} MB" if block >= 2**20 else f"{block >> 10} kB"
         ways.update(threaded_ways(f"blocks {size}",
                                   lambda k=k: _blocked(images, partner, mix, k)))
+    if b <= _MAX_PAIR_LOOP:
+        ways.update(threaded_ways("pairs", lambda: _pairs(images, partner, mix)))
     ways.update(threaded_ways("batch", lambda: _whole(images, partner, mix)))
     return ways
 
@@ -335,8 +369,9 @@ def _mix_blocks(
     extra: tuple = (),
 ) -> torch.Tensor:
     """A new ``(B, C, H, W)`` tensor whose rows ``r`` are ``mix(images[r], images[partner[r]],
-    r)`` (``r`` a slice), over the whole batch or block of samples by block, whichever is
-    fastest here (:func:`fastest`; ``tag``/``extra`` tell call signatures apart)."""
+    r, out)`` (``r`` a slice, see :data:`Mix`), over the whole batch, block of samples by
+    block or sample by sample, whichever is fastest here (:func:`fastest`; ``tag``/``extra``
+    tell call signatures apart)."""
     if not timed_ways(images):
         return _whole(images, partner, mix)
     return fastest(signature(tag, images, *extra), mix_ways(images, partner, mix))
@@ -352,13 +387,16 @@ def _rows(t: torch.Tensor, rows: slice) -> torch.Tensor:
     return t if t.shape[0] == 1 else t[rows]
 
 
-def _choose(keep: torch.Tensor, x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
-    """``x`` where ``keep`` (bool, broadcast) else ``other``, as a new tensor.
+def _choose(keep: torch.Tensor, x: torch.Tensor, other: torch.Tensor,
+            out: torch.Tensor | None = None) -> torch.Tensor:
+    """``x`` where ``keep`` (bool, or already ``x``'s dtype with values 0/1; broadcast) else
+    ``other``, into ``out`` when given, else as a new tensor.
 
     Floating images use ``lerp(other, x, keep)``: exact for weights 0 and 1 and 2-4x faster
     than ``torch.where`` on CPU (measured); a non-finite value in one source then turns the
     chosen pixel non-finite too. Integer images use ``torch.where``.
     """
     if x.dtype.is_floating_point:
-        return torch.lerp(other, x, keep.to(x.dtype))
-    return torch.where(keep, x, other)
+        weight = keep if keep.dtype == x.dtype else keep.to(x.dtype)
+        return torch.lerp(other, x, weight, out=out)
+    return torch.where(keep, x, other, out=out)

@@ -200,8 +200,16 @@ class GridMasks:
     ) -> CellMask:
         rows, cols = self.edges(image_size)
         gh, gw = len(rows) - 1, len(cols) - 1
-        cells = _random_cells(self.count(ratio, gh * gw), gh * gw, generator)
-        return CellMask(cells.view(-1, gh, gw).to(device), rows, cols)
+        count = self.count(ratio, gh * gw)
+        cells = _random_cells(count, gh * gw, generator).view(-1, gh, gw).to(device)
+        (ch, cw), (h, w) = _checks.pair(self.cell, "cell"), image_size
+        lam = None
+        if rows == tuple(range(0, h + 1, ch)) and cols == tuple(range(0, w + 1, cw)) \
+                and h * w < 2**24:
+            # equal cells: λ is the k cells' pixels over the image's, the float32 pixel mean
+            # (both counts are exact in float32) without a sum over the cells
+            lam = (count * (ch * cw)).to(device=device, dtype=torch.float32) / float(h * w)
+        return CellMask.known(cells, rows, cols, lam=lam)
 
 
 _BOX_CELLS = [[[True, True, True], [True, False, True], [True, True, True]]]

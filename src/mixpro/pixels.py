@@ -235,10 +235,14 @@ class CellMask:
 
         keep = {}
 
-        def select(x: torch.Tensor, other: torch.Tensor, rows: slice) -> torch.Tensor:
-            if "pixel" not in keep:  # built once per call, whichever blocks it serves
-                keep["pixel"] = self.pixel_mask()
-            return _choose(_rows(keep["pixel"], rows), x, other)
+        def select(x: torch.Tensor, other: torch.Tensor, rows: slice,
+                   out: torch.Tensor | None) -> torch.Tensor:
+            if "pixel" not in keep:  # built once per call, whichever rows it serves
+                pixel = self.pixel_mask()
+                if pixel.shape[0] == 1 and x.dtype.is_floating_point:  # its 0/1 weights once
+                    pixel = pixel.to(x.dtype)
+                keep["pixel"] = pixel
+            return _choose(_rows(keep["pixel"], rows), x, other, out)
 
         if not timed_ways(images):
             return _mix_blocks(images, partner, select)
@@ -345,7 +349,8 @@ class Blend:
             column = w.view(-1, 1, 1, 1)
             weight_of = lambda rows: _rows(column, rows)  # noqa: E731
         return _mix_blocks(
-            images, partner, lambda x, other, rows: torch.lerp(other, x, weight_of(rows)),
+            images, partner,
+            lambda x, other, rows, out: torch.lerp(other, x, weight_of(rows), out=out),
             tag="blend", extra=(w.numel(),),
         )
 
@@ -383,11 +388,13 @@ class Switch:
         column = w.view(-1, 1, 1, 1)
         keep = {}
 
-        def mix(x: torch.Tensor, other: torch.Tensor, rows: slice) -> torch.Tensor:
-            if "pixel" not in keep:  # built once per call, whichever blocks it serves
+        def mix(x: torch.Tensor, other: torch.Tensor, rows: slice,
+                out: torch.Tensor | None) -> torch.Tensor:
+            if "pixel" not in keep:  # built once per call, whichever rows it serves
                 keep["pixel"] = self.mask.pixel_mask()
             k = _rows(keep["pixel"], rows).to(images.dtype)
-            return torch.lerp(other, x, torch.where(_rows(use, rows), k, _rows(column, rows)))
+            return torch.lerp(other, x, torch.where(_rows(use, rows), k, _rows(column, rows)),
+                              out=out)
 
         boxes = self.mask._cache.get("boxes") if isinstance(self.mask, CellMask) else None
         if boxes is None or not timed_ways(images):
