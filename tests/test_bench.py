@@ -298,3 +298,17 @@ def test_memory_regimes_put_blocks_on_the_pages_they_say(tmp_path, monkeypatch):
     assert "memory: reused" in (tmp_path / "bench-cpu-reused.md").read_text()
     assert json.loads((tmp_path / "bench-cpu-reused.json").read_text())["environment"][
         "memory"] == "reused"
+
+
+def test_cpu_model_names_family_model_and_isa():
+    """A VM's bare "AMD EPYC" is told apart by its family/model; the first processor's
+    lines are read, and a missing family or flags line leaves that part out."""
+    cpu_model = bench.cpu_model
+    info = ("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 1\n"
+            "model name\t: AMD EPYC\nflags\t\t: fpu sse2 avx2 fma\n\n"
+            "processor\t: 1\ncpu family\t: 26\nmodel\t\t: 2\nmodel name\t: other\n"
+            "flags\t\t: avx512f amx_tile\n")
+    assert cpu_model(info) == "AMD EPYC (family 25 model 1; AVX2)"
+    intel = "model name\t: Intel Xeon\nflags\t\t: avx2 avx512f amx_tile\n"
+    assert cpu_model(intel) == "Intel Xeon (AVX2, AVX-512, AMX)"
+    assert cpu_model("model name\t: Some ARM core\n") == "Some ARM core"

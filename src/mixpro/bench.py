@@ -572,20 +572,31 @@ class _null:
         return None
 
 
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``; else ``platform.processor()``), with its ISA
-    extensions that decide our kernels' speed (AVX2, AVX-512, AMX) when listed."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or "unknown CPU"
-    name = next((line.split(":", 1)[1].strip() for line in info.splitlines()
-                 if line.startswith("model name")), platform.processor() or "unknown CPU")
-    flags = next((line.split(":", 1)[1].split() for line in info.splitlines()
-                  if line.startswith("flags")), [])
+def cpu_model(cpuinfo: str | None = None) -> str:
+    """The CPU's model name (``/proc/cpuinfo``, or the text ``cpuinfo``; else
+    ``platform.processor()``) with, where listed, its x86 family and model numbers (a
+    virtual machine's "AMD EPYC" names no generation) and the ISA extensions that decide our
+    kernels' speed (AVX2, AVX-512, AMX), e.g. ``"AMD EPYC (family 25 model 1; AVX2)"``."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return platform.processor() or "unknown CPU"
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():  # the first processor's lines
+        key, sep, value = line.partition(":")
+        if sep and key.strip() not in fields:
+            fields[key.strip()] = value.strip()
+    name = fields.get("model name") or platform.processor() or "unknown CPU"
+    flags = fields.get("flags", "").split()
     isa = [n for n, f in (("AVX2", "avx2"), ("AVX-512", "avx512f"), ("AMX", "amx_tile"))
            if f in flags]
-    return f"{name} ({', '.join(isa)})" if isa else name
+    parts = []
+    if fields.get("cpu family") and fields.get("model"):
+        parts.append(f"family {fields['cpu family']} model {fields['model']}")
+    if isa:
+        parts.append(", ".join(isa))
+    return f"{name} ({'; '.join(parts)})" if parts else name
 
 
 def environment(device: torch.device, busy: int = 0, memory: MemoryMode = "system") -> dict:
