@@ -295,3 +295,32 @@ def test_one_blend_weight_takes_lerps_scalar_form_with_the_same_bits(dtype, monk
         assert "batch" in outs and any(n.startswith("blocks") for n in outs)
         for way, out in outs.items():
             assert out.dtype == dtype and torch.equal(out, want), way
+
+
+def test_mixup_weights_that_require_grad_take_the_whole_batch_and_carry_grad():
+    """A learnable Mixup weight (autograd) cannot be written into views of one result: the
+    blend and the switch then run as one whole-batch call, and the gradient reaches it."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 2, 5, 7, generator=g)
+    partner = torch.randperm(6, generator=g)
+    w = torch.rand(6, generator=g).requires_grad_()
+    _kernels.forget()
+    out = mixpro.pixels.Blend(w).apply(x, partner)
+    out.sum().backward()
+    want = (x - x[partner]).sum(dim=(1, 2, 3))  # d/dw of sum(x_p + w (x - x_p))
+    assert torch.allclose(w.grad, want, atol=1e-5) and _kernels.choices() == []
+    box = BoxMasks()(torch.rand(6, generator=g), (5, 7), device=CPU, generator=g)
+    use = torch.tensor([True, False] * 3)
+    w.grad = None
+    out = mixpro.pixels.Switch(use, box, mixpro.pixels.Blend(w)).apply(x, partner)
+    out.sum().backward()
+    assert torch.allclose(w.grad, torch.where(use, 0.0, want), atol=1e-5)
+
+
+def test_the_pairs_way_refuses_partners_that_index_select_refuses():
+    x = torch.randn(4, 1, 3, 3)
+    blend = mixpro.pixels.Blend(torch.full((1,), 0.5))
+    for bad in (torch.tensor([1, 0]), torch.tensor([1, 0, 3, -1]), torch.tensor([1, 0, 3, 4])):
+        for way in ("pairs", "batch"):
+            with _kernels.forced(way), pytest.raises((IndexError, RuntimeError)):
+                blend.apply(x, bad)

@@ -4,9 +4,9 @@ per-machine choice among equivalent ways of running them.
 Owns :func:`fastest` (run the fastest of several ways that give bit-identical results,
 chosen by timing real calls on this machine, per call signature), :func:`_mix_blocks` (a
 per-sample mix over the whole batch, over cache-sized blocks of samples or sample by sample
-with its partner),
-:func:`threaded_ways` (a way with the process's intra-op threads and with one;
-:func:`set_single_thread_loops` turns the latter off), :func:`cell_loop_allowed` (whether a
+with its partner, in :func:`partner_order`), :func:`threaded_ways` (a way with the
+process's intra-op threads and with one; :func:`set_single_thread_loops` turns the latter
+off), :func:`cell_loop_allowed` (whether a
 :class:`~mixpro.pixels.CellMask` may copy cell by cell) and :func:`_choose` (select by 0/1
 weights). Used by :mod:`mixpro.pixels`; nothing here draws random numbers.
 
@@ -265,10 +265,13 @@ def threaded_ways(name: str, fn: Callable[[], T]) -> dict[str, Callable[[], T]]:
     return ways
 
 
-def timed_ways(images: torch.Tensor) -> bool:
-    """Whether a call on ``images`` chooses among ways: CPU tensors outside autograd (on an
-    accelerator one whole-batch call is best: launch latency dominates)."""
-    return images.device.type == "cpu" and not images.requires_grad
+def timed_ways(images: torch.Tensor, *inputs: torch.Tensor) -> bool:
+    """Whether a call on ``images`` (and the other tensors its mix reads, e.g. Mixup weights)
+    chooses among ways: CPU images, nothing that requires grad (the ways write into views
+    of one result, which autograd refuses; on an accelerator one whole-batch call is best:
+    launch latency dominates)."""
+    return images.device.type == "cpu" and not any(
+        t.requires_grad for t in (images, *inputs))
 
 
 def signature(tag: str, images: torch.Tensor, *extra: Hashable) -> tuple:
@@ -289,8 +292,9 @@ _MAX_PAIR_LOOP = 1024  # more samples than this: the per-sample loop is all Pyth
 
 Mix = Callable[[torch.Tensor, torch.Tensor, slice, "torch.Tensor | None"], torch.Tensor]
 """``mix(x, other, rows, out)``: rows ``rows`` of the mixed batch from ``x`` (those rows of
-the images) and ``other`` (their partners, gathered), written into ``out`` (a view of the
-result's rows) when it is given, else into a new tensor; returns it."""
+the images) and ``other`` (their partners: gathered, or views of the images, so never
+written), written into ``out`` (a view of the result's rows) when it is given, else into a
+new tensor; returns it."""
 
 
 def _whole(images: torch.Tensor, partner: torch.Tensor, mix: Mix) -> torch.Tensor:
@@ -308,8 +312,9 @@ def _blocked(images: torch.Tensor, partner: torch.Tensor, mix: Mix, k: int) -> t
 
 def partner_order(partner: list[int]) -> list[int]:
     """Every sample once, each followed by its partner where that one is still to come
-    (``0, p[0], p[p[0]], ...``, then the next sample not yet listed): sample ``i`` is then
-    read as sample ``i`` and, one step later or earlier, as a partner, while it is in cache."""
+    (``0, p[0], p[p[0]], ...``, then the next sample not yet listed): along a cycle of the
+    pairing a sample is read as a partner one step before its own turn, while it is in
+    cache."""
     seen = [False] * len(partner)
     order = []
     for start in range(len(partner)):
@@ -324,8 +329,12 @@ def partner_order(partner: list[int]) -> list[int]:
 def _pairs(images: torch.Tensor, partner: torch.Tensor, mix: Mix) -> torch.Tensor:
     """``mix`` sample by sample in :func:`partner_order`, straight from the two samples
     (no gathered partner batch): each image is read from memory about once."""
-    out = torch.empty_like(images)
+    b = images.shape[0]
     src = partner.tolist()
+    if len(src) != b or (src and (min(src) < 0 or max(src) >= b)):  # as index_select would
+        raise IndexError(f"partner must hold {b} indices in [0, {b}), got {len(src)} in "
+                         f"[{min(src, default=0)}, {max(src, default=0)}]")
+    out = torch.empty_like(images)
     for i in partner_order(src):
         j = src[i]
         mix(images[i:i + 1], images[j:j + 1], slice(i, i + 1), out[i:i + 1])
@@ -367,12 +376,14 @@ def _mix_blocks(
     *,
     tag: str = "mix",
     extra: tuple = (),
+    inputs: tuple[torch.Tensor, ...] = (),
 ) -> torch.Tensor:
     """A new ``(B, C, H, W)`` tensor whose rows ``r`` are ``mix(images[r], images[partner[r]],
     r, out)`` (``r`` a slice, see :data:`Mix`), over the whole batch, block of samples by
     block or sample by sample, whichever is fastest here (:func:`fastest`; ``tag``/``extra``
-    tell call signatures apart)."""
-    if not timed_ways(images):
+    tell call signatures apart; ``inputs``: the other tensors ``mix`` reads, see
+    :func:`timed_ways`)."""
+    if not timed_ways(images, *inputs):
         return _whole(images, partner, mix)
     return fastest(signature(tag, images, *extra), mix_ways(images, partner, mix))
 

@@ -583,7 +583,7 @@ def cpu_model(cpuinfo: str | None = None) -> str:
         except OSError:
             return platform.processor() or "unknown CPU"
     fields: dict[str, str] = {}
-    for line in cpuinfo.splitlines():  # the first processor's lines
+    for line in cpuinfo.splitlines():  # each field's first value: the first processor's
         key, sep, value = line.partition(":")
         if sep and key.strip() not in fields:
             fields[key.strip()] = value.strip()

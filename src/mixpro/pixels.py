@@ -351,7 +351,7 @@ class Blend:
         return _mix_blocks(
             images, partner,
             lambda x, other, rows, out: torch.lerp(other, x, weight_of(rows), out=out),
-            tag="blend", extra=(w.numel(),),
+            tag="blend", extra=(w.numel(),), inputs=(w,),
         )
 
     def token_fraction(self, grid: tuple[int, int], mode: TokenMode = "area") -> torch.Tensor:
@@ -390,15 +390,15 @@ class Switch:
 
         def mix(x: torch.Tensor, other: torch.Tensor, rows: slice,
                 out: torch.Tensor | None) -> torch.Tensor:
-            if "pixel" not in keep:  # built once per call, whichever rows it serves
-                keep["pixel"] = self.mask.pixel_mask()
-            k = _rows(keep["pixel"], rows).to(images.dtype)
+            if "pixel" not in keep:  # its 0/1 weights once per call, whichever rows they serve
+                keep["pixel"] = self.mask.pixel_mask().to(images.dtype)
+            k = _rows(keep["pixel"], rows)
             return torch.lerp(other, x, torch.where(_rows(use, rows), k, _rows(column, rows)),
                               out=out)
 
         boxes = self.mask._cache.get("boxes") if isinstance(self.mask, CellMask) else None
-        if boxes is None or not timed_ways(images):
-            return _mix_blocks(images, partner, mix, tag="switch")
+        if boxes is None or not timed_ways(images, w):
+            return _mix_blocks(images, partner, mix, tag="switch", inputs=(w,))
         ways = mix_ways(images, partner, mix)
         ways.update(threaded_ways("per sample",
                                   lambda: self._per_sample(images, partner, boxes, w)))
