@@ -218,6 +218,63 @@ def test_unreadable_image_is_named_in_the_warning(tmp_path, caplog):
     assert str(bad) in caplog.text and "skipped unreadable image" in caplog.text
 
 
+class _Breaks(torch.utils.data.Dataset):
+    """Ten samples; index 6 (or any batch holding it) fails with ``error``."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error, self.classes = error, ["a", "b"]
+
+    def __len__(self) -> int:
+        return 10
+
+    def __getitem__(self, index):
+        rows = index if isinstance(index, list) else [index]
+        if 6 in rows:
+            raise self.error
+        x = torch.tensor([float(i) for i in rows])
+        return (x, torch.tensor(rows)) if isinstance(index, list) else (x[0], rows[0])
+
+
+@pytest.mark.parametrize("batched", [False, True])
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_loader_workers_dataset_error_stays_one_line(batched, workers):
+    from torch.utils.data import BatchSampler, SequentialSampler
+
+    from mixpro.data.loading import DatasetLoader
+
+    msg = "/data/val/a/29.png: 20 consecutive images could not be read"
+    ds = _Breaks(DatasetError(msg))
+    kw = (dict(sampler=BatchSampler(SequentialSampler(ds), 4, drop_last=False),
+               batch_size=None) if batched else dict(batch_size=4))
+    loader = DatasetLoader(ds, num_workers=workers, **kw)
+    assert len(loader.dataset) == 10 and loader.dataset.classes == ["a", "b"]
+    seen = []
+    with pytest.raises(DatasetError) as info:
+        for x, y in loader:
+            seen.append(y.tolist())
+    assert str(info.value) == msg  # the message itself, not a worker's traceback
+    assert seen == [[0, 1, 2, 3]]  # the batches before the failing one arrived intact
+    # a bug is not a dataset error: it keeps torch's report (with the worker's traceback)
+    loader = DatasetLoader(_Breaks(KeyError("oops")), num_workers=workers, **kw)
+    with pytest.raises(KeyError, match="oops") as info:
+        list(loader)
+    assert ("Caught KeyError in DataLoader worker" in str(info.value)) == (workers > 0)
+
+
+def test_the_apps_load_through_the_one_line_loader():
+    from mixpro.data.loading import DatasetLoader
+    from mixpro.evaluate.run import _loader
+    from mixpro.train import loaders, recipe
+    from mixpro.train.distributed import DistInfo
+
+    ds = _Breaks(DatasetError("x"))
+    assert isinstance(_loader(ds, False, 4, 1), DatasetLoader)
+    cfg = recipe.Recipe(batch_size=4, eval_batch_size=4, workers=1)
+    info = DistInfo(rank=0, world=1, local_rank=0, device=torch.device("cpu"))
+    tl, vl, *_ = loaders.loaders(cfg, ds, ds, False, info)
+    assert isinstance(tl, DatasetLoader) and isinstance(vl, DatasetLoader)
+
+
 def test_folder_run_checkpoint_names_classes_and_eval_accepts_it(tmp_path):
     from mixpro.cli import main
     from mixpro.train import run

@@ -4,6 +4,8 @@
   held-out class split).
 * :mod:`.folder` — ImageFolder trees (``train/``, ``val/``) with timm's transforms.
 * :mod:`.glyphs` — typeset letters, the far-OOD set for Fashion-MNIST.
+* :mod:`.loading` — :class:`~.loading.DatasetLoader`: torch's loader whose workers'
+  :class:`DatasetError` stays one line.
 * :mod:`.factory` — what the apps call: :func:`training_data` (train + test splits, classes,
   normalisation), :func:`eval_data`, :func:`ood_data`, :class:`Normalize`.
 

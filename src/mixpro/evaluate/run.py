@@ -45,6 +45,7 @@ from mixpro.data.factory import (
     is_fashion_mnist,
     ood_data,
 )
+from mixpro.data.loading import DatasetLoader
 from mixpro.errors import UserError
 from mixpro.files import atomic_write_text
 from mixpro.options import SEED_MAX, option
@@ -289,8 +290,8 @@ def _loader(ds: Dataset, batched: bool, batch_size: int, workers: int) -> DataLo
     """In-order batches; batch-indexed datasets (Fashion-MNIST) get whole index lists."""
     if batched:
         sampler = BatchSampler(SequentialSampler(ds), batch_size, drop_last=False)
-        return DataLoader(ds, sampler=sampler, batch_size=None, num_workers=workers)
-    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers)
+        return DatasetLoader(ds, sampler=sampler, batch_size=None, num_workers=workers)
+    return DatasetLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers)
 
 
 Progress = Callable[[int], Any]

@@ -11,9 +11,10 @@ from __future__ import annotations
 import itertools
 import os
 
-from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
+from torch.utils.data import BatchSampler, DistributedSampler
 
 from mixpro.data.factory import TrainingData, is_fashion_mnist, training_data
+from mixpro.data.loading import DatasetLoader
 
 from . import distributed
 from .recipe import Recipe
@@ -70,11 +71,11 @@ def loaders(cfg: Recipe, train, test, batched: bool, info: distributed.DistInfo)
     pin = info.device.type == "cuda"
     common = dict(num_workers=workers, pin_memory=pin, persistent_workers=workers > 0)
     if batched:  # dataset[list_of_indices] -> a whole batch
-        tl = DataLoader(train, batch_size=None, sampler=batches, **common)
-        vl = DataLoader(test, batch_size=None,
+        tl = DatasetLoader(train, batch_size=None, sampler=batches, **common)
+        vl = DatasetLoader(test, batch_size=None,
                         sampler=BatchSampler(shard, cfg.eval_batch_size, drop_last=False),
                         **common)
     else:
-        tl = DataLoader(train, batch_sampler=batches, **common)
-        vl = DataLoader(test, batch_size=cfg.eval_batch_size, sampler=list(shard), **common)
+        tl = DatasetLoader(train, batch_sampler=batches, **common)
+        vl = DatasetLoader(test, batch_size=cfg.eval_batch_size, sampler=list(shard), **common)
     return tl, vl, sampler, batches

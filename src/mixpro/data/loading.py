@@ -1,0 +1,101 @@
+"""Data loaders whose worker processes report a :class:`~mixpro.data.DatasetError` as the
+same one-line error the main process would have raised.
+
+Owns :class:`DatasetLoader`. torch re-raises an exception from a loader worker as a new
+exception of the same class whose text is ``"Caught DatasetError in DataLoader worker
+process 0.\\nOriginal Traceback ..."``: the one-line message (a corrupt file, named) would
+reach the user buried in a worker's traceback. Here a worker's dataset catches its
+:class:`~mixpro.data.DatasetError`, hands the message back as the "sample" (a small picklable
+record, never collated), and the main process raises it as the original error. Any other
+exception keeps torch's behaviour (a bug keeps its traceback).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from torch.utils.data import DataLoader, Dataset, default_collate, default_convert
+
+from . import DatasetError
+
+
+class _Failed:
+    """A worker's :class:`DatasetError`, carried back in place of a sample or batch."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+    def __reduce__(self):  # picklable across the worker queue
+        return _Failed, (self.message,)
+
+
+class _Reporting(Dataset):
+    """``dataset`` whose :class:`DatasetError` becomes a :class:`_Failed` result."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getattr__(self, name: str) -> Any:  # the wrapped dataset's attributes
+        if name == "dataset":  # not set yet (unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def __getitem__(self, index: Any) -> Any:
+        try:
+            return self.dataset[index]
+        except DatasetError as e:
+            return _Failed(str(e))
+
+
+class _Collate:
+    """``collate`` unless a sample failed: then the first failure, uncollated."""
+
+    def __init__(self, collate: Callable[[Any], Any]) -> None:
+        self.collate = collate
+
+    def __call__(self, samples: Any) -> Any:
+        if isinstance(samples, _Failed):
+            return samples
+        if isinstance(samples, list):
+            for s in samples:
+                if isinstance(s, _Failed):
+                    return s
+        return self.collate(samples)
+
+
+class DatasetLoader(DataLoader):
+    """:class:`torch.utils.data.DataLoader` (the same keyword arguments) whose workers'
+    dataset errors are raised in the main process as the one-line
+    :class:`~mixpro.data.DatasetError` they were. With workers, ``loader.dataset`` is the
+    dataset behind a thin wrapper that forwards its length and attributes; with
+    ``num_workers=0`` nothing changes.
+    """
+
+    def __init__(self, dataset: Dataset, **kwargs: Any) -> None:
+        self._reporting = kwargs.get("num_workers", 0) > 0
+        if self._reporting:
+            batched = kwargs.get("batch_size", 1) is not None or "batch_sampler" in kwargs
+            collate = kwargs.get("collate_fn") or (default_collate if batched
+                                                   else default_convert)
+            kwargs["collate_fn"] = _Collate(collate)
+            dataset = _Reporting(dataset)
+        super().__init__(dataset, **kwargs)
+
+    def __iter__(self) -> Iterator[Any]:
+        it = super().__iter__()
+        if not self._reporting:
+            return it
+        return self._raising(it)
+
+    @staticmethod
+    def _raising(it: Iterator[Any]) -> Iterator[Any]:
+        for batch in it:
+            if isinstance(batch, _Failed):
+                raise DatasetError(batch.message)
+            yield batch
