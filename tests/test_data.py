@@ -250,7 +250,7 @@ def test_a_loader_workers_dataset_error_stays_one_line(batched, workers):
     assert len(loader.dataset) == 10 and loader.dataset.classes == ["a", "b"]
     seen = []
     with pytest.raises(DatasetError) as info:
-        for x, y in loader:
+        for _x, y in loader:
             seen.append(y.tolist())
     assert str(info.value) == msg  # the message itself, not a worker's traceback
     assert seen == [[0, 1, 2, 3]]  # the batches before the failing one arrived intact

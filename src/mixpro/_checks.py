@@ -193,3 +193,27 @@ def attention(value: torch.Tensor | None, batch: int) -> torch.Tensor:
             f"attention must have shape (B, N_patches) with B={batch}, got {tuple(value.shape)}"
         )
     return value
+
+
+def channel_stats(value: Sequence[float] | None, name: str) -> tuple[float, ...] | None:
+    """``mean``/``std`` as a tuple of 1 or 3 finite floats on the 0..1 scale (or None)."""
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise ArgumentTypeError(
+            name, f"must be a sequence of numbers or None, got {type(value).__name__}")
+    if len(value) not in (1, 3):
+        raise ArgumentError(
+            name, f"must hold 1 or 3 values (one per channel), got {len(value)}: {value!r}")
+    out = []
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ArgumentError(name, f"must hold finite numbers, got {value!r}")
+        out.append(float(v))
+    if name == "std" and min(out) <= 0:
+        raise ArgumentError(name, f"must hold numbers > 0, got {value!r}")
+    if max(abs(v) for v in out) > 1:
+        raise ArgumentError(
+            name, f"must be on the 0..1 pixel scale (e.g. timm's IMAGENET_DEFAULT_MEAN / _STD), "
+                  f"got {value!r}")
+    return tuple(out)

@@ -335,8 +335,6 @@ class PuzzleMix(LabelledMixer):
     pairing: Pairing = "flip"
 
     def __post_init__(self) -> None:
-        from .saliencymix import _channel_stats
-
         self._setup()
         _gco()
         if not isinstance(self.model, nn.Module):
@@ -364,8 +362,8 @@ class PuzzleMix(LabelledMixer):
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) \
                 or self.workers < 0:
             raise _checks.ArgumentError("workers", f"must be an int >= 0, got {self.workers!r}")
-        self.mean = _channel_stats(self.mean, "mean")
-        self.std = _channel_stats(self.std, "std")
+        self.mean = _checks.channel_stats(self.mean, "mean")
+        self.std = _checks.channel_stats(self.std, "std")
         if (self.mean is None) != (self.std is None):
             raise _checks.ArgumentError("mean", "and std must be given together")
         self._pool = None

@@ -14,7 +14,6 @@ mean/std-normalised float tensor, for which OpenCV's result is essentially conte
 
 from __future__ import annotations
 
-import math
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,30 +33,6 @@ Scope = Literal["sample", "batch"]
 Detector = Literal["fine_grained", "spectral_residual"]
 SALIENCY_SCOPES: tuple[str, ...] = typing.get_args(Scope)
 DETECTORS: tuple[str, ...] = typing.get_args(Detector)
-
-
-def _channel_stats(value: Sequence[float] | None, name: str) -> tuple[float, ...] | None:
-    """``mean``/``std`` as a tuple of 1 or 3 finite floats on the 0..1 scale (or None)."""
-    if value is None:
-        return None
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-        raise _checks.ArgumentTypeError(
-            name, f"must be a sequence of numbers or None, got {type(value).__name__}")
-    if len(value) not in (1, 3):
-        raise _checks.ArgumentError(
-            name, f"must hold 1 or 3 values (one per channel), got {len(value)}: {value!r}")
-    out = []
-    for v in value:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise _checks.ArgumentError(name, f"must hold finite numbers, got {value!r}")
-        out.append(float(v))
-    if name == "std" and min(out) <= 0:
-        raise _checks.ArgumentError(name, f"must hold numbers > 0, got {value!r}")
-    if max(abs(v) for v in out) > 1:
-        raise _checks.ArgumentError(
-            name, f"must be on the 0..1 pixel scale (e.g. timm's IMAGENET_DEFAULT_MEAN / _STD), "
-                  f"got {value!r}")
-    return tuple(out)
 
 
 @dataclass(eq=False, kw_only=True)
@@ -117,8 +92,8 @@ class SaliencyMix(LabelledMixer):
         self.prob = _checks.probability(self.prob, "prob")
         self.scope = _checks.choice(self.scope, "scope", SALIENCY_SCOPES)
         self.detector = _checks.choice(self.detector, "detector", DETECTORS)
-        self.mean = _channel_stats(self.mean, "mean")
-        self.std = _channel_stats(self.std, "std")
+        self.mean = _checks.channel_stats(self.mean, "mean")
+        self.std = _checks.channel_stats(self.std, "std")
         if (self.mean is None) != (self.std is None):
             missing = "std" if self.std is None else "mean"
             raise _checks.ArgumentError(missing, "must be given together with "
