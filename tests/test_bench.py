@@ -234,6 +234,13 @@ def test_bench_names_the_kernel_way_and_can_run_on_a_busy_machine(tmp_path):
     kernels = {r["method"]: r["kernel"] for r in mix["rows"]}
     assert kernels["copy"] is None and kernels["maskmix"]
     assert all(r["mixpro_kernel"] for r in mix["libraries"])
+    # the evidence behind each choice: the timings of every way of the signature it timed
+    row = next(r for r in mix["rows"] if r["method"] == "maskmix")
+    assert row["kernel_timings"] and all(e["ways_ms"] for e in row["kernel_timings"])
+    assert any(row["kernel"].startswith(w) for e in row["kernel_timings"] for w in e["ways_ms"])
+    assert all(t > 0 for e in row["kernel_timings"] for t in e["ways_ms"].values()
+               if t != float("inf"))
+    assert next(r for r in mix["rows"] if r["method"] == "copy")["kernel_timings"] == []
     opts = bench.BenchOptions(device="cpu", skip_step=True, repeats=1, output=str(tmp_path),
                               busy=1)
     import mixpro.bench as mb

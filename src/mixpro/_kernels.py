@@ -174,10 +174,11 @@ def recording() -> Iterator[list[str]]:
 
 def choices() -> list[dict]:
     """What :func:`fastest` has learnt so far, newest signature last: ``[{"signature",
-    "ways": {name: median seconds}, "chosen", "settled"}]`` (for ``mixpro bench``)."""
+    "ways": {name: median seconds}, "chosen", "settled", "calls"}]`` (``calls``: the timed
+    calls of the signature so far; for ``mixpro bench``)."""
     with _RACES_LOCK:
         return [{"signature": key[0], "ways": {n: race.estimate(n) for n in race.times},
-                 "chosen": race.best(), "settled": race.settled()}
+                 "chosen": race.best(), "settled": race.settled(), "calls": race.calls}
                 for key, race in _RACES.items()]
 
 

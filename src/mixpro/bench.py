@@ -321,11 +321,22 @@ def library_jobs(
     return jobs
 
 
-def _kernel_of(fn: Callable[[], object]) -> str | None:
-    """The way(s) the CPU kernels chose for one more call of ``fn`` (None: no choice)."""
+def _kernel_choice(fn: Callable[[], object]) -> tuple[str | None, list[dict]]:
+    """The way(s) the CPU kernels chose for one more call of ``fn`` (None: no choice), and
+    what they knew then of each call signature that call timed: ``[{"chosen", "settled",
+    "ways_ms": {way: median ms}}]`` (the evidence behind the choice)."""
+    def calls() -> dict:
+        return {(repr(c["signature"]), tuple(c["ways"])): c["calls"]
+                for c in _kernels.choices()}
+
+    before = calls()
     with _kernels.recording() as ran:
         fn()
-    return ", ".join(dict.fromkeys(ran)) or None
+    timed = [c for c in _kernels.choices()
+             if before.get((repr(c["signature"]), tuple(c["ways"]))) != c["calls"]]
+    evidence = [{"chosen": c["chosen"], "settled": c["settled"],
+                 "ways_ms": {w: 1e3 * t for w, t in c["ways"].items()}} for c in timed]
+    return ", ".join(dict.fromkeys(ran)) or None, evidence
 
 
 def bench_mix(
@@ -365,11 +376,12 @@ def bench_mix(
     for k, v in med.items():
         if " | " in k:
             continue
+        way, evidence = _kernel_choice(fns[k]) if k in mixers else (None, [])
         rows.append({
             "method": k, "mix_ms": 1e3 * v, "x_copy": v / med["copy"],
             "speedup_vs_official": med["official_numpy_loop"] / v,
             "targets_ms": 1e3 * med_t[k] if k in med_t else None,
-            "kernel": _kernel_of(fns[k]) if k in mixers else None,
+            "kernel": way, "kernel_timings": evidence,
         })
     compare = []
     for job in jobs:
@@ -378,7 +390,8 @@ def bench_mix(
             v = med.get(f"{lib} | {job}")
             row[f"{lib}_ms"] = None if v is None else 1e3 * v
             row[f"{lib}_x_copy"] = None if v is None else v / med["copy"]
-        row["mixpro_kernel"] = _kernel_of(fns[f"mixpro | {job}"])
+        row["mixpro_kernel"], row["mixpro_kernel_timings"] = _kernel_choice(
+            fns[f"mixpro | {job}"])
         compare.append(row)
     return {"batch": batch, "shape": [channels, size, size], "patch": patch,
             "mask_scale": scale, "rows": rows, "libraries": compare}
