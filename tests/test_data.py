@@ -235,15 +235,19 @@ class _Breaks(torch.utils.data.Dataset):
         return (x, torch.tensor(rows)) if isinstance(index, list) else (x[0], rows[0])
 
 
+@pytest.mark.parametrize("subset", [False, True])
 @pytest.mark.parametrize("batched", [False, True])
 @pytest.mark.parametrize("workers", [0, 1])
-def test_a_loader_workers_dataset_error_stays_one_line(batched, workers):
-    from torch.utils.data import BatchSampler, SequentialSampler
+def test_a_loader_workers_dataset_error_stays_one_line(batched, workers, subset):
+    from torch.utils.data import BatchSampler, SequentialSampler, Subset
 
     from mixpro.data.loading import DatasetLoader
 
     msg = "/data/val/a/29.png: 20 consecutive images could not be read"
     ds = _Breaks(DatasetError(msg))
+    if subset:  # torch's Subset has __getitems__, which torch's fetcher calls instead
+        ds = Subset(ds, range(10))
+        ds.classes = ["a", "b"]
     kw = (dict(sampler=BatchSampler(SequentialSampler(ds), 4, drop_last=False),
                batch_size=None) if batched else dict(batch_size=4))
     loader = DatasetLoader(ds, num_workers=workers, **kw)
@@ -255,7 +259,8 @@ def test_a_loader_workers_dataset_error_stays_one_line(batched, workers):
     assert str(info.value) == msg  # the message itself, not a worker's traceback
     assert seen == [[0, 1, 2, 3]]  # the batches before the failing one arrived intact
     # a bug is not a dataset error: it keeps torch's report (with the worker's traceback)
-    loader = DatasetLoader(_Breaks(KeyError("oops")), num_workers=workers, **kw)
+    bug = _Breaks(KeyError("oops"))
+    loader = DatasetLoader(Subset(bug, range(10)) if subset else bug, num_workers=workers, **kw)
     with pytest.raises(KeyError, match="oops") as info:
         list(loader)
     assert ("Caught KeyError in DataLoader worker" in str(info.value)) == (workers > 0)

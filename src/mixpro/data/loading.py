@@ -42,7 +42,7 @@ class _Reporting(Dataset):
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getattr__(self, name: str) -> Any:  # the wrapped dataset's attributes
-        if name == "dataset":  # not set yet (unpickling): no recursion
+        if name == "dataset" or name.startswith("__"):  # unpickling; torch's hooks: ours
             raise AttributeError(name)
         return getattr(self.dataset, name)
 
@@ -51,6 +51,15 @@ class _Reporting(Dataset):
             return self.dataset[index]
         except DatasetError as e:
             return _Failed(str(e))
+
+    def __getitems__(self, indices: list) -> list:
+        """A batch's samples as torch's fetcher asks for them (the dataset's own
+        ``__getitems__``, e.g. a ``Subset``'s, when it has one)."""
+        try:
+            many = getattr(self.dataset, "__getitems__", None)
+            return many(indices) if many else [self.dataset[i] for i in indices]
+        except DatasetError as e:
+            return [_Failed(str(e))]
 
 
 class _Collate:
