@@ -266,6 +266,28 @@ def test_a_loader_workers_dataset_error_stays_one_line(batched, workers, subset)
     assert ("Caught KeyError in DataLoader worker" in str(info.value)) == (workers > 0)
 
 
+def test_the_one_line_loader_keeps_torchs_semantics():
+    """What torch's DataLoader does with the same arguments, DatasetLoader does too."""
+    from torch.utils.data import DataLoader, IterableDataset
+
+    from mixpro.data.loading import DatasetLoader
+
+    ds = _Breaks(DatasetError("bad"))
+    kw = dict(batch_size=None, batch_sampler=None, sampler=range(5), num_workers=1)
+    got = [y for _x, y in DatasetLoader(ds, **kw)]  # single samples, converted, not collated
+    assert got == [y for _x, y in DataLoader(ds, **kw)] == [0, 1, 2, 3, 4]
+    loader = DatasetLoader(ds, batch_size=4, num_workers=1)
+    loader.dataset.classes = ["x", "y"]  # a write reaches the dataset the workers read
+    assert ds.classes == ["x", "y"] and len(iter(loader)) == len(loader) == 3
+
+    class Stream(IterableDataset):
+        def __iter__(self):
+            yield from range(3)
+
+    assert [b.tolist() for b in DatasetLoader(Stream(), batch_size=2, num_workers=1)] == [
+        [0, 1], [2]]
+
+
 def test_the_apps_load_through_the_one_line_loader():
     from mixpro.data.loading import DatasetLoader
     from mixpro.evaluate.run import _loader

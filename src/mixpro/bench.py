@@ -324,7 +324,8 @@ def library_jobs(
 def _kernel_choice(fn: Callable[[], object]) -> tuple[str | None, list[dict]]:
     """The way(s) the CPU kernels chose for one more call of ``fn`` (None: no choice), and
     what they knew then of each call signature that call timed: ``[{"chosen", "settled",
-    "ways_ms": {way: median ms}}]`` (the evidence behind the choice)."""
+    "ways_ms": {way: median ms, or None while not timed}}]`` (the evidence behind the
+    choice)."""
     def calls() -> dict:
         return {(repr(c["signature"]), tuple(c["ways"])): c["calls"]
                 for c in _kernels.choices()}
@@ -334,8 +335,9 @@ def _kernel_choice(fn: Callable[[], object]) -> tuple[str | None, list[dict]]:
         fn()
     timed = [c for c in _kernels.choices()
              if before.get((repr(c["signature"]), tuple(c["ways"]))) != c["calls"]]
-    evidence = [{"chosen": c["chosen"], "settled": c["settled"],
-                 "ways_ms": {w: 1e3 * t for w, t in c["ways"].items()}} for c in timed]
+    evidence = [{"chosen": c["chosen"], "settled": c["settled"],  # None: not timed yet
+                 "ways_ms": {w: 1e3 * t if math.isfinite(t) else None
+                             for w, t in c["ways"].items()}} for c in timed]
     return ", ".join(dict.fromkeys(ran)) or None, evidence
 
 

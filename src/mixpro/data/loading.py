@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from torch.utils.data import DataLoader, Dataset, default_collate, default_convert
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from . import DatasetError
 
@@ -45,6 +45,12 @@ class _Reporting(Dataset):
         if name == "dataset" or name.startswith("__"):  # unpickling; torch's hooks: ours
             raise AttributeError(name)
         return getattr(self.dataset, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:  # e.g. loader.dataset.transform
+        if name == "dataset":
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self.dataset, name, value)
 
     def __getitem__(self, index: Any) -> Any:
         try:
@@ -81,30 +87,39 @@ class _Collate:
 class DatasetLoader(DataLoader):
     """:class:`torch.utils.data.DataLoader` (the same keyword arguments) whose workers'
     dataset errors are raised in the main process as the one-line
-    :class:`~mixpro.data.DatasetError` they were. With workers, ``loader.dataset`` is the
-    dataset behind a thin wrapper that forwards its length and attributes; with
-    ``num_workers=0`` nothing changes.
+    :class:`~mixpro.data.DatasetError` they were.
+
+    With workers, a map-style ``loader.dataset`` is the dataset behind a thin wrapper that
+    forwards its length and attribute reads and writes (``isinstance`` sees the wrapper); an
+    ``IterableDataset``, or ``num_workers=0``, is left as it is.
     """
 
     def __init__(self, dataset: Dataset, **kwargs: Any) -> None:
-        self._reporting = kwargs.get("num_workers", 0) > 0
-        if self._reporting:
-            batched = kwargs.get("batch_size", 1) is not None or "batch_sampler" in kwargs
-            collate = kwargs.get("collate_fn") or (default_collate if batched
-                                                   else default_convert)
-            kwargs["collate_fn"] = _Collate(collate)
-            dataset = _Reporting(dataset)
-        super().__init__(dataset, **kwargs)
+        self._reporting = (kwargs.get("num_workers", 0) > 0
+                           and not isinstance(dataset, IterableDataset))
+        super().__init__(_Reporting(dataset) if self._reporting else dataset, **kwargs)
+        if self._reporting:  # torch has chosen collate (batches) or convert (samples)
+            self.collate_fn = _Collate(self.collate_fn)
 
     def __iter__(self) -> Iterator[Any]:
         it = super().__iter__()
-        if not self._reporting:
-            return it
-        return self._raising(it)
+        return _Raising(it) if self._reporting else it
 
-    @staticmethod
-    def _raising(it: Iterator[Any]) -> Iterator[Any]:
-        for batch in it:
-            if isinstance(batch, _Failed):
-                raise DatasetError(batch.message)
-            yield batch
+
+class _Raising:
+    """torch's loader iterator, raising a worker's :class:`_Failed` as its error."""
+
+    def __init__(self, it: Iterator[Any]) -> None:
+        self.it = it
+
+    def __iter__(self) -> _Raising:
+        return self
+
+    def __next__(self) -> Any:
+        batch = next(self.it)
+        if isinstance(batch, _Failed):
+            raise DatasetError(batch.message)
+        return batch
+
+    def __len__(self) -> int:
+        return len(self.it)  # type: ignore[arg-type]
