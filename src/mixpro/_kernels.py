@@ -336,9 +336,9 @@ def _pairs(images: torch.Tensor, partner: torch.Tensor, mix: Mix) -> torch.Tenso
         raise IndexError(f"partner must hold {b} indices in [0, {b}), got {len(src)} in "
                          f"[{min(src, default=0)}, {max(src, default=0)}]")
     out = torch.empty_like(images)
+    rows, out_rows = images.split(1), out.split(1)  # every row's view in one call each
     for i in partner_order(src):
-        j = src[i]
-        mix(images[i:i + 1], images[j:j + 1], slice(i, i + 1), out[i:i + 1])
+        mix(rows[i], rows[src[i]], slice(i, i + 1), out_rows[i])
     return out
 
 
