@@ -326,15 +326,11 @@ def _kernel_choice(fn: Callable[[], object]) -> tuple[str | None, list[dict]]:
     what they knew then of each call signature that call timed: ``[{"chosen", "settled",
     "ways_ms": {way: median ms, or None while not timed}}]`` (the evidence behind the
     choice)."""
-    def calls() -> dict:
-        return {(repr(c["signature"]), tuple(c["ways"])): c["calls"]
-                for c in _kernels.choices()}
-
-    before = calls()
+    before = {(c["signature"], tuple(c["ways"])): c["calls"] for c in _kernels.choices()}
     with _kernels.recording() as ran:
         fn()
     timed = [c for c in _kernels.choices()
-             if before.get((repr(c["signature"]), tuple(c["ways"]))) != c["calls"]]
+             if before.get((c["signature"], tuple(c["ways"]))) != c["calls"]]
     evidence = [{"chosen": c["chosen"], "settled": c["settled"],  # None: not timed yet
                  "ways_ms": {w: 1e3 * t if math.isfinite(t) else None
                              for w, t in c["ways"].items()}} for c in timed]

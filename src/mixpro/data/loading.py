@@ -28,9 +28,6 @@ class _Failed:
     def __init__(self, message: str) -> None:
         self.message = message
 
-    def __reduce__(self):  # picklable across the worker queue
-        return _Failed, (self.message,)
-
 
 class _Reporting(Dataset):
     """``dataset`` whose :class:`DatasetError` becomes a :class:`_Failed` result."""

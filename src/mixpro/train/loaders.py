@@ -73,8 +73,8 @@ def loaders(cfg: Recipe, train, test, batched: bool, info: distributed.DistInfo)
     if batched:  # dataset[list_of_indices] -> a whole batch
         tl = DatasetLoader(train, batch_size=None, sampler=batches, **common)
         vl = DatasetLoader(test, batch_size=None,
-                        sampler=BatchSampler(shard, cfg.eval_batch_size, drop_last=False),
-                        **common)
+                           sampler=BatchSampler(shard, cfg.eval_batch_size, drop_last=False),
+                           **common)
     else:
         tl = DatasetLoader(train, batch_sampler=batches, **common)
         vl = DatasetLoader(test, batch_size=cfg.eval_batch_size, sampler=list(shard), **common)
